@@ -1,0 +1,141 @@
+"""Weight deltas applied as side-cars: ``y = base(x) + Σ_k x V_k U_kᵀ (+ x D_kᵀ)``.
+
+The base weight is never written, so popping an entry is bit-exact and O(1), and the same code
+works over 8-bit bitsandbytes layers. One :class:`Sidecar` per edited module owns a single
+forward hook; the factors of all entries on that module are concatenated lazily so that many
+rank-one edits cost one pair of matmuls.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..ops.hooks import get_module
+from .base import Entry, register_entry
+
+__all__ = ["Sidecar", "DeltaEntry", "dense_weight_delta", "is_conv1d"]
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """GPT-2's Conv1D stores its weight as (in, out)."""
+    return type(module).__name__ == "Conv1D"
+
+
+class Sidecar:
+    """All delta payloads on one module, in push order, behind one forward hook."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.parts: dict[str, dict[str, torch.Tensor]] = {}
+        self._cache: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None] | None = None
+        self._handle: Any = None
+        self.enabled = True
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def add(self, key: str, part: dict[str, torch.Tensor]) -> None:
+        self.parts[key] = part
+        self._cache = None
+        if self._handle is None:
+            self._handle = self.module.register_forward_hook(self._hook)
+
+    def discard(self, key: str) -> None:
+        self.parts.pop(key, None)
+        self._cache = None
+        if not self.parts and self._handle is not None:
+            self._handle.remove()  # an empty side-car costs nothing and changes nothing
+            self._handle = None
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def _factors(self, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        if self._cache is None or (self._cache[0] is not None and self._cache[0].device != device) or (
+            self._cache[2] is not None and self._cache[2].device != device
+        ):
+            us = [p["U"] for p in self.parts.values() if "U" in p]
+            vs = [p["V"] for p in self.parts.values() if "V" in p]
+            ds = [p["D"] for p in self.parts.values() if "D" in p]
+            U = torch.cat(us, dim=1).to(device) if us else None
+            V = torch.cat(vs, dim=1).to(device) if vs else None
+            D = torch.stack(ds).sum(0).to(device) if ds else None
+            self._cache = (U, V, D)
+        return self._cache
+
+    def delta_out(self, x: torch.Tensor) -> torch.Tensor:
+        U, V, D = self._factors(x.device)
+        ref = U if U is not None else D
+        xf = x.to(ref.dtype)
+        out = torch.zeros((), dtype=ref.dtype, device=x.device)
+        if U is not None:
+            out = out + (xf @ V) @ U.T
+        if D is not None:
+            out = out + xf @ D.T
+        return out
+
+    def _hook(self, _m: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        if not self.enabled or not self.parts:
+            return output
+        return output + self.delta_out(args[0]).to(output.dtype)
+
+    def weight_delta(self) -> torch.Tensor:
+        """The summed delta as an (out, in) matrix, for merge()."""
+        U, V, D = self._factors(torch.device("cpu"))
+        total = None
+        if U is not None:
+            total = U @ V.T
+        if D is not None:
+            total = D if total is None else total + D
+        assert total is not None
+        return total
+
+
+def dense_weight_delta(part: dict[str, torch.Tensor]) -> torch.Tensor:
+    return part["U"] @ part["V"].T if "U" in part else part["D"]
+
+
+@register_entry
+class DeltaEntry(Entry):
+    """Low-rank (``U`` out×r, ``V`` in×r) or dense (``D`` out×in) deltas on named modules."""
+
+    kind = "delta"
+
+    def __init__(self, parts: dict[str, dict[str, torch.Tensor]]) -> None:
+        self.parts = {m: {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in p.items()} for m, p in parts.items()}
+
+    def attach(self, host: Any, key: str) -> None:
+        for name, part in self.parts.items():
+            car = host._sidecars.get(name)
+            if car is None:
+                car = host._sidecars[name] = Sidecar(get_module(host, name))
+            car.add(key, part)
+
+    def detach(self, host: Any, key: str) -> None:
+        for name in self.parts:
+            car = host._sidecars.get(name)
+            if car is not None:
+                car.discard(key)
+                if not len(car):
+                    del host._sidecars[name]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f"{m}::{k}": t for m, p in self.parts.items() for k, t in p.items()}
+
+    def meta(self) -> dict[str, Any]:
+        return {"modules": sorted(self.parts)}
+
+    @classmethod
+    def from_saved(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "DeltaEntry":
+        parts: dict[str, dict[str, torch.Tensor]] = {}
+        for name, t in tensors.items():
+            mod, k = name.rsplit("::", 1)
+            parts.setdefault(mod, {})[k] = t
+        return cls(parts)
+
+    def summary(self) -> str:
+        ranks = []
+        for m, p in self.parts.items():
+            r = f"rank {p['U'].shape[1]}" if "U" in p else "dense"
+            ranks.append(f"{m} ({r})")
+        return "delta on " + ", ".join(ranks)

@@ -1,0 +1,47 @@
+"""Where things live in each architecture family, so methods can name modules generically."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Arch", "arch_of", "FAMILIES"]
+
+
+@dataclass(frozen=True)
+class Arch:
+    family: str
+    n_layers: int
+    block: str        # transformer block, format with the layer index
+    mlp_out: str      # the MLP output projection ROME/MEMIT/FT edit (its input is the "key")
+    final_norm: str
+    lm_head: str
+
+    def mlp_out_at(self, layer: int) -> str:
+        return self.mlp_out.format(layer)
+
+    def block_at(self, layer: int) -> str:
+        return self.block.format(layer)
+
+
+# model_type -> (family, block template, mlp out template, final norm)
+FAMILIES: dict[str, tuple[str, str, str, str]] = {
+    **{t: ("llama", "model.layers.{}", "model.layers.{}.mlp.down_proj", "model.norm")
+       for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "smollm3",
+                 "granite", "phi3")},
+    "gpt2": ("gpt2", "transformer.h.{}", "transformer.h.{}.mlp.c_proj", "transformer.ln_f"),
+    "gpt_neo": ("gpt2", "transformer.h.{}", "transformer.h.{}.mlp.c_proj", "transformer.ln_f"),
+    "gptj": ("gpt2", "transformer.h.{}", "transformer.h.{}.mlp.fc_out", "transformer.ln_f"),
+}
+
+
+def arch_of(model: Any) -> Arch:
+    cfg = model.config
+    mt = getattr(cfg, "model_type", "")
+    if mt not in FAMILIES:
+        raise NotImplementedError(
+            f"model_type {mt!r} has no module map yet; supported: {sorted(FAMILIES)}. "
+            "Add an entry to editwrap.hparams.arch.FAMILIES (block, mlp output, final norm)."
+        )
+    fam, block, mlp_out, norm = FAMILIES[mt]
+    n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
+    return Arch(fam, int(n), block, mlp_out, norm, "lm_head")

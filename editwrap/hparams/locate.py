@@ -1,0 +1,56 @@
+"""Hyperparameters of the locate-then-edit methods (ROME, MEMIT) with per-family defaults.
+
+Layer choices follow the reference configs, scaled by depth so they carry over to other sizes:
+ROME edits layer 5 of Llama-2-7b's 32 (0.16 of depth) and 17 of GPT-2 XL's 48 (0.35); MEMIT
+spreads over layers 4-8 of 32 (Llama) and 13-17 of 48 (GPT-2 XL).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from .base import HparamsBase
+from .arch import arch_of
+
+__all__ = ["RomeHparams", "MemitHparams"]
+
+
+class _Shared(HparamsBase):
+    # value (v*) optimisation, see editwrap.ops.keys.optimize_value
+    v_num_grad_steps: int = Field(25, ge=1)
+    v_lr: float = Field(0.5, gt=0)
+    v_weight_decay: float = Field(1e-3, ge=0)
+    kl_factor: float = Field(0.0625, ge=0)
+    clamp_norm_factor: float = Field(4.0, gt=0)
+    early_stop_loss: float = Field(0.05, ge=0)
+    # context templates: (tokens, count) pairs of generated prefixes
+    context_templates: list[tuple[int, int]] = Field(default_factory=lambda: [(10, 5)])
+    # covariance statistics
+    mom2_corpus: str = "pydoc"
+    mom2_n_tokens: int = Field(20000, ge=100)
+
+
+class RomeHparams(_Shared):
+    layer: int = Field(5, ge=0)
+    #: ridge added to the covariance, relative to its mean diagonal (few samples -> ill-conditioned C)
+    cov_ridge: float = Field(1e-2, ge=0)
+
+    @classmethod
+    def for_model(cls, model: Any) -> "RomeHparams":
+        a = arch_of(model)
+        frac = 0.35 if a.family == "gpt2" else 0.16
+        return cls(layer=min(a.n_layers - 1, round(frac * a.n_layers)))
+
+
+class MemitHparams(_Shared):
+    layers: list[int] = Field(default_factory=lambda: [4, 5, 6, 7, 8], min_length=1)
+    mom2_update_weight: float = Field(15000.0, ge=0)
+
+    @classmethod
+    def for_model(cls, model: Any) -> "MemitHparams":
+        a = arch_of(model)
+        lo, hi = (13 / 48, 17 / 48) if a.family == "gpt2" else (4 / 32, 8 / 32)
+        first, last = round(lo * a.n_layers), round(hi * a.n_layers)
+        last = min(max(last, first), a.n_layers - 1)
+        return cls(layers=list(range(min(first, last), last + 1)))

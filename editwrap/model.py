@@ -1,0 +1,332 @@
+"""EditableModel: a transformers model that carries an exact, reversible edit stack.
+
+``EditableModel.wrap(model)`` swaps the instance's class for a subclass of its own class that
+also inherits :class:`EditableModel` (named like the original, so ``save_pretrained`` writes the
+original architecture name). The object *is* the transformers model — ``generate``, ``forward``,
+``config``, accelerate hooks, PEFT and lm-eval keep working — and additionally has ``edit``,
+``push``/``pop``/``remove``, ``merge``/``unmerge`` and ``stack``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from .entries.delta import Sidecar, is_conv1d
+from .facts import Fact, check_facts
+from .methods.base import HparamsBase, get_method
+from .ops.fingerprint import model_fingerprint
+from .ops.hooks import get_module
+from .stack import Edit, EditStack, StackError, load_stack_dir
+
+__all__ = ["EditableModel"]
+
+
+@functools.lru_cache(maxsize=None)
+def _editable_class(base: type) -> type:
+    return type(base.__name__, (EditableModel, base), {"__qualname__": base.__qualname__,
+                                                       "__module__": base.__module__})
+
+
+def _as_facts(facts: Any) -> list[Fact]:
+    if isinstance(facts, (Fact, dict)):
+        facts = [facts]
+    out = []
+    for i, f in enumerate(facts):
+        out.append(Fact.model_validate(f) if isinstance(f, dict) else f)
+    return out
+
+
+class EditableModel:
+    """Mixin that turns a transformers ``PreTrainedModel`` instance into an editable one."""
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None = None, *args: Any,
+                        stack: str | os.PathLike | None = None, tokenizer: Any = None, **kwargs: Any) -> Any:
+        """Load a causal LM (the embedded SmolLM2 when no name is given) and wrap it.
+
+        Every keyword transformers accepts (``dtype``, ``device_map``, ``quantization_config``…)
+        is passed through. ``stack=dir`` composes a saved edit stack on top.
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if pretrained_model_name_or_path is None:
+            from .defaults import embedded_model_dir
+
+            pretrained_model_name_or_path = embedded_model_dir()
+            kwargs.setdefault("dtype", torch.float32)
+        path = str(pretrained_model_name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(path, *args, **kwargs)
+        if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or path))
+        em = EditableModel.wrap(model, tokenizer)
+        if stack is not None:
+            em.compose(stack)
+        return em
+
+    @staticmethod
+    def wrap(model: Any, tokenizer: Any = None) -> Any:
+        """Make an existing transformers model editable in place and return it."""
+        if isinstance(model, EditableModel):
+            if tokenizer is not None:
+                model.tokenizer = tokenizer
+            return model
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+            raise TypeError(f"wrap() needs a transformers PreTrainedModel, got {type(model).__name__}")
+        model.__class__ = _editable_class(type(model))
+        model._ew_init(tokenizer)
+        return model
+
+    def _ew_init(self, tokenizer: Any) -> None:
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(self.config._name_or_path)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        d = self.__dict__
+        d["tokenizer"] = tokenizer
+        d["_edits"] = []
+        d["_sidecars"] = {}
+        d["_merged"] = None
+        d["_ew_cache"] = {}
+
+    def unwrap(self) -> Any:
+        """Return the plain transformers model (stack cleared first)."""
+        self.clear()
+        base = [c for c in type(self).__mro__[1:] if not issubclass(c, EditableModel)][0]
+        self.__class__ = base
+        for k in ("tokenizer", "_edits", "_sidecars", "_merged", "_ew_cache"):
+            self.__dict__.pop(k, None)
+        return self
+
+    # ---------------------------------------------------------------- editing
+    @property
+    def stack(self) -> EditStack:
+        return EditStack(self)
+
+    @property
+    def name_or_path(self) -> str:
+        return str(getattr(self.config, "_name_or_path", "") or "")
+
+    @property
+    def max_length(self) -> int:
+        cfg = self.config
+        return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))
+
+    def default_hparams(self, method: str) -> HparamsBase:
+        return get_method(method).default_hparams(self)
+
+    def compute_edit(self, facts: Fact | dict | Sequence[Fact | dict], method: str = "rome",
+                     hparams: HparamsBase | dict | None = None, **overrides: Any) -> Edit:
+        """Compute an edit on the model as it is now, without applying it."""
+        m = get_method(method)
+        facts = _as_facts(facts)
+        hp = self._resolve_hparams(m, hparams, overrides)
+        check_facts(facts, tokenizer=self.tokenizer, method=m.name, needs_subject=m.needs_subject,
+                    max_length=self.max_length)
+        if self._merged is not None:
+            raise StackError("the stack is merged into the weights; call model.unmerge() before editing")
+        edit = m.compute(self, facts, hp)
+        edit.entry.check_finite()
+        return edit
+
+    def edit(self, facts: Fact | dict | Sequence[Fact | dict], method: str = "rome",
+             hparams: HparamsBase | dict | None = None, **overrides: Any) -> Edit:
+        """Compute an edit for ``facts`` with ``method`` and push it; returns the pushed Edit.
+
+        Keyword arguments override the method's hyperparameters (validated; unknown names error).
+        A rejected fact, a failed computation or a non-finite result leaves the model untouched.
+        """
+        return self.push(self.compute_edit(facts, method, hparams, **overrides))
+
+    def _resolve_hparams(self, m: Any, hparams: HparamsBase | dict | None, overrides: dict[str, Any]) -> HparamsBase:
+        base = hparams if isinstance(hparams, HparamsBase) else m.default_hparams(self)
+        data = {**base.model_dump(), **(hparams if isinstance(hparams, dict) else {}), **overrides}
+        try:
+            return m.Hparams.model_validate(data)
+        except Exception as e:
+            raise ValueError(f"bad hyperparameters for method '{m.name}': {e}") from None
+
+    def push(self, edit: Edit) -> Edit:
+        """Apply an edit on top of the stack (transactional: on error nothing is left applied)."""
+        if self._merged is not None:
+            raise StackError("the stack is merged into the weights; call model.unmerge() before pushing")
+        if any(e is edit or e.id == edit.id for e in self._edits):
+            raise StackError(f"edit {edit.id} is already on the stack")
+        edit.entry.check_finite()
+        if not edit.depends_on:
+            edit.depends_on = [e.id for e in self._edits]
+        try:
+            edit.entry.attach(self, edit.id)
+        except BaseException:
+            edit.entry.detach(self, edit.id)
+            raise
+        self._edits.append(edit)
+        import weakref
+
+        edit._host = weakref.ref(self)
+        self._ew_cache.pop("text_plane", None)
+        return edit
+
+    def pop(self) -> Edit:
+        """Remove the top edit; the model is bit-exact as before it was pushed."""
+        if not self._edits:
+            raise StackError("the edit stack is empty; nothing to pop")
+        return self._detach(self._edits[-1])
+
+    def remove(self, edit: Edit | str) -> Edit:
+        """Remove an edit from anywhere in the stack (only for order-independent entry kinds)."""
+        e = self._find(edit)
+        if e is not self._edits[-1]:
+            if not e.entry.removable_anywhere:
+                raise StackError(
+                    f"edit {e.id} ({e.method}) cannot be removed from the middle of the stack: its state depends on "
+                    f"order; pop the {len(self._edits) - 1 - self._edits.index(e)} edit(s) above it first"
+                )
+            later = [x.id for x in self._edits[self._edits.index(e) + 1:] if e.id in x.depends_on]
+            if later:
+                warnings.warn(f"removing edit {e.id}: edits {later} were computed with it present", stacklevel=2)
+        return self._detach(e)
+
+    def _find(self, edit: Edit | str) -> Edit:
+        key = edit if isinstance(edit, str) else edit.id
+        for e in self._edits:
+            if e.id == key:
+                return e
+        raise StackError(f"edit {key} is not on this model's stack")
+
+    def _detach(self, e: Edit) -> Edit:
+        if self._merged is not None:
+            raise StackError("the stack is merged into the weights; call model.unmerge() before popping")
+        e.entry.detach(self, e.id)
+        self._edits.remove(e)
+        e._host = None
+        self._ew_cache.pop("text_plane", None)
+        return e
+
+    def clear(self) -> list[Edit]:
+        """Pop every edit (top first)."""
+        if self._merged is not None:
+            self.unmerge()
+        return [self.pop() for _ in range(len(self._edits))]
+
+    def compose(self, edits: "str | os.PathLike | Iterable[Edit]") -> list[Edit]:
+        """Push a list of edits or a saved stack directory on top of the current stack."""
+        if isinstance(edits, (str, os.PathLike)):
+            edits = load_stack_dir(edits, expected_fingerprint=self.fingerprint())
+        pushed: list[Edit] = []
+        try:
+            for e in edits:
+                pushed.append(self.push(e))
+        except BaseException:
+            for e in reversed(pushed):
+                self._detach(e)
+            raise
+        return pushed
+
+    # ---------------------------------------------------------------- merge
+    @property
+    def is_merged(self) -> bool:
+        return self._merged is not None
+
+    def merge(self) -> None:
+        """Fold all side-car deltas into the weights for zero-overhead serving.
+
+        Keeps the original tensors (on CPU) so :meth:`unmerge` is bit-exact.
+        """
+        if self._merged is not None:
+            return
+        for name, car in self._sidecars.items():
+            mod = get_module(self, name)
+            w = getattr(mod, "weight", None)
+            if w is None or not w.is_floating_point() or type(mod).__name__.startswith("Linear8bit") or \
+                    type(mod).__name__.startswith("Linear4bit") or w.dtype in (torch.int8, torch.uint8):
+                raise StackError(f"merge() refused: {name} is a quantized layer ({type(mod).__name__}); its int8 "
+                                 "weights cannot hold the delta exactly. Serve with side-cars (no merge) instead")
+        merged: dict[str, torch.Tensor] = {}
+        for name, car in self._sidecars.items():
+            mod = get_module(self, name)
+            w = mod.weight
+            merged[name] = w.detach().to("cpu", copy=True)
+            dw = car.weight_delta()
+            if is_conv1d(mod):
+                dw = dw.T
+            with torch.no_grad():
+                w.add_(dw.to(w.device, w.dtype))
+            car.enabled = False
+        self.__dict__["_merged"] = merged
+
+    def unmerge(self) -> None:
+        """Restore the weights saved by :meth:`merge` bit for bit and re-enable the side-cars."""
+        if self._merged is None:
+            return
+        for name, orig in self._merged.items():
+            w = get_module(self, name).weight
+            with torch.no_grad():
+                w.copy_(orig.to(w.device))
+            self._sidecars[name].enabled = True
+        self.__dict__["_merged"] = None
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """Save as a plain transformers checkpoint with the edits folded in (loadable without editwrap).
+
+        The stack is merged for the write and unmerged after, so the live model is unchanged.
+        Save the edits alone with ``model.stack.save(dir)``.
+        """
+        was = self.is_merged
+        if self._sidecars and not was:
+            self.merge()
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)  # type: ignore[misc]
+        finally:
+            if not was:
+                self.unmerge()
+
+    def fingerprint(self) -> str:
+        """Fingerprint of the *base* weights (merged layers report their originals)."""
+        return model_fingerprint(self, overrides={f"{n}.weight": t for n, t in (self._merged or {}).items()})
+
+    # ---------------------------------------------------------------- text helpers
+    def _prepare_text(self, text: str) -> str:
+        """Text-plane entries (in-context prompts, retrieval caches) rewrite inputs here."""
+        for e in self._edits:
+            rewrite = getattr(e.entry, "rewrite_text", None)
+            if rewrite is not None:
+                text = rewrite(self, text)
+        return text
+
+    @torch.no_grad()
+    def generate_text(self, prompt: str | list[str], max_new_tokens: int = 20, **kwargs: Any) -> str | list[str]:
+        """Greedy continuation of ``prompt`` (only the new text), honouring text-plane entries."""
+        single = isinstance(prompt, str)
+        prompts = [prompt] if single else list(prompt)
+        tok = self.tokenizer
+        old_side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            enc = tok([self._prepare_text(p) for p in prompts], return_tensors="pt", padding=True).to(self.device)
+        finally:
+            tok.padding_side = old_side
+        kwargs.setdefault("do_sample", False)
+        out = self.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs)
+        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        return texts[0] if single else texts
+
+    @torch.no_grad()
+    def loglikelihood(self, context: str, continuation: str) -> float:
+        """Sum of log-probabilities of ``continuation`` after ``context`` (text-plane entries honoured)."""
+        tok = self.tokenizer
+        ctx = tok(self._prepare_text(context))["input_ids"]
+        cont = tok(continuation)["input_ids"] if continuation else []
+        if not cont:
+            return 0.0
+        ids = torch.tensor([ctx + cont], device=self.device)
+        logp = torch.log_softmax(self(input_ids=ids).logits[0, len(ctx) - 1:-1].float(), -1)
+        return float(logp.gather(1, ids[0, len(ctx):, None]).sum())
+

@@ -1,0 +1,95 @@
+"""Small module-hook toolkit (in the spirit of ROME's ``nethook``), written once for all methods.
+
+Every helper is a context manager that removes what it installed on exit, even on error, so a
+method that raises leaves no hook behind (edits are transactional).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["get_module", "capture", "patch_output", "frozen", "first_tensor", "replace_first"]
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    """Look a submodule up by its dotted name, with an error that lists close names."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n.split(".")[-1] == name.split(".")[-1]][:5]
+        raise KeyError(f"model has no module {name!r}; similar: {names}") from None
+
+
+def first_tensor(out: object) -> torch.Tensor:
+    """Blocks return a tensor or a tuple whose first item is the hidden state."""
+    return out[0] if isinstance(out, (tuple, list)) else out  # type: ignore[return-value]
+
+
+def replace_first(out: object, new: torch.Tensor) -> object:
+    if isinstance(out, tuple):
+        return (new, *out[1:])
+    if isinstance(out, list):
+        return [new, *out[1:]]
+    return new
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, names: list[str], *, inputs: bool = True, outputs: bool = True,
+            detach: bool = True) -> Iterator[dict[str, dict[str, torch.Tensor]]]:
+    """Record the first positional input and/or the (first) output of the named modules."""
+    store: dict[str, dict[str, torch.Tensor]] = {n: {} for n in names}
+    handles = []
+
+    def make(n: str) -> Callable:
+        def hook(_m: nn.Module, args: tuple, out: object) -> None:
+            if inputs and args:
+                store[n]["input"] = args[0].detach() if detach else args[0]
+            if outputs:
+                t = first_tensor(out)
+                store[n]["output"] = t.detach() if detach else t
+        return hook
+
+    try:
+        for n in names:
+            handles.append(get_module(model, n).register_forward_hook(make(n)))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def patch_output(model: nn.Module, name: str, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+                 ) -> Iterator[None]:
+    """Replace the (first) output of one module by ``fn(output, input)`` while the context is open."""
+    def hook(_m: nn.Module, args: tuple, out: object) -> object:
+        return replace_first(out, fn(first_tensor(out), args[0] if args else None))
+
+    h = get_module(model, name).register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        h.remove()
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """Turn off gradients for every model parameter (and restore the flags after).
+
+    Methods optimise side-car tensors only; freezing the model keeps ``.grad`` of real weights
+    untouched and avoids computing gradients nobody reads.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        model.eval()
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+        model.train(was_training)

@@ -1,0 +1,39 @@
+"""Token helpers shared by methods and evals: where the subject ends, how targets tokenise."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["target_ids", "subject_last_index", "batch_encode"]
+
+
+def target_ids(tok: Any, target: str) -> list[int]:
+    """Token ids of a target as it follows a prompt: with one leading space, no special tokens."""
+    ids = tok(" " + target.strip(), add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"target {target!r} tokenises to nothing")
+    return ids
+
+
+def subject_last_index(tok: Any, prompt: str, subject: str) -> int:
+    """Index of the subject's last token in ``tok(prompt)`` (its last occurrence's end).
+
+    Tokenising the prefix up to the end of the subject gives the count, which stays right for
+    BPE merges across the boundary as long as the subject ends at a word boundary.
+    """
+    pos = prompt.rfind(subject)
+    if pos < 0:
+        raise ValueError(f"subject {subject!r} not in prompt {prompt!r}")
+    prefix = prompt[: pos + len(subject)]
+    return len(tok(prefix)["input_ids"]) - 1
+
+
+def batch_encode(tok: Any, texts: list[str], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Right-padded batch (so position i of each row is token i of that text)."""
+    old = tok.padding_side
+    tok.padding_side = "right"
+    try:
+        return tok(texts, return_tensors="pt", padding=True).to(device)
+    finally:
+        tok.padding_side = old

@@ -1,0 +1,189 @@
+"""The Edit record and the (live) view of a model's edit stack, with JSON+safetensors save/load."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+import uuid
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from safetensors.torch import load_file, save_file
+
+from .entries.base import Entry, entry_from_saved
+from .facts import Fact
+
+if TYPE_CHECKING:
+    from .model import EditableModel
+
+__all__ = ["Edit", "EditStack", "StackError", "load_stack_dir", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+
+
+class StackError(RuntimeError):
+    """An operation on the edit stack is not allowed as asked; the message says what to do instead."""
+
+
+class Edit:
+    """One entry of the stack: which method made it, from which facts, and its payload entry.
+
+    Returned already pushed by ``EditableModel.edit``; ``edit.pop()`` removes it again, and
+    ``with model.edit(...):`` pops it on exit.
+    """
+
+    def __init__(self, method: str, facts: Sequence[Fact], hparams: dict[str, Any], entry: Entry,
+                 *, id: str | None = None, depends_on: Sequence[str] | None = None,
+                 created: str | None = None, info: dict[str, Any] | None = None) -> None:
+        self.id = id or uuid.uuid4().hex[:12]
+        self.method = method
+        self.facts = list(facts)
+        self.hparams = dict(hparams)
+        self.entry = entry
+        self.depends_on = list(depends_on or [])
+        self.created = created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        self.info = dict(info or {})  # e.g. compute time, final loss: reported, not needed to apply
+        self._host: weakref.ReferenceType | None = None
+
+    @property
+    def host(self) -> "EditableModel | None":
+        return self._host() if self._host is not None else None
+
+    @property
+    def applied(self) -> bool:
+        h = self.host
+        return h is not None and any(e is self for e in h._edits)
+
+    def pop(self) -> "Edit":
+        """Remove this edit from its model (the top one is popped; a lower one is removed)."""
+        h = self.host
+        if h is None or not self.applied:
+            raise StackError(f"edit {self.id} is not on any model's stack")
+        if h._edits[-1] is self:
+            h.pop()
+        else:
+            h.remove(self)
+        return self
+
+    def __enter__(self) -> "Edit":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.applied:
+            self.pop()
+
+    def describe(self) -> str:
+        f = self.facts[0] if self.facts else None
+        what = f"{f.text_prompt!r} -> {f.target_new!r}" if f else ""
+        more = f" (+{len(self.facts) - 1} more)" if len(self.facts) > 1 else ""
+        return f"{self.id} {self.method:<8} {what}{more} [{self.entry.summary()}]"
+
+    def __repr__(self) -> str:
+        return f"Edit({self.describe()})"
+
+    # -- serialisation ---------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        return {"id": self.id, "method": self.method, "kind": self.entry.kind,
+                "facts": [f.to_json() for f in self.facts], "hparams": self.hparams,
+                "depends_on": self.depends_on, "created": self.created, "info": self.info,
+                "meta": self.entry.meta()}
+
+
+class EditStack:
+    """A read-only, ordered view of the edits applied to a model (bottom first)."""
+
+    def __init__(self, host: "EditableModel") -> None:
+        self._host = host
+
+    @property
+    def edits(self) -> list[Edit]:
+        return list(self._host._edits)
+
+    def __len__(self) -> int:
+        return len(self._host._edits)
+
+    def __iter__(self) -> Iterator[Edit]:
+        return iter(self.edits)
+
+    def __getitem__(self, i: int) -> Edit:
+        return self._host._edits[i]
+
+    def __repr__(self) -> str:
+        lines = [f"EditStack({len(self)} entries{', merged' if self._host.is_merged else ''})"]
+        lines += [f"  [{i}] {e.describe()}" for i, e in enumerate(self._host._edits)]
+        return "\n".join(lines)
+
+    def nbytes(self) -> int:
+        return sum(e.entry.nbytes() for e in self._host._edits)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``edits.json`` + ``edits.safetensors`` atomically (temp dir, then rename)."""
+        return save_stack_dir(self.edits, Path(path), self._host)
+
+
+def save_stack_dir(edits: Sequence[Edit], path: Path, host: "EditableModel") -> Path:
+    from . import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        tensors = {}
+        records = []
+        for i, e in enumerate(edits):
+            for name, t in e.entry.tensors().items():
+                tensors[f"{i}/{name}"] = t.detach().to("cpu").contiguous()
+            extra = tmp / f"entry-{i}"
+            if hasattr(e.entry, "save_extra"):
+                extra.mkdir()
+                e.entry.save_extra(extra)  # e.g. PEFT adapters in their own format
+            records.append(e.manifest())
+        manifest = {"format_version": FORMAT_VERSION, "editwrap_version": __version__,
+                    "base_fingerprint": host.fingerprint(), "base_model": host.name_or_path, "edits": records}
+        (tmp / "edits.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        save_file(tensors, str(tmp / "edits.safetensors"))
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:6]}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load_stack_dir(path: str | os.PathLike, expected_fingerprint: str | None = None) -> list[Edit]:
+    """Rebuild the edits of a saved stack; refuse one made for another base model."""
+    path = Path(path)
+    mf = path / "edits.json"
+    if not mf.exists():
+        raise StackError(f"{path} is not a saved edit stack (no edits.json); save one with model.stack.save(dir)")
+    manifest = json.loads(mf.read_text(encoding="utf-8"))
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise StackError(f"{path} was written by a newer editwrap (format {manifest['format_version']}); upgrade editwrap")
+    fp = manifest.get("base_fingerprint")
+    if expected_fingerprint is not None and fp != expected_fingerprint:
+        raise StackError(
+            f"stack {path} was computed on base model {manifest.get('base_model')!r} (fingerprint {fp}) but this "
+            f"model's fingerprint is {expected_fingerprint}; load it onto the same base model it was made with"
+        )
+    st = path / "edits.safetensors"
+    flat = load_file(str(st)) if st.exists() else {}
+    edits = []
+    for i, rec in enumerate(manifest["edits"]):
+        prefix = f"{i}/"
+        tensors = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+        entry = entry_from_saved(rec["kind"], rec.get("meta", {}), tensors)
+        extra = path / f"entry-{i}"
+        if extra.is_dir() and hasattr(entry, "load_extra"):
+            entry.load_extra(extra)
+        edits.append(Edit(rec["method"], [Fact.model_validate(f) for f in rec["facts"]], rec.get("hparams", {}),
+                          entry, id=rec["id"], depends_on=rec.get("depends_on"), created=rec.get("created"),
+                          info=rec.get("info")))
+    return edits
