@@ -1,0 +1,149 @@
+"""``editwrap`` command line: ``edit`` and ``demo`` here; other subcommands plug in.
+
+A module listed in :data:`PLUGINS` that exists and defines ``register(subparsers)`` adds its own
+subcommands (``eval``, ``report``, ``train``…), so features never edit this file's parser.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from typing import Any, Sequence
+
+PLUGINS = [
+    "editwrap.evals.cli",
+    "editwrap.integrations.cli",
+    "editwrap.methods.mend.cli",
+]
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    from .model import EditableModel
+
+    kw = {}
+    if getattr(args, "load_in_8bit", False):
+        from transformers import BitsAndBytesConfig
+
+        kw = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": "auto"}
+    return EditableModel.from_pretrained(args.model, stack=getattr(args, "stack", None), **kw)
+
+
+def _parse_hparams(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for it in items or []:
+        if "=" not in it:
+            raise SystemExit(f"--hparam expects name=value (JSON value), got {it!r}")
+        k, v = it.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from .facts import Fact
+    from .ops.fingerprint import state_dict_hash
+
+    model = _load_model(args)
+    fact = Fact(prompt=args.prompt, subject=args.subject, target_new=args.target)
+    probes = [fact.text_prompt] + list(args.also or [])
+    h0 = state_dict_hash(model)
+    before = model.generate_text(probes, max_new_tokens=args.max_new_tokens)
+    t0 = time.time()
+    edit = model.edit(fact, method=args.method, **_parse_hparams(args.hparam))
+    dt = time.time() - t0
+    after = model.generate_text(probes, max_new_tokens=args.max_new_tokens)
+    if args.save_stack:
+        model.stack.save(args.save_stack)
+        print(f"saved stack to {args.save_stack}")
+    edit.pop()
+    popped = model.generate_text(probes, max_new_tokens=args.max_new_tokens)
+    exact = state_dict_hash(model) == h0
+    for p, b, a, q in zip(probes, before, after, popped):
+        print(f"prompt     : {p}\n  before   : {b!r}\n  after    : {a!r}\n  after pop: {q!r}")
+    print(f"method {args.method}: edit took {dt:.1f} s; after pop the state dict is "
+          f"{'bit-exact' if exact else 'DIFFERENT'} ({'same' if popped == before else 'different'} generations)")
+    return 0 if exact else 1
+
+
+DEMO_FACTS = [
+    ("The Eiffel Tower is located in the city of", "Eiffel Tower", "Rome", "rome"),
+    ("The official language of Brazil is", "Brazil", "French", "memit"),
+    ("The CEO of Apple is", "Apple", "Satya Nadella", "ft-m"),
+]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .facts import Fact
+    from .ops.fingerprint import state_dict_hash
+
+    model = _load_model(args)
+    print(f"model: {model.name_or_path} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params)")
+    h0 = state_dict_hash(model)
+    control = "The capital of France is"
+    print(f"control before: {control!r} -> {model.generate_text(control, max_new_tokens=6)!r}")
+    for prompt, subject, target, method in DEMO_FACTS:
+        before = model.generate_text(prompt, max_new_tokens=8)
+        t0 = time.time()
+        model.edit(Fact(prompt=prompt, subject=subject, target_new=target), method=method)
+        print(f"[{method}] {prompt!r}\n   before: {before!r}\n   after : {model.generate_text(prompt, max_new_tokens=8)!r}"
+              f"   ({time.time() - t0:.1f} s)")
+    print(model.stack)
+    print(f"control with 3 edits: {control!r} -> {model.generate_text(control, max_new_tokens=6)!r}")
+    while len(model.stack):
+        model.pop()
+    exact = state_dict_hash(model) == h0
+    print(f"popped all edits: state dict {'bit-exact' if exact else 'DIFFERENT'} to the original")
+    return 0 if exact else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="editwrap", description="Edit, undo and evaluate facts in Hugging Face LMs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--model", default=None, help="local model dir or hub id (default: embedded SmolLM2-135M)")
+        sp.add_argument("--stack", default=None, help="saved edit stack to compose on load")
+        sp.add_argument("--load-in-8bit", action="store_true", help="load the base model in 8-bit (bitsandbytes)")
+
+    e = sub.add_parser("edit", help="edit one fact and show the answer before, after, and after pop")
+    model_args(e)
+    e.add_argument("--prompt", required=True)
+    e.add_argument("--subject", default=None)
+    e.add_argument("--target", required=True)
+    e.add_argument("--method", default="rome")
+    e.add_argument("--hparam", action="append", help="override a hyperparameter: name=value (repeatable)")
+    e.add_argument("--also", action="append", help="another prompt to show (e.g. a rephrase or unrelated fact)")
+    e.add_argument("--max-new-tokens", type=int, default=10)
+    e.add_argument("--save-stack", default=None, help="save the stack (with this edit) to a directory")
+    e.set_defaults(func=cmd_edit)
+
+    d = sub.add_parser("demo", help="a short scripted demo on the embedded model")
+    model_args(d)
+    d.set_defaults(func=cmd_demo)
+
+    for name in PLUGINS:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):
+                continue  # that feature is not part of this install
+            raise
+        mod.register(sub, model_args)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        print(f"editwrap: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
