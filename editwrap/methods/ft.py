@@ -91,8 +91,8 @@ class _FT:
             for step in range(hp.num_steps):
                 opt.zero_grad()
                 loss = _loss(model(**enc).logits, target, hp.objective)
-                info = {"loss": float(loss), "steps": step + 1}
-                if float(loss) < hp.early_stop_loss:
+                info = {"loss": loss.item(), "steps": step + 1}
+                if loss.item() < hp.early_stop_loss:
                     break
                 loss.backward()
                 opt.step()

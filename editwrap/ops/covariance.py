@@ -2,11 +2,12 @@
 
 ROME/MEMIT/AlphaEdit need ``C`` of the edited layer's keys. It is computed over a text corpus on
 the *base* model (side-cars switched off for the pass), for all requested layers in one pass, and
-cached under ``<cache>/stats/<model fingerprint>/<module>--<corpus>--<n_tokens>.safetensors``.
+cached as ``<model fingerprint>/<module>--<corpus>--<n_tokens>.safetensors`` under ``<cache>/stats`` (or ``$EDITWRAP_CACHE_STATS``).
 """
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -36,7 +37,8 @@ def sidecars_off(host: Any):
 
 def stats_path(host: Any, module: str, corpus: Any, n_tokens: int) -> Path:
     fp = host.fingerprint() if hasattr(host, "fingerprint") else "anon"
-    return cache_dir() / "stats" / fp / f"{module}--{corpus_id(corpus)}--{n_tokens}.safetensors"
+    root = Path(os.environ["EDITWRAP_CACHE_STATS"]) if os.environ.get("EDITWRAP_CACHE_STATS") else cache_dir() / "stats"
+    return root / fp / f"{module}--{corpus_id(corpus)}--{n_tokens}.safetensors"
 
 
 def second_moment(host: Any, modules: list[str], *, corpus: str | Path | Iterable[str] | None = None,

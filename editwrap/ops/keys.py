@@ -138,9 +138,9 @@ def optimize_value(host: Any, module: str, fact: Fact, templates: Sequence[str],
             kl = hp.kl_factor * F.kl_div(init_kl, kl_logp, log_target=True, reduction="batchmean")
             wd = hp.v_weight_decay * (delta.norm() / state["init"].norm() ** 2)
             loss = nll + kl + wd
-            info = {"loss": float(loss), "nll": float(nll), "kl": float(kl), "steps": step + 1,
-                    "target_prob": float(torch.exp(-nll))}
-            if float(loss) < hp.early_stop_loss or step == hp.v_num_grad_steps - 1:
+            info = {"loss": loss.item(), "nll": nll.item(), "kl": kl.item(), "steps": step + 1,
+                    "target_prob": float(torch.exp(-nll.detach()))}
+            if loss.item() < hp.early_stop_loss or step == hp.v_num_grad_steps - 1:
                 break
             loss.backward()
             opt.step()
