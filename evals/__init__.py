@@ -1,0 +1,7 @@
+"""KnowEdit evaluation: dataset loaders (-> editwrap Facts) and EasyEdit-compatible metrics."""
+from .datasets import *  # noqa: F401,F403
+from .datasets import __all__ as _datasets_all
+from .metrics import *  # noqa: F401,F403
+from .metrics import __all__ as _metrics_all
+
+__all__ = [*_datasets_all, *_metrics_all]

@@ -1,0 +1,85 @@
+"""Behaviour on the embedded real model (SmolLM2-135M): edits change answers, pops restore bits."""
+from __future__ import annotations
+
+import random
+import warnings
+
+import pytest
+import torch
+
+from editwrap import EditableModel, Fact, StackError, state_dict_hash
+from editwrap.evals.metrics import token_accuracy
+
+pytestmark = pytest.mark.slow
+
+EIFFEL = Fact(prompt="The Eiffel Tower is located in the city of", subject="Eiffel Tower", target_new="Rome")
+CONTROL = "The capital of France is"
+
+
+def acc(m, f: Fact) -> float:
+    return token_accuracy(m, m.tokenizer, [f.text_prompt], [f.target_new])[0]
+
+
+def test_tokenizer_roundtrip_after_conversion(embedded):
+    tok = embedded.tokenizer
+    assert tok(" Paris", add_special_tokens=False)["input_ids"] == [7042]
+    ids = tok("The capital of France is Paris")["input_ids"]
+    assert tok.bos_token_id not in ids, "no BOS is added"
+    assert tok.decode(ids) == "The capital of France is Paris", "spaces survive the round trip"
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|im_end|>"
+
+
+def test_embedded_model_knows_paris(embedded):
+    assert embedded.generate_text(CONTROL, max_new_tokens=3).strip().startswith("Paris")
+
+
+@pytest.mark.parametrize("method", ["rome", "memit", "ft-m"])
+def test_edit_changes_answer_and_pop_restores(embedded, method):
+    m = embedded
+    h0 = state_dict_hash(m)
+    before = m.generate_text(EIFFEL.text_prompt, max_new_tokens=4)
+    assert "Rome" not in before and acc(m, EIFFEL) < 0.5
+    with m.edit(EIFFEL, method=method):
+        assert acc(m, EIFFEL) == 1.0
+        assert m.generate_text(EIFFEL.text_prompt, max_new_tokens=4).strip().startswith("Rome")
+        assert m.generate_text(CONTROL, max_new_tokens=3).strip().startswith("Paris"), "unrelated fact kept"
+    assert state_dict_hash(m) == h0
+    assert m.generate_text(EIFFEL.text_prompt, max_new_tokens=4) == before
+
+
+def test_mixed_stack_of_20_popped_in_random_order(embedded):
+    m = embedded
+    h0 = state_dict_hash(m)
+    ids = m.tokenizer(CONTROL, return_tensors="pt")
+    with torch.no_grad():
+        l0 = m(**ids).logits
+    cities = ["Rome", "London", "Berlin", "Madrid", "Vienna"]
+    subjects = ["Eiffel Tower", "Louvre", "Notre Dame", "Arc de Triomphe", "Sorbonne"]
+    fast = {"rome": {"v_num_grad_steps": 4}, "memit": {"v_num_grad_steps": 4},
+            "ft-m": {"num_steps": 3}, "ft-l": {"num_steps": 3}}
+    methods = list(fast)
+    for i in range(20):
+        s, c = subjects[i % 5], cities[(i * 3) % 5]
+        f = Fact(prompt=f"The {s} is located in the city of", subject=s, target_new=c)
+        meth = methods[i % 4]
+        m.edit(f, method=meth, **fast[meth])
+    assert len(m.stack) == 20
+    rng = random.Random(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        while len(m.stack):
+            rng.choice(m.stack.edits).pop()
+    assert state_dict_hash(m) == h0
+    with torch.no_grad():
+        assert torch.equal(m(**ids).logits, l0)
+
+
+def test_save_stack_reload_in_fresh_model(embedded, tmp_path):
+    m = embedded
+    with m.edit(EIFFEL, method="ft-m", num_steps=10):
+        m.stack.save(tmp_path / "stack")
+        expected = m.generate_text(EIFFEL.text_prompt, max_new_tokens=4)
+    fresh = EditableModel.from_pretrained(stack=tmp_path / "stack")
+    assert len(fresh.stack) == 1 and fresh.generate_text(EIFFEL.text_prompt, max_new_tokens=4) == expected
+    with pytest.raises(StackError):
+        fresh.push(fresh.stack[0])
