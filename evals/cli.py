@@ -1,0 +1,106 @@
+"""CLI plugin: ``editwrap eval knowedit ...``, ``editwrap eval lm ...`` (lm-eval integration, when
+installed) and ``editwrap report FOLDER... --out DIR``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable
+
+from .datasets import DATASETS
+
+DATASET_CHOICES = (*DATASETS, "mixed")
+
+
+def _checkpoints(text: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--checkpoints expects comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"--checkpoints expects positive integers, got {text!r}")
+    return vals
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def cmd_knowedit(args: argparse.Namespace) -> int:
+    from editwrap.cli import _load_model, _parse_hparams
+    from editwrap.methods.base import get_method
+
+    from .runner import run_knowedit
+
+    get_method(args.method)  # fail on a bad name before loading the model
+    hp = _parse_hparams(args.hparam)
+    model = _load_model(args)
+    s = run_knowedit(model, args.dataset, args.data, args.method, n=args.n, mode=args.mode,
+                     batch_size=args.batch_size, checkpoints=args.checkpoints, hparams=hp, out=args.out,
+                     with_fluency=args.fluency, gen_tokens=args.gen_tokens, retain_n=args.retain_n,
+                     seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)
+    stem = f"{s['dataset']}-{s['method']}-{s['mode']}"
+    print(Path(args.out, f"{stem}.md").read_text(encoding="utf-8"))
+    print(f"wall time {s['wall_seconds']:.1f} s; results in {args.out}/ ({stem}.jsonl, .summary.json, .md; report.md)")
+    return 0 if s.get("bit_exact") is not False else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    missing = [f for f in args.folders if not Path(f).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"no such results folder: {', '.join(missing)}")
+    print(build_report(args.folders, args.out or args.folders[0], title=args.title))
+    return 0
+
+
+def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    ev = subparsers.add_parser("eval", help="evaluate edits: knowedit (KnowEdit benchmark), lm (general ability)")
+    evsub = ev.add_subparsers(dest="eval_command", required=True, metavar="{knowedit,lm}")
+    k = evsub.add_parser("knowedit", help="edit KnowEdit records and score them with EasyEdit's metrics",
+                         description="Edit each record and score it with EasyEdit's KnowEdit metrics; results stream "
+                                     "to OUT/<dataset>-<method>-<mode>.jsonl (an interrupted run resumes).")
+    model_args(k)
+    k.add_argument("--dataset", required=True, choices=DATASET_CHOICES,
+                   help="dataset format; 'mixed' draws ZsRE/WikiData_recent/WikiData_counterfact records at random")
+    k.add_argument("--data", required=True, help="dataset JSON file (or a directory holding the KnowEdit files)")
+    k.add_argument("--method", required=True, help="editing method (rome, memit, ft-l, ft-m, lora, grace, ike, ...)")
+    k.add_argument("--n", type=_positive, default=None, help="number of records (default: all)")
+    k.add_argument("--mode", choices=("single", "batch", "sequential"), default="single")
+    k.add_argument("--batch-size", type=_positive, default=10, help="facts per edit in --mode batch")
+    k.add_argument("--checkpoints", type=_checkpoints, default=[10, 100, 500, 1000],
+                   help="sequential mode: measure after this many edits (comma-separated; the last record always)")
+    k.add_argument("--hparam", action="append", default=[], help="override a hyperparameter: name=value (repeatable)")
+    k.add_argument("--fluency", action="store_true", help="also score fluency (n-gram entropy of 100 generated tokens; slow)")
+    k.add_argument("--gen-tokens", type=_positive, default=20, help="tokens generated for Sanitation answers")
+    k.add_argument("--retain-n", type=_positive, default=None, help="Sanitation retain probes for locality (default all)")
+    k.add_argument("--seed", type=int, default=0, help="ConvSent draws / mixed-dataset shuffle")
+    k.add_argument("--out", default="results", help="results folder (default results/)")
+    k.add_argument("--overwrite", action="store_true", help="start over instead of resuming an existing run")
+    k.add_argument("--no-progress", action="store_true", help="no progress bar")
+    k.set_defaults(func=cmd_knowedit)
+    try:
+        from editwrap.integrations.cli import add_eval_lm
+    except ImportError:
+        pass
+    else:
+        add_eval_lm(evsub)
+
+    r = subparsers.add_parser("report", help="merge KnowEdit run summaries (and lm-eval regressions) into one report")
+    r.add_argument("folders", nargs="+", help="results folders (searched recursively for *.summary.json, lm_eval-*.json)")
+    r.add_argument("--out", default=None, help="output folder for report.md and plots (default: the first folder)")
+    r.add_argument("--title", default="KnowEdit results")
+    r.set_defaults(func=cmd_report)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    p = argparse.ArgumentParser(prog="editwrap-eval")
+    register(p.add_subparsers(dest="command", required=True), lambda sp: None)
+    a = p.parse_args()
+    raise SystemExit(a.func(a))

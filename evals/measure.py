@@ -1,0 +1,141 @@
+"""Per-record KnowEdit measurements around one edit: ``pre`` (before the edit is pushed) and ``post``.
+
+:class:`Scorer` turns a dataset item (a :class:`~editwrap.facts.Fact`, a
+:class:`~editwrap.evals.datasets.ConvSentRecord` or a Sanitation forget fact) into an EasyEdit-style
+metrics record using only :mod:`editwrap.evals.metrics`:
+
+* Fact: ``rewrite_acc``, ``rephrase_acc``, ``portability[key]`` (token accuracy), ``locality[key]``
+  (share of answer-position argmax tokens unchanged vs ``pre``), optional ``fluency``.
+* ConvSent: ``es`` (:func:`convsent_success`) and ``dd`` (:func:`kl_divergence_locality`).
+* Sanitation: ``success`` (the generation contains the target "I don't know.") and
+  ``locality["retain"]`` (retain-set generations unchanged vs the starting model).
+
+Prompts go through ``model._prepare_text`` so text-plane edits (IKE) are seen by the scorer.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from editwrap.facts import Fact, Probe
+
+from .datasets import ConvSentRecord
+from .metrics import (answer_tokens, continuation_logprob_dists, convsent_success, fluency,
+                      generate_tokens, kl_divergence_locality, locality_score, sanitation_locality,
+                      sanitation_success, token_accuracy, token_logprobs)
+
+__all__ = ["Scorer", "item_fact"]
+
+
+def item_fact(item: Any) -> Fact:
+    """The Fact to edit with for a dataset item."""
+    return item.fact if isinstance(item, ConvSentRecord) else item
+
+
+def _nan_to_none(v: Any) -> Any:
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, list):
+        return [_nan_to_none(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _nan_to_none(x) for k, x in v.items()}
+    return v
+
+
+class Scorer:
+    """Measures items on ``model`` as it is at call time (the caller pushes/pops edits).
+
+    ``sanitation=True``: items are Sanitation forget facts and ``retain`` the dataset-level retain
+    probes, whose pre-edit generations are taken once, from the model as it is at the first
+    ``pre`` call (the unedited starting model).
+    """
+
+    def __init__(self, model: Any, *, with_fluency: bool = False, fluency_tokens: int = 100,
+                 gen_tokens: int = 20, sanitation: bool = False, retain: Sequence[Probe] = (),
+                 batch_size: int = 16):
+        self.model, self.tok = model, model.tokenizer
+        self.sanitation = sanitation
+        self.with_fluency, self.fluency_tokens = with_fluency, fluency_tokens
+        self.gen_tokens, self.batch_size = gen_tokens, batch_size
+        self.retain = list(retain)
+        self._retain_pre: list[list[int]] | None = None
+
+    def prep(self, texts: Sequence[str]) -> list[str]:
+        f = getattr(self.model, "_prepare_text", None)
+        return [f(t) for t in texts] if f is not None else list(texts)
+
+    # ---- before the edit ------------------------------------------------------------------------
+    def pre(self, item: Any) -> dict[str, Any]:
+        """What ``post`` compares against, measured on the model before the item's edit."""
+        if isinstance(item, ConvSentRecord):
+            ctx, rep, _ = item.inner_qa()
+            octx, orep = item.outer_qa()
+            return {"inner": token_logprobs(self.model, self.tok, self.prep(ctx), rep, self.batch_size),
+                    "outer": continuation_logprob_dists(self.model, self.tok, self.prep(octx), orep, self.batch_size)}
+        if self.sanitation:
+            if self._retain_pre is None:
+                self._retain_pre = self._generate([p.prompt for p in self.retain])
+            return {}
+        probes = [(k, p) for k, ps in item.locality.items() for p in ps]
+        if not probes:
+            return {"locality": {}}
+        toks = answer_tokens(self.model, self.tok, self.prep([p.prompt for _, p in probes]),
+                             [p.answer for _, p in probes], self.batch_size)
+        out: dict[str, list] = {}
+        for (k, _), t in zip(probes, toks):
+            out.setdefault(k, []).append(t)
+        return {"locality": out}
+
+    # ---- after the edit -------------------------------------------------------------------------
+    def post(self, item: Any, pre: dict[str, Any]) -> dict[str, Any]:
+        """The metrics record (JSON-ready; NaN written as null) for an item whose edit is applied."""
+        if isinstance(item, ConvSentRecord):
+            rec = self._convsent(item, pre)
+        elif self.sanitation:
+            rec = self._sanitation(item)
+        else:
+            rec = self._fact(item, pre)
+        if self.with_fluency:
+            prompt = item.question if isinstance(item, ConvSentRecord) else item.text_prompt
+            rec["fluency"] = {"ngram_entropy": fluency(self.model, self.tok, self.prep([prompt]), self.fluency_tokens)}
+        return _nan_to_none(rec)
+
+    def _fact(self, f: Fact, pre: dict[str, Any]) -> dict[str, Any]:
+        # one batched teacher-forced pass for rewrite, rephrase and portability probes
+        rows: list[tuple[str, str | None, str, str]] = [("rewrite_acc", None, f.text_prompt, f.target_new)]
+        rows += [("rephrase_acc", None, r, f.target_new) for r in f.rephrase]
+        rows += [("portability", k, p.prompt, p.answer) for k, ps in f.portability.items() for p in ps]
+        accs = token_accuracy(self.model, self.tok, self.prep([r[2] for r in rows]), [r[3] for r in rows],
+                              self.batch_size)
+        rec: dict[str, Any] = {"rewrite_acc": [], "portability": {}, "locality": {}}
+        for (section, key, _, _), a in zip(rows, accs):
+            if key is None:
+                rec.setdefault(section, []).append(a)
+            else:
+                rec[section].setdefault(key, []).append(a)
+        probes = [(k, p) for k, ps in f.locality.items() for p in ps]
+        if probes:
+            post = answer_tokens(self.model, self.tok, self.prep([p.prompt for _, p in probes]),
+                                 [p.answer for _, p in probes], self.batch_size)
+            grouped: dict[str, list] = {}
+            for (k, _), t in zip(probes, post):
+                grouped.setdefault(k, []).append(t)
+            rec["locality"] = {k: locality_score(pre["locality"][k], v) for k, v in grouped.items()}
+        return rec
+
+    def _convsent(self, item: ConvSentRecord, pre: dict[str, Any]) -> dict[str, Any]:
+        ctx, rep, is_target = item.inner_qa()
+        octx, orep = item.outer_qa()
+        inner = token_logprobs(self.model, self.tok, self.prep(ctx), rep, self.batch_size)
+        outer = continuation_logprob_dists(self.model, self.tok, self.prep(octx), orep, self.batch_size)
+        return {"es": convsent_success(pre["inner"], inner, is_target),
+                "dd": kl_divergence_locality(pre["outer"], outer)}
+
+    def _generate(self, prompts: Sequence[str]) -> list[list[int]]:
+        return generate_tokens(self.model, self.tok, self.prep(prompts), self.gen_tokens, batch_size=self.batch_size)
+
+    def _sanitation(self, f: Fact) -> dict[str, Any]:
+        gen = self.tok.decode(self._generate([f.text_prompt])[0], skip_special_tokens=True)
+        post = self._generate([p.prompt for p in self.retain]) if self.retain else []
+        return {"success": sanitation_success([gen], f.target_new), "generation": gen,
+                "locality": {"retain": sanitation_locality(self._retain_pre or [], post)}}

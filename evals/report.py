@@ -1,0 +1,209 @@
+"""Summaries -> markdown tables shaped like the KnowEdit paper's (rows = metrics, columns = methods,
+one table per dataset and mode) and PNG curves for sequential runs (metric vs number of edits, one
+line per method). ``build_report(folders, out)`` merges every ``*.summary.json`` under the folders
+and appends lm-eval regressions (``lm_eval-*.json``) as a "General ability" table.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+__all__ = ["paper_rows", "run_table", "write_run", "build_report", "load_summaries", "plot_sequential",
+           "general_ability_table"]
+
+NAMES = {"zsre": "ZsRE", "recent": "WikiData_recent", "counterfact": "WikiData_counterfact", "wikibio": "WikiBio",
+         "convsent": "ConvSent", "sanitation": "Sanitation", "mixed": "Mixed (ZsRE + recent + counterfact)"}
+ROWS = ("Edit Succ.", "Rephrase", "Portability", "Locality", "Fluency")
+CURVES = ("Edit Succ.", "Portability", "Locality")
+
+
+def paper_rows(summary: dict[str, Any], metrics: dict[str, Any] | None = None) -> dict[str, float | None]:
+    """The paper's rows for one run (x100 like the paper). ConvSent: Edit Succ. = es x 100 and
+    Locality = dd (KL to the unedited model, lower is better); Sanitation: Edit Succ. = success x 100."""
+    m = metrics if metrics is not None else summary.get("metrics", {})
+    rows = {r: m.get(r) for r in ROWS}
+    if summary.get("dataset") == "convsent":
+        rows["Edit Succ."] = None if m.get("es") is None else 100 * m["es"]
+        rows["Locality"] = m.get("dd")
+    elif summary.get("dataset") == "sanitation":
+        rows["Edit Succ."] = None if m.get("success") is None else 100 * m["success"]
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.2f}" if isinstance(v, (int, float)) else str(v)
+
+
+def _labels(runs: Sequence[dict]) -> list[str]:
+    """Column names: the method, plus the model / folder where needed to tell columns apart."""
+    labels = [r["method"] for r in runs]
+    if len({r.get("model") for r in runs}) > 1:
+        labels = [f"{lab} ({Path(str(r.get('model') or '')).name or 'model'})" for lab, r in zip(labels, runs)]
+    if len(set(labels)) < len(labels):
+        labels = [f"{lab} [{Path(r.get('_file', '')).parent.name}]" for lab, r in zip(labels, runs)]
+    return labels
+
+
+def run_table(runs: Sequence[dict], title: str | None = None) -> str:
+    """One markdown table: rows = metrics present in any run, columns = runs (methods)."""
+    labels = _labels(runs)
+    cols = [paper_rows(r) for r in runs]
+    convsent = any(r.get("dataset") == "convsent" for r in runs)
+    lines = [f"#### {title}", ""] if title else []
+    lines += ["| metric | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+    for row in ROWS:
+        if any(c[row] is not None for c in cols):
+            name = "Locality (KL, lower better)" if row == "Locality" and convsent else row
+            lines.append(f"| {name} | " + " | ".join(_fmt(c[row]) for c in cols) + " |")
+    lines.append("| n records | " + " | ".join(str(r.get("n", "–")) for r in runs) + " |")
+    lines.append("| wall time (s) | " + " | ".join(_fmt(r.get("wall_seconds")) for r in runs) + " |")
+    if any(r.get("bit_exact") is not None for r in runs):
+        lines.append("| bit-exact after pop | " + " | ".join(str(r.get("bit_exact", "–")) for r in runs) + " |")
+    return "\n".join(lines)
+
+
+def _breakdown(summary: dict) -> str:
+    m = summary.get("metrics", {})
+    rows = [(sec, k, v) for sec in ("Portability", "Locality") for k, v in (m.get(f"{sec} by key") or {}).items()]
+    if not rows:
+        return ""
+    return "\n".join(["| section | key | score |", "|---|---|---:|", *(f"| {s} | {k} | {_fmt(v)} |" for s, k, v in rows)])
+
+
+def _curve_tables(runs: Sequence[dict]) -> str:
+    """Per metric: rows = number of edits, columns = methods."""
+    labels, out = _labels(runs), []
+    cps = sorted({int(c) for r in runs for c in (r.get("checkpoints") or {})})
+    for metric in CURVES:
+        vals = [{int(c): paper_rows(r, s)[metric] for c, s in (r.get("checkpoints") or {}).items()} for r in runs]
+        if not any(v is not None for d in vals for v in d.values()):
+            continue
+        out += [f"{metric} vs number of edits:", "", "| edits | " + " | ".join(labels) + " |",
+                "|---:|" + "---:|" * len(labels)]
+        out += [f"| {c} | " + " | ".join(_fmt(d.get(c)) for d in vals) + " |" for c in cps]
+        out.append("")
+    return "\n".join(out)
+
+
+def plot_sequential(runs: Sequence[dict], path: str | Path, title: str = "") -> Path | None:
+    """PNG: one panel per metric (Edit Succ., Portability, Locality), x = number of edits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = _labels(runs)
+    panels = []
+    for metric in CURVES:
+        lines = []
+        for lab, r in zip(labels, runs):
+            pts = sorted((int(c), paper_rows(r, s)[metric]) for c, s in (r.get("checkpoints") or {}).items())
+            pts = [(x, y) for x, y in pts if y is not None]
+            if pts:
+                lines.append((lab, pts))
+        if lines:
+            panels.append((metric, lines))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (metric, lines) in zip(axes[0], panels):
+        for lab, pts in lines:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=lab)
+        xs = [p[0] for _, pts in lines for p in pts]
+        if min(xs) > 0 and max(xs) / min(xs) >= 20:
+            ax.set_xscale("log")
+        ax.set_xlabel("number of edits")
+        ax.set_ylabel(metric)
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.set_title(metric)
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_run(summary: dict, out: str | Path, stem: str) -> None:
+    """``<stem>.summary.json``, ``<stem>.md`` (table, per-key breakdown, curves) and, for
+    sequential runs, ``<stem>.png``."""
+    out = Path(out)
+    (out / f"{stem}.summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    title = f"{NAMES.get(summary['dataset'], summary['dataset'])} — {summary['mode']} ({summary.get('model') or 'model'})"
+    parts = [run_table([summary], title), "", _breakdown(summary)]
+    if summary.get("checkpoints"):
+        parts += ["", _curve_tables([summary])]
+        plot_sequential([summary], out / f"{stem}.png", title)
+    (out / f"{stem}.md").write_text("\n".join(parts).rstrip() + "\n", encoding="utf-8")
+
+
+def _json_files(folders: Iterable[str | Path], pattern: str) -> Iterable[tuple[Path, Any]]:
+    """(path, parsed JSON) of every readable file matching ``pattern`` under the folders."""
+    for folder in folders:
+        for p in sorted(Path(folder).rglob(pattern)):
+            try:
+                yield p, json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue
+
+
+def load_summaries(folders: Iterable[str | Path]) -> list[dict]:
+    return [{**s, "_file": str(p)} for p, s in _json_files(folders, "*.summary.json")
+            if isinstance(s, dict) and "dataset" in s and "method" in s]
+
+
+def general_ability_table(folders: Iterable[str | Path]) -> str:
+    """lm-eval regressions: ``lm_eval-*.json`` as ``{task: {metric: {before, after, delta, stderr}}}``
+    (or the ``editwrap lm-eval --out`` form ``{"runs": [{"method", "tasks": {...}}]}``)."""
+    rows = []
+    for p, data in _json_files(folders, "lm_eval-*.json"):
+        runs = data.get("runs") if isinstance(data, dict) and "runs" in data else [{"tasks": data}]
+        for run in runs or []:
+            who = run.get("method") or p.stem.removeprefix("lm_eval-")
+            for task, metrics in (run.get("tasks") or {}).items():
+                for metric, v in (metrics.items() if isinstance(metrics, dict) else []):
+                    if isinstance(v, dict) and "before" in v:
+                        se = v.get("stderr", v.get("stderr_delta"))
+                        rows.append(f"| {who} | {task} | {metric} | {_fmt(v.get('before'))} | {_fmt(v.get('after'))} "
+                                    f"| {_fmt(v.get('delta'))} | {_fmt(se)} |")
+    if not rows:
+        return ""
+    return "\n".join(["## General ability (lm-eval, before vs after the edits)", "",
+                      "| edits | task | metric | before | after | delta | stderr |", "|---|---|---|---:|---:|---:|---:|",
+                      *rows])
+
+
+def build_report(folders: Sequence[str | Path], out: str | Path, title: str = "KnowEdit results") -> str:
+    """Merge every run under ``folders`` into ``<out>/report.md`` (+ ``sequential-<dataset>.png``)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = load_summaries(folders)
+    parts = [f"# {title}", "",
+             "Scores x100 as in the KnowEdit paper (EasyEdit definitions); Locality = share of answer tokens "
+             "unchanged vs the unedited model; sequential columns are the last checkpoint.", ""]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["dataset"], r["mode"]), []).append(r)
+    for (ds, mode), rs in sorted(groups.items()):
+        rs = sorted(rs, key=lambda r: (r["method"], str(r.get("model"))))
+        parts += [f"## {NAMES.get(ds, ds)} — {mode}", "", run_table(rs), ""]
+        if mode == "sequential":
+            parts += [_curve_tables(rs)]
+            png = plot_sequential(rs, out / f"sequential-{ds}.png", f"{NAMES.get(ds, ds)}: sequential editing")
+            if png is not None:
+                parts += [f"![{ds} sequential]({png.name})", ""]
+    if not runs:
+        parts += ["(no *.summary.json found)", ""]
+    general = general_ability_table(folders)
+    if general:
+        parts += [general, ""]
+    text = "\n".join(parts).rstrip() + "\n"
+    (out / "report.md").write_text(text, encoding="utf-8")
+    return text

@@ -1,0 +1,236 @@
+"""Run a KnowEdit evaluation: load records, edit, measure, stream results to JSONL, summarize.
+
+``run_knowedit(model, dataset="zsre", data=path, method="rome", mode="single"|"batch"|"sequential")``
+
+* single: per record ``compute_edit`` -> measure ``pre`` -> ``push`` -> measure ``post`` -> ``pop``.
+* batch: one edit of ``batch_size`` facts (methods that accept lists: memit, ft-*, lora, ...),
+  each fact measured; then pop.
+* sequential: see :mod:`editwrap.evals.sequential` (edits accumulate; checkpoints).
+
+Results go to ``<out>/<dataset>-<method>-<mode>.jsonl``, one line per record (per checkpoint and
+record in sequential mode), written with flush+fsync; a rerun skips the keys already written, so an
+interrupted run resumes where it stopped. Settings live beside it in ``.meta.json``; resuming
+with other settings is refused unless ``overwrite=True``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from editwrap.methods.base import get_method
+
+from .datasets import DATASETS, DEFAULT_FILES, load_dataset
+from .measure import Scorer, item_fact
+from .metrics import summarize
+
+__all__ = ["run_knowedit", "ResultLog", "load_records", "MODES", "MIXED_SOURCES", "DEFAULT_CHECKPOINTS"]
+
+MODES = ("single", "batch", "sequential")
+MIXED_SOURCES = ("zsre", "recent", "counterfact")
+DEFAULT_CHECKPOINTS = (10, 100, 500, 1000)
+SINGLE_FACT_METHODS = {"rome"}  # compute() rejects a list of facts
+
+
+class ResultLog:
+    """Append-only JSONL keyed by ``key_fields``; reading keeps the last line per key and drops a
+    torn last line (rewriting the file without it, so appends start on a clean line)."""
+
+    def __init__(self, path: str | Path, key_fields: Sequence[str] = ("index",)):
+        self.path, self.key_fields = Path(path), tuple(key_fields)
+        self.done: dict[tuple, dict] = {}
+        good, torn = [], False
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                    self.done[self.key(rec)] = rec
+                    good.append(line)
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    torn = True
+            if torn or (good and not self.path.read_bytes().endswith(b"\n")):
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text("".join(g + "\n" for g in good), encoding="utf-8")
+                os.replace(tmp, self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def key(self, rec: dict) -> tuple:
+        return tuple(rec[k] for k in self.key_fields)
+
+    def has(self, *key: Any) -> bool:
+        return tuple(key) in self.done
+
+    def write(self, rec: dict) -> None:
+        self._fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self.done[self.key(rec)] = rec
+
+    def records(self, **where: Any) -> list[dict]:
+        """Lines matching ``where`` (e.g. ``checkpoint=100``), sorted by key."""
+        return [r for k, r in sorted(self.done.items()) if all(r.get(a) == b for a, b in where.items())]
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def load_records(dataset: str, data: str | Path, n: int | None = None, *, seed: int = 0) -> tuple[list, list, list]:
+    """(items, sources, retain probes). ``mixed``: ZsRE + WikiData_recent + WikiData_counterfact
+    from the directory ``data``, shuffled with ``seed`` (the first ``n`` of one fixed order, so a
+    larger ``n`` extends a smaller run)."""
+    if dataset == "mixed":
+        d = Path(data)
+        if not d.is_dir():
+            raise ValueError(f"--dataset mixed needs a directory holding {', '.join(DEFAULT_FILES[s] for s in MIXED_SOURCES)}; "
+                             f"got {data}")
+        pool = [(s, f) for s in MIXED_SOURCES for f in load_dataset(s, d / DEFAULT_FILES[s])]
+        random.Random(seed).shuffle(pool)
+        pool = pool[:n] if n is not None else pool
+        return [f for _, f in pool], [s for s, _ in pool], []
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join((*DATASETS, 'mixed'))}")
+    ds = load_dataset(dataset, data, n=n, seed=seed)
+    return list(ds), [dataset] * len(ds), list(ds.locality)
+
+
+def _line(index: int, item: Any, source: str, post: dict, **extra: Any) -> dict:
+    f = item_fact(item)
+    return {"index": index, "dataset": source, "prompt": f.text_prompt, "target_new": f.target_new,
+            **extra, "post": post}
+
+
+def _run_edits(model: Any, scorer: Scorer, items: list, sources: list, method: str, hp: Any,
+               log: ResultLog, size: int, bar: Any) -> list[float]:
+    """single (size 1) and batch modes: edit a chunk, measure each of its facts, pop."""
+    n = len(items)
+    times = []
+    for start in range(0, n, size):  # fixed chunks, stable across resumes
+        chunk = list(range(start, min(start + size, n)))
+        if all(log.has(i) for i in chunk):
+            continue
+        t0 = time.time()
+        edit = model.compute_edit([item_fact(items[i]) for i in chunk], method, hparams=hp)
+        t_edit = time.time() - t0
+        times.append(t_edit)
+        pres = {i: scorer.pre(items[i]) for i in chunk if not log.has(i)}
+        model.push(edit)
+        try:
+            for i, pre in pres.items():
+                t1 = time.time()
+                post = scorer.post(items[i], pre)
+                log.write(_line(i, items[i], sources[i], post, edit_seconds=round(t_edit, 3),
+                                batch=len(chunk), seconds=round(time.time() - t1 + t_edit / len(chunk), 3)))
+                bar.update(1)
+        finally:
+            model.pop()
+    return times
+
+
+def _check_meta(path: Path, meta: dict, overwrite: bool, results: Path) -> None:
+    if path.exists() and not overwrite:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        diff = [k for k in meta if k != "n" and old.get(k) != meta[k]]
+        if diff:
+            raise ValueError(f"{results} holds results made with other settings ({', '.join(diff)} differ: "
+                             f"{ {k: old.get(k) for k in diff} } vs { {k: meta[k] for k in diff} }); "
+                             "use another --out folder or --overwrite")
+    path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+
+def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | None = None, method: str = "rome", *,
+                 n: int | None = None, mode: str = "single", batch_size: int = 10,
+                 checkpoints: Sequence[int] = DEFAULT_CHECKPOINTS, hparams: dict[str, Any] | None = None,
+                 out: str | Path = "results", with_fluency: bool = False, gen_tokens: int = 20,
+                 retain_n: int | None = None, seed: int = 0, overwrite: bool = False,
+                 progress: bool = True) -> dict[str, Any]:
+    """Evaluate ``method`` on a KnowEdit dataset; returns the summary (also written to ``out``).
+
+    ``model``: an EditableModel, a model path/hub id, or None (the embedded model). ``data``: the
+    dataset file (a directory is joined with the default file name; required for ``mixed``).
+    ``hparams``: method hyperparameter overrides. ``retain_n``: Sanitation retain probes used for
+    locality (None = all). Writes ``<dataset>-<method>-<mode>.{jsonl,meta.json,summary.json,md}``
+    (+ ``.png`` for sequential) and refreshes ``report.md`` for the whole folder.
+    """
+    from tqdm.auto import tqdm
+
+    from editwrap.model import EditableModel
+
+    from . import report
+    from .sequential import run_sequential
+
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    m = get_method(method)  # unknown method -> ValueError listing the available ones
+    if mode == "batch" and m.name in SINGLE_FACT_METHODS:
+        raise ValueError(f"method {m.name!r} edits one fact at a time; use --mode single or sequential, "
+                         "or a batch method (memit, ft-l, ft-m, lora)")
+    if batch_size < 1 or (n is not None and n < 1):
+        raise ValueError("--n and --batch-size must be >= 1")
+    if data is None:
+        raise ValueError("give the dataset file (--data path.json) or directory")
+    if dataset == "convsent" and mode == "sequential":
+        raise ValueError("ConvSent is scored one edit at a time (KL against the unedited model per record); "
+                         "use --mode single or batch")
+    if model is None or isinstance(model, (str, os.PathLike)):
+        model = EditableModel.from_pretrained(model)
+    elif not isinstance(model, EditableModel):
+        model = EditableModel.wrap(model)
+    hp = model._resolve_hparams(m, None, dict(hparams or {}))
+
+    t_start = time.time()
+    items, sources, retain = load_records(dataset, data, n, seed=seed)
+    if not items:
+        raise ValueError(f"no records loaded from {data}")
+    retain = retain if retain_n is None else retain[:retain_n]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{dataset}-{m.name}-{mode}"
+    cps = sorted({c for c in checkpoints if 0 < c < len(items)} | {len(items)}) if mode == "sequential" else None
+    meta = dict(dataset=dataset, data=str(Path(data).resolve()), method=m.name, mode=mode, n=len(items),
+                 batch_size=batch_size if mode == "batch" else 1, seed=seed, model=model.name_or_path,
+                 base_stack=len(model.stack), hparams=hp.model_dump(mode="json"), fluency=with_fluency,
+                 gen_tokens=gen_tokens, retain_n=retain_n)
+    jsonl = out / f"{stem}.jsonl"
+    if overwrite and jsonl.exists():
+        jsonl.unlink()
+    _check_meta(out / f"{stem}.meta.json", meta, overwrite, jsonl)
+    log = ResultLog(jsonl, ("checkpoint", "index") if mode == "sequential" else ("index",))
+    scorer = Scorer(model, with_fluency=with_fluency, gen_tokens=gen_tokens,
+                    sanitation=dataset == "sanitation", retain=retain)
+    extra: dict[str, Any] = {}
+    try:
+        if mode == "sequential":
+            total = len(items) + sum(cps)
+            with tqdm(total=total, desc=stem, disable=not progress, dynamic_ncols=True) as bar:
+                extra = run_sequential(model, scorer, items, sources, m.name, hp, log, cps, bar)
+            times = extra.pop("edit_times")
+            per_cp = {str(c): summarize(log.records(checkpoint=c)) for c in cps}
+            extra["checkpoints"] = per_cp
+            final = log.records(checkpoint=cps[-1])
+        else:
+            done = sum(1 for i in range(len(items)) if log.has(i))
+            with tqdm(total=len(items), initial=done, desc=stem, disable=not progress, dynamic_ncols=True) as bar:
+                times = _run_edits(model, scorer, items, sources, m.name, hp, log,
+                                   batch_size if mode == "batch" else 1, bar)
+            final = [log.done[(i,)] for i in range(len(items)) if (i,) in log.done]
+    finally:
+        log.close()
+    summary = {**meta, "metrics": summarize(final), **extra,
+               "by_source": _by_source(final) if dataset == "mixed" else None,
+               "wall_seconds": round(time.time() - t_start, 2),
+               "edit_seconds_mean": round(sum(times) / len(times), 3) if times else None,
+               "edits_computed": len(times), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    report.write_run(summary, out, stem)
+    report.build_report([out], out)
+    return summary
+
+
+def _by_source(lines: list[dict]) -> dict[str, Any]:
+    groups: dict[str, list] = {}
+    for r in lines:
+        groups.setdefault(r.get("dataset", "?"), []).append(r)
+    return {k: summarize(v) for k, v in sorted(groups.items())}

@@ -1,0 +1,262 @@
+"""KnowEdit runner: modes, resume after interruption, locality pre/post, bit-exact pops, report, CLI."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from editwrap import state_dict_hash
+from editwrap.evals import answer_tokens, locality_score, run_knowedit
+from editwrap.evals.datasets import load_dataset
+from editwrap.evals.measure import Scorer
+from editwrap.evals.report import build_report, paper_rows
+from editwrap.evals.runner import ResultLog, load_records
+from tests.conftest import KNOWEDIT_DIR
+
+ZSRE = KNOWEDIT_DIR / "ZsRE.json"
+HP = {"num_steps": 2}
+STRONG = {"num_steps": 8, "lr": 0.05, "early_stop_loss": 0.0}  # big enough to move the tiny model's argmax
+
+
+def _lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def _run(model, out, **kw):
+    kw = {"dataset": "zsre", "data": ZSRE, "method": "ft-m", "n": 5, "hparams": HP, "out": out,
+          "progress": False, **kw}
+    return run_knowedit(model, **kw)
+
+
+@pytest.mark.parametrize("mode", ["single", "batch", "sequential"])
+def test_each_mode_writes_jsonl_summary_table(tiny_llama, tmp_path, mode):
+    h0 = state_dict_hash(tiny_llama)
+    s = _run(tiny_llama, tmp_path, mode=mode, batch_size=2, checkpoints=[2, 4])
+    stem = f"zsre-ft-m-{mode}"
+    lines = _lines(tmp_path / f"{stem}.jsonl")
+    if mode == "sequential":
+        assert sorted((r["checkpoint"], r["index"]) for r in lines) == \
+            [(c, i) for c in (2, 4, 5) for i in range(c)]
+        assert s["bit_exact"] is True and set(s["checkpoints"]) == {"2", "4", "5"}
+        assert (tmp_path / f"{stem}.png").stat().st_size > 1000
+        assert (tmp_path / "sequential-zsre.png").exists()
+    else:
+        assert sorted(r["index"] for r in lines) == list(range(5))
+        assert s["edits_computed"] == (3 if mode == "batch" else 5)
+        assert {r["batch"] for r in lines} == ({2, 1} if mode == "batch" else {1})
+    assert state_dict_hash(tiny_llama) == h0 and len(tiny_llama.stack) == 0
+    summ = json.loads((tmp_path / f"{stem}.summary.json").read_text())
+    assert summ["n"] == 5 and summ["wall_seconds"] > 0 and summ["metrics"]["n"] == 5
+    for key in ("Edit Succ.", "Portability", "Locality"):
+        assert 0 <= summ["metrics"][key] <= 100
+    table = (tmp_path / f"{stem}.md").read_text()
+    assert "| metric | ft-m |" in table and "| Edit Succ. |" in table and "| Locality |" in table
+    assert f"ZsRE — {mode}" in (tmp_path / "report.md").read_text()
+
+
+def _interrupt_after(monkeypatch, k):
+    calls = {"n": 0}
+    real = Scorer.post
+
+    def post(self, item, pre):
+        if calls["n"] >= k:
+            raise KeyboardInterrupt("simulated interruption")
+        calls["n"] += 1
+        return real(self, item, pre)
+
+    monkeypatch.setattr(Scorer, "post", post)
+    return lambda: monkeypatch.setattr(Scorer, "post", real)
+
+
+@pytest.mark.parametrize("mode", ["single", "batch"])
+def test_resume_after_interruption(tiny_llama, tmp_path, monkeypatch, mode):
+    h0 = state_dict_hash(tiny_llama)
+    restore = _interrupt_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_llama, tmp_path, mode=mode, n=6, batch_size=2)
+    path = tmp_path / f"zsre-ft-m-{mode}.jsonl"
+    assert sorted(r["index"] for r in _lines(path)) == [0, 1, 2]
+    assert len(tiny_llama.stack) == 0 and state_dict_hash(tiny_llama) == h0  # popped on the way out
+    restore()
+    s = _run(tiny_llama, tmp_path, mode=mode, n=6, batch_size=2)
+    idx = [r["index"] for r in _lines(path)]
+    assert sorted(idx) == list(range(6)) and len(idx) == len(set(idx)) == 6
+    assert s["metrics"]["n"] == 6
+    # batch: the chunk {2,3} was cut after 2 and is recomputed (only 3 written); chunk {0,1} is not
+    assert s["edits_computed"] == (2 if mode == "batch" else 3)
+
+
+def test_resume_sequential_and_torn_line(tiny_llama, tmp_path, monkeypatch):
+    restore = _interrupt_after(monkeypatch, 4)  # checkpoint 2 done (2 lines), checkpoint 4 half done
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_llama, tmp_path, mode="sequential", checkpoints=[2, 4])
+    restore()
+    path = tmp_path / "zsre-ft-m-sequential.jsonl"
+    with open(path, "a") as fh:
+        fh.write('{"index": 3, "checkpoint": 4, "post": {"rewr')  # a write torn by a crash
+    s = _run(tiny_llama, tmp_path, mode="sequential", checkpoints=[2, 4])
+    keys = [(r["checkpoint"], r["index"]) for r in _lines(path)]
+    assert len(keys) == len(set(keys)) == 2 + 4 + 5
+    assert s["bit_exact"] is True and s["replayed"] == 2 and len(tiny_llama.stack) == 0
+    # a finished run re-run does nothing
+    s2 = _run(tiny_llama, tmp_path, mode="sequential", checkpoints=[2, 4])
+    assert s2["edits_computed"] == 0 and len(_lines(path)) == 11
+
+
+def test_resume_refuses_other_settings(tiny_llama, tmp_path):
+    _run(tiny_llama, tmp_path, n=2)
+    with pytest.raises(ValueError, match="other settings.*hparams"):
+        _run(tiny_llama, tmp_path, n=2, hparams={"num_steps": 3})
+    s = _run(tiny_llama, tmp_path, n=2, hparams={"num_steps": 3}, overwrite=True)
+    assert s["hparams"]["num_steps"] == 3 and len(_lines(tmp_path / "zsre-ft-m-single.jsonl")) == 2
+
+
+def test_locality_is_pre_vs_post_tokens(tiny_llama, tmp_path):
+    facts = load_dataset("zsre", ZSRE, n=3)
+    tok = tiny_llama.tokenizer
+    _run(tiny_llama, tmp_path, n=3, hparams=STRONG)
+    lines = {r["index"]: r for r in _lines(tmp_path / "zsre-ft-m-single.jsonl")}
+    changed = 0
+    for i, f in enumerate(facts):
+        probes = f.locality["Relation_Specificity"]
+        args = ([p.prompt for p in probes], [p.answer for p in probes])
+        pre = answer_tokens(tiny_llama, tok, *args)
+        with tiny_llama.edit(f, method="ft-m", **STRONG):
+            post = answer_tokens(tiny_llama, tok, *args)
+        want = locality_score(pre, post)
+        assert lines[i]["post"]["locality"]["Relation_Specificity"] == pytest.approx(want)
+        changed += any(w < 1 for w in want)
+    assert changed, "the strong edit should change some locality answer tokens"
+    # scorer maths on hand-made pre tokens: one of L tokens differs -> (L-1)/L
+    sc = Scorer(tiny_llama)
+    pre = sc.pre(facts[0])
+    toks = pre["locality"]["Relation_Specificity"][0]
+    pre["locality"]["Relation_Specificity"][0] = [toks[0] + 1] + toks[1:]
+    got = sc.post(facts[0], pre)["locality"]["Relation_Specificity"]
+    assert got == [pytest.approx((len(toks) - 1) / len(toks)), 1.0]
+
+
+def test_sequential_locality_is_vs_unedited_base(tiny_llama, tmp_path):
+    facts = load_dataset("zsre", ZSRE, n=3)
+    tok = tiny_llama.tokenizer
+    h0 = state_dict_hash(tiny_llama)
+    s = _run(tiny_llama, tmp_path, n=3, mode="sequential", checkpoints=[1], hparams=STRONG)
+    assert s["bit_exact"] is True and state_dict_hash(tiny_llama) == h0
+    probes = facts[0].locality["Relation_Specificity"]
+    args = ([p.prompt for p in probes], [p.answer for p in probes])
+    base = answer_tokens(tiny_llama, tok, *args)
+    for f in facts:
+        tiny_llama.edit(f, method="ft-m", **STRONG)
+    after3 = answer_tokens(tiny_llama, tok, *args)
+    tiny_llama.clear()
+    line = [r for r in _lines(tmp_path / "zsre-ft-m-sequential.jsonl") if (r["checkpoint"], r["index"]) == (3, 0)][0]
+    assert line["post"]["locality"]["Relation_Specificity"] == pytest.approx(locality_score(base, after3))
+
+
+def test_convsent_and_sanitation_single(tiny_llama, tmp_path):
+    s = _run(tiny_llama, tmp_path, dataset="convsent", data=KNOWEDIT_DIR / "ConvSent.json", n=2)
+    assert 0 <= s["metrics"]["es"] <= 1 and s["metrics"]["dd"] >= 0
+    rows = paper_rows(s)
+    assert rows["Edit Succ."] == pytest.approx(100 * s["metrics"]["es"]) and rows["Locality"] == s["metrics"]["dd"]
+    s = _run(tiny_llama, tmp_path, dataset="sanitation", data=KNOWEDIT_DIR / "Sanitation.json", n=2,
+             retain_n=3, gen_tokens=4)
+    line = _lines(tmp_path / "sanitation-ft-m-single.jsonl")[0]
+    assert set(line["post"]) >= {"success", "generation", "locality"} and len(line["post"]["locality"]["retain"]) == 3
+    assert s["metrics"]["success"] in (0.0, 0.5, 1.0) and 0 <= s["metrics"]["Locality"] <= 100
+    with pytest.raises(ValueError, match="ConvSent"):
+        _run(tiny_llama, tmp_path, dataset="convsent", data=KNOWEDIT_DIR / "ConvSent.json", mode="sequential")
+
+
+def test_mixed_dataset_draw_is_seeded_and_prefix_stable():
+    items, sources, _ = load_records("mixed", KNOWEDIT_DIR, 40, seed=0)
+    assert len(items) == 40 and set(sources) == {"zsre", "recent", "counterfact"}
+    again, src2, _ = load_records("mixed", KNOWEDIT_DIR, 10, seed=0)
+    assert again == items[:10] and src2 == sources[:10]
+    assert load_records("mixed", KNOWEDIT_DIR, 10, seed=1)[0] != again
+    with pytest.raises(ValueError, match="directory"):
+        load_records("mixed", ZSRE, 10)
+
+
+def test_argument_errors(tiny_llama, tmp_path):
+    with pytest.raises(ValueError, match="unknown editing method 'nope'"):
+        _run(tiny_llama, tmp_path, method="nope")
+    with pytest.raises(ValueError, match="unknown dataset 'zzz'"):
+        _run(tiny_llama, tmp_path, dataset="zzz")
+    with pytest.raises(ValueError, match="one fact at a time"):
+        _run(tiny_llama, tmp_path, method="rome", mode="batch")
+    with pytest.raises(ValueError, match="unknown mode"):
+        _run(tiny_llama, tmp_path, mode="parallel")
+
+
+def test_cli_errors_are_clear(capsys):
+    from editwrap.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "knowedit", "--dataset", "zsre2", "--data", str(ZSRE), "--method", "rome"])
+    assert e.value.code == 2 and "invalid choice: 'zsre2'" in capsys.readouterr().err
+    assert main(["eval", "knowedit", "--dataset", "zsre", "--data", str(ZSRE), "--method", "romeo"]) == 2
+    assert "unknown editing method 'romeo'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "knowedit", "--dataset", "zsre", "--data", "x", "--method", "rome", "--checkpoints", "10,a"])
+    assert "comma-separated integers" in capsys.readouterr().err
+    assert main(["report", "/nonexistent/results"]) == 2
+    assert "no such results folder" in capsys.readouterr().err
+
+
+def _summary(method, mode="sequential", dataset="zsre", es=(90.0, 80.0), loc=(99.0, 95.0)):
+    cps = {str(c): {"n": c, "Edit Succ.": e, "Locality": lo, "Portability": None}
+           for c, e, lo in zip((10, 100), es, loc)}
+    return {"dataset": dataset, "method": method, "mode": mode, "model": "m", "n": 100, "wall_seconds": 1.5,
+            "metrics": cps["100"], "checkpoints": cps if mode == "sequential" else None, "bit_exact": True}
+
+
+def test_report_merges_runs_and_general_ability(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "zsre-rome-sequential.summary.json").write_text(json.dumps(_summary("rome")))
+    (b / "zsre-memit-sequential.summary.json").write_text(json.dumps(_summary("memit", es=(70.0, 60.0))))
+    (b / "recent-ft-m-single.summary.json").write_text(json.dumps(_summary("ft-m", "single", "recent")))
+    (b / "lm_eval-rome.json").write_text(json.dumps(
+        {"mmlu": {"acc": {"before": 0.30, "after": 0.28, "delta": -0.02, "stderr": 0.01}}}))
+    text = build_report([a, b], tmp_path / "rep")
+    assert "## ZsRE — sequential" in text and "| metric | memit | rome |" in text
+    assert "| Edit Succ. | 60.00 | 80.00 |" in text and "## WikiData_recent — single" in text
+    assert "| 10 | 70.00 | 90.00 |" in text  # curve table: edits x methods
+    assert "General ability" in text and "| rome | mmlu | acc | 0.30 | 0.28 | -0.02 | 0.01 |" in text
+    assert (tmp_path / "rep" / "sequential-zsre.png").stat().st_size > 1000
+    from editwrap.cli import main
+
+    assert main(["report", str(a), str(b), "--out", str(tmp_path / "rep2")]) == 0
+    assert (tmp_path / "rep2" / "report.md").read_text() == text
+
+
+def test_result_log_keeps_last_line_per_key(tmp_path):
+    p = tmp_path / "x.jsonl"
+    log = ResultLog(p)
+    log.write({"index": 0, "v": 1})
+    log.write({"index": 0, "v": 2})
+    log.close()
+    assert ResultLog(p).records() == [{"index": 0, "v": 2}]
+
+
+@pytest.mark.slow
+def test_embedded_ft_m_single_on_zsre(embedded, tmp_path):
+    h0 = state_dict_hash(embedded)
+    t0 = time.time()
+    s = run_knowedit(embedded, "zsre", ZSRE, "ft-m", n=3, hparams={"num_steps": 10}, out=tmp_path, progress=False)
+    assert time.time() - t0 < 60
+    assert s["metrics"]["n"] == 3 and s["metrics"]["Edit Succ."] > 50
+    assert 0 <= s["metrics"]["Locality"] <= 100
+    assert len(embedded.stack) == 0 and state_dict_hash(embedded) == h0
+
+
+def test_fluency_flag_and_eval_lm_mounted(tiny_llama, tmp_path):
+    s = _run(tiny_llama, tmp_path, n=1, with_fluency=True)
+    assert s["metrics"]["Fluency"] is not None and s["metrics"]["Fluency"] >= 0
+    assert "| Fluency |" in (tmp_path / "zsre-ft-m-single.md").read_text()
+    pytest.importorskip("editwrap.integrations.cli")
+    from editwrap.cli import build_parser
+
+    args = build_parser().parse_args(["eval", "lm", "--stack", "some/dir", "--limit", "5"])
+    assert args.func.__name__ == "cmd_lm_eval" and args.stack == "some/dir"
