@@ -1,0 +1,78 @@
+"""Edit Succ. / Rephrase / Locality / Portability on KnowEdit ZsRE records for IKE, ICE and MEND.
+
+Metrics are EasyEdit's (editwrap.evals.metrics): teacher-forced token accuracy of the target for
+Edit Succ., Rephrase and Portability; Locality = fraction of answer-position argmax tokens
+unchanged by the edit. One edit at a time, popped after scoring. Text-plane entries (IKE/ICE)
+are scored on ``model._prepare_text(prompt)``, the text the edited model actually sees (EasyEdit
+also prepends the IKE context for every probe, locality included).
+
+    python benchmarks/external_zsre.py --methods ike,ice,mend --n 10 \
+        --ike-pool /work/shared/data/knowedit/full/zsre_mend_train.json --mend-editor DIR
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+KNOWEDIT = Path(__file__).resolve().parents[2] / "shared/data/knowedit"
+
+
+def score_method(model, facts, method: str, overrides: dict) -> dict:
+    from editwrap.evals.metrics import answer_tokens, locality_score, summarize, token_accuracy
+
+    tok = model.tokenizer
+    recs, t0 = [], time.time()
+    for f in facts:
+        loc = [(k, p) for k, ps in f.locality.items() for p in ps]
+        pre_loc = {k: answer_tokens(model, tok, [p.prompt], [p.answer])[0] for k, p in loc}
+        with model.edit(f, method=method, **overrides):
+            prep = model._prepare_text
+            r = {"rewrite_acc": token_accuracy(model, tok, [prep(f.prompt)], [f.target_new])}
+            if f.rephrase:
+                r["rephrase_acc"] = token_accuracy(model, tok, [prep(q) for q in f.rephrase], [f.target_new] * len(f.rephrase))
+            r["portability"] = {k: token_accuracy(model, tok, [prep(p.prompt) for p in ps], [p.answer for p in ps])
+                                for k, ps in f.portability.items()}
+            r["locality"] = {}
+            for k, p in loc:
+                post = answer_tokens(model, tok, [prep(p.prompt)], [p.answer])[0]
+                r["locality"].setdefault(k, []).extend(locality_score([pre_loc[k]], [post]))
+        recs.append(r)
+    out = summarize(recs)
+    out["seconds_per_edit"] = round((time.time() - t0) / max(1, len(facts)), 2)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", default="ike,ice,mend")
+    ap.add_argument("--n", type=int, default=10)
+    ap.add_argument("--data", default=str(KNOWEDIT / "ZsRE.json"))
+    ap.add_argument("--ike-pool", default=str(KNOWEDIT / "full" / "zsre_mend_train.json"))
+    ap.add_argument("--ike-k", type=int, default=16)
+    ap.add_argument("--mend-editor", default=None)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args()
+
+    from editwrap import EditableModel
+    from editwrap.evals.datasets import load_dataset
+
+    model = EditableModel.from_pretrained(args.model)
+    facts = load_dataset(None, args.data, n=args.n)
+    over = {"ike": {"pool": args.ike_pool, "k": args.ike_k}, "ice": {}, "mend": {"editor": args.mend_editor}}
+    results = {}
+    for m in args.methods.split(","):
+        results[m] = score_method(model, facts, m, over.get(m, {}))
+        r = results[m]
+        fmt = lambda v: "  -  " if v is None else f"{v:5.1f}"
+        print(f"{m:6s} n={r['n']:3d}  Edit Succ. {fmt(r['Edit Succ.'])}  Rephrase {fmt(r['Rephrase'])}  "
+              f"Locality {fmt(r['Locality'])}  Portability {fmt(r['Portability'])}  ({r['seconds_per_edit']} s/edit)",
+              flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""``editwrap train mend``: train a MEND editor (progress bar, checkpoints, resume).
+
+The ``train`` group is created here (``tsub`` is where another trainer's subcommand would go).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _load_records(paths: list[str], n: int | None) -> tuple[list[Any], str]:
+    from ...evals.datasets import load_dataset
+    from ...facts import Fact, load_facts
+
+    records: list[Any] = []
+    for p in paths:
+        got = [f for f in load_dataset(None, p, n=n, skip_malformed=True) if isinstance(f, Fact)]
+        if not got:  # a file of editwrap Facts (JSON list or JSONL)
+            got = load_facts(p)[:n]
+        records += got
+    if not records:
+        raise ValueError(f"no usable edit records in {paths}")
+    return records, ",".join(paths)
+
+
+def cmd_train_mend(args: argparse.Namespace) -> int:
+    from ...cli import _load_model
+    from ...hparams.mend import MENDTrainConfig
+    from .train import train_mend
+
+    cfg = MENDTrainConfig(layers=args.layers, rank=args.rank, steps=args.steps, batch_size=args.batch_size,
+                          lr=args.lr, lr_lr=args.lr_lr, c_edit=args.c_edit, c_loc=args.c_loc, seed=args.seed,
+                          save_every=args.save_every)
+    records, name = _load_records(args.data, args.n)
+    model = _load_model(args)
+    info = train_mend(model, records, args.out, cfg, resume=not args.no_resume, stop_after=args.stop_after,
+                      data_name=name)
+    print(json.dumps({k: v for k, v in info.items() if k != "config"}, indent=1))
+    if info["finished"]:
+        print(f"editor saved to {args.out}; edit with model.edit(fact, method='mend', editor='{args.out}')")
+    else:
+        print(f"stopped at step {info['steps_done']}; rerun the same command to resume from {args.out}/checkpoint",
+              file=sys.stderr)
+    return 0
+
+
+def register(subparsers: Any, model_args: Any) -> None:
+    t = subparsers.add_parser("train", help="train an editor network (MEND)")
+    tsub = t.add_subparsers(dest="trainer", required=True)
+    m = tsub.add_parser("mend", help="train a MEND editor on edit records (resumes from OUT/checkpoint)")
+    model_args(m)
+    m.add_argument("--data", action="append", required=True, help="training records (JSON/JSONL; repeatable)")
+    m.add_argument("--out", required=True, help="output directory (editor + checkpoint)")
+    m.add_argument("--n", type=int, default=None, help="use the first N records of each file")
+    m.add_argument("--steps", type=int, default=300)
+    m.add_argument("--batch-size", type=int, default=4)
+    m.add_argument("--rank", type=int, default=64)
+    m.add_argument("--layers", type=int, nargs="+", default=None, help="layer indices (default: last 3)")
+    m.add_argument("--lr", type=float, default=1e-4)
+    m.add_argument("--lr-lr", type=float, default=1e-2)
+    m.add_argument("--c-edit", type=float, default=1.0)
+    m.add_argument("--c-loc", type=float, default=1.0)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--save-every", type=int, default=50)
+    m.add_argument("--stop-after", type=int, default=None, help="stop after N steps of this run (as if killed)")
+    m.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    m.set_defaults(func=cmd_train_mend)
