@@ -16,6 +16,7 @@ PLUGINS = [
     "editwrap.evals.cli",
     "editwrap.integrations.cli",
     "editwrap.methods.mend.cli",
+    "editwrap.methods.serac.cli",
 ]
 
 

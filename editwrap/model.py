@@ -19,7 +19,7 @@ import torch
 from .entries.delta import Sidecar, is_conv1d
 from .facts import Fact, check_facts
 from .methods.base import HparamsBase, get_method
-from .ops.fingerprint import model_fingerprint
+from .ops.fingerprint import checkpoint_probe, is_quantized as _is_quantized, model_fingerprint
 from .ops.hooks import get_module
 from .stack import Edit, EditStack, StackError, load_stack_dir
 
@@ -132,6 +132,10 @@ class EditableModel:
                     max_length=self.max_length)
         if self._merged is not None:
             raise StackError("the stack is merged into the weights; call model.unmerge() before editing")
+        if not getattr(m, "supports_quantized", True) and _is_quantized(self):
+            raise StackError(f"method '{m.name}' cannot edit a quantized (8-/4-bit) model: "
+                             f"{getattr(m, 'quantized_reason', 'it needs float weights')}. Load the model without "
+                             "quantization_config, or use a side-car method (rome, memit, ft-l, ft-m, lora)")
         edit = m.compute(self, facts, hp)
         edit.entry.check_finite()
         return edit
@@ -219,7 +223,7 @@ class EditableModel:
     def compose(self, edits: "str | os.PathLike | Iterable[Edit]") -> list[Edit]:
         """Push a list of edits or a saved stack directory on top of the current stack."""
         if isinstance(edits, (str, os.PathLike)):
-            edits = load_stack_dir(edits, expected_fingerprint=self.fingerprint())
+            edits = load_stack_dir(edits, expected_fingerprint=self.fingerprint(), checkpoint=checkpoint_probe(self))
         pushed: list[Edit] = []
         try:
             for e in edits:
@@ -248,7 +252,9 @@ class EditableModel:
             if w is None or not w.is_floating_point() or type(mod).__name__.startswith("Linear8bit") or \
                     type(mod).__name__.startswith("Linear4bit") or w.dtype in (torch.int8, torch.uint8):
                 raise StackError(f"merge() refused: {name} is a quantized layer ({type(mod).__name__}); its int8 "
-                                 "weights cannot hold the delta exactly. Serve with side-cars (no merge) instead")
+                                 "weights cannot hold the delta exactly. Serve with side-cars (no merge) instead, or "
+                                 "re-quantize explicitly (lossy, error reported, unmerge() still exact) with "
+                                 "editwrap.integrations.quant.requantize_merge(model)")
         merged: dict[str, torch.Tensor] = {}
         for name, car in self._sidecars.items():
             mod = get_module(self, name)
@@ -271,6 +277,9 @@ class EditableModel:
             with torch.no_grad():
                 w.copy_(orig.to(w.device))
             self._sidecars[name].enabled = True
+        restore = self._ew_cache.pop("unmerge_restore", None)  # e.g. int8 scales kept by requantize_merge
+        if restore is not None:
+            restore()
         self.__dict__["_merged"] = None
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
@@ -301,32 +310,53 @@ class EditableModel:
                 text = rewrite(self, text)
         return text
 
+    def _route(self, text: str) -> tuple[str, Any]:
+        """(text, model to run it on): the first entry, top of the stack first, whose
+        ``route_text(host, text)`` routes the input (e.g. a SERAC cache sending in-scope inputs to its
+        counterfactual model); otherwise ``(self._prepare_text(text), self)``."""
+        for e in reversed(self._edits):
+            route = getattr(e.entry, "route_text", None)
+            if route is not None:
+                got = route(self, text)
+                if got is not None:
+                    return got
+        return self._prepare_text(text), self
+
     @torch.no_grad()
     def generate_text(self, prompt: str | list[str], max_new_tokens: int = 20, **kwargs: Any) -> str | list[str]:
         """Greedy continuation of ``prompt`` (only the new text), honouring text-plane entries."""
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
         tok = self.tokenizer
-        old_side = tok.padding_side
-        tok.padding_side = "left"
-        try:
-            enc = tok([self._prepare_text(p) for p in prompts], return_tensors="pt", padding=True).to(self.device)
-        finally:
-            tok.padding_side = old_side
+        routed = [self._route(p) for p in prompts]
+        groups: dict[int, list[int]] = {}  # one batch per model the inputs are routed to
+        for i, (_, m) in enumerate(routed):
+            groups.setdefault(id(m), []).append(i)
         kwargs.setdefault("do_sample", False)
-        out = self.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs)
-        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        texts: list[str] = [""] * len(prompts)
+        for idx in groups.values():
+            m = routed[idx[0]][1]
+            old_side = tok.padding_side
+            tok.padding_side = "left"
+            try:
+                enc = tok([routed[i][0] for i in idx], return_tensors="pt", padding=True).to(m.device)
+            finally:
+                tok.padding_side = old_side
+            out = m.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs)
+            for i, t in zip(idx, tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)):
+                texts[i] = t
         return texts[0] if single else texts
 
     @torch.no_grad()
     def loglikelihood(self, context: str, continuation: str) -> float:
         """Sum of log-probabilities of ``continuation`` after ``context`` (text-plane entries honoured)."""
         tok = self.tokenizer
-        ctx = tok(self._prepare_text(context))["input_ids"]
+        text, m = self._route(context)
+        ctx = tok(text)["input_ids"]
         cont = tok(continuation)["input_ids"] if continuation else []
         if not cont:
             return 0.0
-        ids = torch.tensor([ctx + cont], device=self.device)
-        logp = torch.log_softmax(self(input_ids=ids).logits[0, len(ctx) - 1:-1].float(), -1)
+        ids = torch.tensor([ctx + cont], device=m.device)
+        logp = torch.log_softmax(m(input_ids=ids).logits[0, len(ctx) - 1:-1].float(), -1)
         return float(logp.gather(1, ids[0, len(ctx):, None]).sum())
 

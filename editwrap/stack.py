@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from .entries.base import Entry, entry_from_saved
 from .facts import Fact
+from .ops.fingerprint import checkpoint_probe, quantization_label, same_checkpoint
 
 if TYPE_CHECKING:
     from .model import EditableModel
@@ -142,7 +143,9 @@ def save_stack_dir(edits: Sequence[Edit], path: Path, host: "EditableModel") -> 
                 e.entry.save_extra(extra)  # e.g. PEFT adapters in their own format
             records.append(e.manifest())
         manifest = {"format_version": FORMAT_VERSION, "editwrap_version": __version__,
-                    "base_fingerprint": host.fingerprint(), "base_model": host.name_or_path, "edits": records}
+                    "base_fingerprint": host.fingerprint(), "base_model": host.name_or_path,
+                    "base_checkpoint": checkpoint_probe(host), "base_quantization": quantization_label(host),
+                    "edits": records}
         (tmp / "edits.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         save_file(tensors, str(tmp / "edits.safetensors"))
         old = None
@@ -158,8 +161,14 @@ def save_stack_dir(edits: Sequence[Edit], path: Path, host: "EditableModel") -> 
     return path
 
 
-def load_stack_dir(path: str | os.PathLike, expected_fingerprint: str | None = None) -> list[Edit]:
-    """Rebuild the edits of a saved stack; refuse one made for another base model."""
+def load_stack_dir(path: str | os.PathLike, expected_fingerprint: str | None = None,
+                   checkpoint: dict | None = None) -> list[Edit]:
+    """Rebuild the edits of a saved stack; refuse one made for another base model.
+
+    With ``checkpoint`` (the target's :func:`~editwrap.ops.fingerprint.checkpoint_probe`), a stack
+    whose fingerprint differs only because the same checkpoint was loaded quantized (or in another
+    dtype) is accepted with a warning.
+    """
     path = Path(path)
     mf = path / "edits.json"
     if not mf.exists():
@@ -168,7 +177,15 @@ def load_stack_dir(path: str | os.PathLike, expected_fingerprint: str | None = N
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise StackError(f"{path} was written by a newer editwrap (format {manifest['format_version']}); upgrade editwrap")
     fp = manifest.get("base_fingerprint")
-    if expected_fingerprint is not None and fp != expected_fingerprint:
+    if expected_fingerprint is not None and fp != expected_fingerprint and checkpoint is not None and \
+            same_checkpoint(manifest.get("base_checkpoint"), checkpoint):
+        import warnings
+
+        warnings.warn(
+            f"stack {path} was computed on {manifest.get('base_quantization') or 'float'} weights of this checkpoint "
+            f"(fingerprint {fp}; this model: {expected_fingerprint}); its deltas are applied unchanged as side-cars, "
+            "so results differ from the original by the quantization error of the base", stacklevel=3)
+    elif expected_fingerprint is not None and fp != expected_fingerprint:
         raise StackError(
             f"stack {path} was computed on base model {manifest.get('base_model')!r} (fingerprint {fp}) but this "
             f"model's fingerprint is {expected_fingerprint}; load it onto the same base model it was made with"

@@ -43,8 +43,9 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
     s = run_knowedit(model, args.dataset, args.data, args.method, n=args.n, mode=args.mode,
                      batch_size=args.batch_size, checkpoints=args.checkpoints, hparams=hp, out=args.out,
                      with_fluency=args.fluency, gen_tokens=args.gen_tokens, retain_n=args.retain_n,
-                     seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)
-    stem = f"{s['dataset']}-{s['method']}-{s['mode']}"
+                     seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress,
+                     trained_on=args.trained_on)
+    stem = f"{s['dataset']}-{s['method']}-{s['mode']}" + (f"-from-{s['trained_on']}" if s.get("trained_on") else "")
     print(Path(args.out, f"{stem}.md").read_text(encoding="utf-8"))
     print(f"wall time {s['wall_seconds']:.1f} s; results in {args.out}/ ({stem}.jsonl, .summary.json, .md; report.md)")
     return 0 if s.get("bit_exact") is not False else 1
@@ -82,6 +83,9 @@ def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], No
     k.add_argument("--retain-n", type=_positive, default=None, help="Sanitation retain probes for locality (default all)")
     k.add_argument("--seed", type=int, default=0, help="ConvSent draws / mixed-dataset shuffle")
     k.add_argument("--out", default="results", help="results folder (default results/)")
+    k.add_argument("--trained-on", default=None, metavar="DIR",
+                   help="cross-domain: a MEND editor / SERAC artifact trained on another dataset's train split "
+                        "(reported as source ⇒ target)")
     k.add_argument("--overwrite", action="store_true", help="start over instead of resuming an existing run")
     k.add_argument("--no-progress", action="store_true", help="no progress bar")
     k.set_defaults(func=cmd_knowedit)

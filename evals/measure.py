@@ -10,7 +10,8 @@ metrics record using only :mod:`editwrap.evals.metrics`:
 * Sanitation: ``success`` (the generation contains the target "I don't know.") and
   ``locality["retain"]`` (retain-set generations unchanged vs the starting model).
 
-Prompts go through ``model._prepare_text`` so text-plane edits (IKE) are seen by the scorer.
+Prompts go through ``model._route`` (else ``model._prepare_text``) so text-plane edits (IKE prompts,
+SERAC caches routing to a counterfactual model) are seen by the scorer.
 """
 from __future__ import annotations
 
@@ -64,14 +65,31 @@ class Scorer:
         f = getattr(self.model, "_prepare_text", None)
         return [f(t) for t in texts] if f is not None else list(texts)
 
+    def _on(self, fn: Any, texts: Sequence[str], *cols: Sequence[Any], **kw: Any) -> list[Any]:
+        """``fn(model, tok, texts, *cols, **kw)`` per model the texts are routed to (``model._route``:
+        a SERAC cache sends in-scope inputs to its counterfactual model), results in input order."""
+        kw.setdefault("batch_size", self.batch_size)
+        route = getattr(self.model, "_route", None)
+        if route is None:
+            return fn(self.model, self.tok, self.prep(texts), *cols, **kw)
+        routed = [route(t) for t in texts]
+        groups: dict[int, list[int]] = {}
+        for i, (_, m) in enumerate(routed):
+            groups.setdefault(id(m), []).append(i)
+        out: list[Any] = [None] * len(routed)
+        for idx in groups.values():
+            res = fn(routed[idx[0]][1], self.tok, [routed[i][0] for i in idx], *[[c[i] for i in idx] for c in cols], **kw)
+            for i, v in zip(idx, res):
+                out[i] = v
+        return out
+
     # ---- before the edit ------------------------------------------------------------------------
     def pre(self, item: Any) -> dict[str, Any]:
         """What ``post`` compares against, measured on the model before the item's edit."""
         if isinstance(item, ConvSentRecord):
             ctx, rep, _ = item.inner_qa()
             octx, orep = item.outer_qa()
-            return {"inner": token_logprobs(self.model, self.tok, self.prep(ctx), rep, self.batch_size),
-                    "outer": continuation_logprob_dists(self.model, self.tok, self.prep(octx), orep, self.batch_size)}
+            return {"inner": self._on(token_logprobs, ctx, rep), "outer": self._on(continuation_logprob_dists, octx, orep)}
         if self.sanitation:
             if self._retain_pre is None:
                 self._retain_pre = self._generate([p.prompt for p in self.retain])
@@ -79,8 +97,7 @@ class Scorer:
         probes = [(k, p) for k, ps in item.locality.items() for p in ps]
         if not probes:
             return {"locality": {}}
-        toks = answer_tokens(self.model, self.tok, self.prep([p.prompt for _, p in probes]),
-                             [p.answer for _, p in probes], self.batch_size)
+        toks = self._on(answer_tokens, [p.prompt for _, p in probes], [p.answer for _, p in probes])
         out: dict[str, list] = {}
         for (k, _), t in zip(probes, toks):
             out.setdefault(k, []).append(t)
@@ -97,7 +114,8 @@ class Scorer:
             rec = self._fact(item, pre)
         if self.with_fluency:
             prompt = item.question if isinstance(item, ConvSentRecord) else item.text_prompt
-            rec["fluency"] = {"ngram_entropy": fluency(self.model, self.tok, self.prep([prompt]), self.fluency_tokens)}
+            text, m = self.model._route(prompt) if hasattr(self.model, "_route") else (prompt, self.model)
+            rec["fluency"] = {"ngram_entropy": fluency(m, self.tok, [text], self.fluency_tokens)}
         return _nan_to_none(rec)
 
     def _fact(self, f: Fact, pre: dict[str, Any]) -> dict[str, Any]:
@@ -105,8 +123,7 @@ class Scorer:
         rows: list[tuple[str, str | None, str, str]] = [("rewrite_acc", None, f.text_prompt, f.target_new)]
         rows += [("rephrase_acc", None, r, f.target_new) for r in f.rephrase]
         rows += [("portability", k, p.prompt, p.answer) for k, ps in f.portability.items() for p in ps]
-        accs = token_accuracy(self.model, self.tok, self.prep([r[2] for r in rows]), [r[3] for r in rows],
-                              self.batch_size)
+        accs = self._on(token_accuracy, [r[2] for r in rows], [r[3] for r in rows])
         rec: dict[str, Any] = {"rewrite_acc": [], "portability": {}, "locality": {}}
         for (section, key, _, _), a in zip(rows, accs):
             if key is None:
@@ -115,8 +132,7 @@ class Scorer:
                 rec[section].setdefault(key, []).append(a)
         probes = [(k, p) for k, ps in f.locality.items() for p in ps]
         if probes:
-            post = answer_tokens(self.model, self.tok, self.prep([p.prompt for _, p in probes]),
-                                 [p.answer for _, p in probes], self.batch_size)
+            post = self._on(answer_tokens, [p.prompt for _, p in probes], [p.answer for _, p in probes])
             grouped: dict[str, list] = {}
             for (k, _), t in zip(probes, post):
                 grouped.setdefault(k, []).append(t)
@@ -126,13 +142,13 @@ class Scorer:
     def _convsent(self, item: ConvSentRecord, pre: dict[str, Any]) -> dict[str, Any]:
         ctx, rep, is_target = item.inner_qa()
         octx, orep = item.outer_qa()
-        inner = token_logprobs(self.model, self.tok, self.prep(ctx), rep, self.batch_size)
-        outer = continuation_logprob_dists(self.model, self.tok, self.prep(octx), orep, self.batch_size)
+        inner = self._on(token_logprobs, ctx, rep)
+        outer = self._on(continuation_logprob_dists, octx, orep)
         return {"es": convsent_success(pre["inner"], inner, is_target),
                 "dd": kl_divergence_locality(pre["outer"], outer)}
 
     def _generate(self, prompts: Sequence[str]) -> list[list[int]]:
-        return generate_tokens(self.model, self.tok, self.prep(prompts), self.gen_tokens, batch_size=self.batch_size)
+        return self._on(generate_tokens, prompts, max_new_tokens=self.gen_tokens)
 
     def _sanitation(self, f: Fact) -> dict[str, Any]:
         gen = self.tok.decode(self._generate([f.text_prompt])[0], skip_special_tokens=True)

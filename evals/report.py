@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 __all__ = ["paper_rows", "run_table", "write_run", "build_report", "load_summaries", "plot_sequential",
-           "general_ability_table"]
+           "general_ability_table", "cross_domain_table"]
 
 NAMES = {"zsre": "ZsRE", "recent": "WikiData_recent", "counterfact": "WikiData_counterfact", "wikibio": "WikiBio",
          "convsent": "ConvSent", "sanitation": "Sanitation", "mixed": "Mixed (ZsRE + recent + counterfact)"}
@@ -40,7 +40,7 @@ def _fmt(v: Any) -> str:
 
 def _labels(runs: Sequence[dict]) -> list[str]:
     """Column names: the method, plus the model / folder where needed to tell columns apart."""
-    labels = [r["method"] for r in runs]
+    labels = [r["method"] + (f" ({r['trained_on']} ⇒)" if r.get("trained_on") else "") for r in runs]
     if len({r.get("model") for r in runs}) > 1:
         labels = [f"{lab} ({Path(str(r.get('model') or '')).name or 'model'})" for lab, r in zip(labels, runs)]
     if len(set(labels)) < len(labels):
@@ -180,6 +180,23 @@ def general_ability_table(folders: Iterable[str | Path]) -> str:
                       *rows])
 
 
+def cross_domain_table(runs: Sequence[dict]) -> str:
+    """Trained editors evaluated off their training domain: one row per (method, source ⇒ target,
+    mode), with in-domain runs of the same methods (source = target) for comparison when present."""
+    trained = [r for r in runs if r.get("trained_on")]
+    if not trained:
+        return ""
+    lines = ["## Cross-domain editing (trained on ⇒ evaluated on)", "",
+             "| method | source ⇒ target | mode | " + " | ".join(ROWS[:4]) + " | n |",
+             "|---|---|---|" + "---:|" * 5]
+    for r in sorted(trained, key=lambda r: (r["method"], r["trained_on"], r["dataset"], r["mode"])):
+        rows = paper_rows(r)
+        src, tgt = NAMES.get(r["trained_on"], r["trained_on"]), NAMES.get(r["dataset"], r["dataset"])
+        lines.append(f"| {r['method']} | {src} ⇒ {tgt} | {r['mode']} | "
+                     + " | ".join(_fmt(rows[k]) for k in ROWS[:4]) + f" | {r.get('n', '–')} |")
+    return "\n".join(lines)
+
+
 def build_report(folders: Sequence[str | Path], out: str | Path, title: str = "KnowEdit results") -> str:
     """Merge every run under ``folders`` into ``<out>/report.md`` (+ ``sequential-<dataset>.png``)."""
     out = Path(out)
@@ -201,6 +218,9 @@ def build_report(folders: Sequence[str | Path], out: str | Path, title: str = "K
                 parts += [f"![{ds} sequential]({png.name})", ""]
     if not runs:
         parts += ["(no *.summary.json found)", ""]
+    cross = cross_domain_table(runs)
+    if cross:
+        parts += [cross, ""]
     general = general_ability_table(folders)
     if general:
         parts += [general, ""]

@@ -146,13 +146,16 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
                  checkpoints: Sequence[int] = DEFAULT_CHECKPOINTS, hparams: dict[str, Any] | None = None,
                  out: str | Path = "results", with_fluency: bool = False, gen_tokens: int = 20,
                  retain_n: int | None = None, seed: int = 0, overwrite: bool = False,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, trained_on: str | Path | None = None) -> dict[str, Any]:
     """Evaluate ``method`` on a KnowEdit dataset; returns the summary (also written to ``out``).
 
     ``model``: an EditableModel, a model path/hub id, or None (the embedded model). ``data``: the
     dataset file (a directory is joined with the default file name; required for ``mixed``).
     ``hparams``: method hyperparameter overrides. ``retain_n``: Sanitation retain probes used for
-    locality (None = all). Writes ``<dataset>-<method>-<mode>.{jsonl,meta.json,summary.json,md}``
+    locality (None = all). ``trained_on``: a trained editor directory (MEND editor / SERAC artifact)
+    made on another dataset's train split; it is passed as the method's ``editor``/``artifact``
+    hparam, the stem gets ``-from-<source>`` and the summary records ``trained_on`` (source ⇒
+    target, see :func:`trained_source`). Writes ``<dataset>-<method>-<mode>.{jsonl,meta.json,summary.json,md}``
     (+ ``.png`` for sequential) and refreshes ``report.md`` for the whole folder.
     """
     from tqdm.auto import tqdm
@@ -179,7 +182,12 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
         model = EditableModel.from_pretrained(model)
     elif not isinstance(model, EditableModel):
         model = EditableModel.wrap(model)
-    hp = model._resolve_hparams(m, None, dict(hparams or {}))
+    hparams = dict(hparams or {})
+    source = None
+    if trained_on is not None:
+        source, field = trained_source(trained_on), _artifact_field(m)
+        hparams[field] = str(Path(trained_on).resolve())
+    hp = model._resolve_hparams(m, None, hparams)
 
     t_start = time.time()
     items, sources, retain = load_records(dataset, data, n, seed=seed)
@@ -188,12 +196,14 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     retain = retain if retain_n is None else retain[:retain_n]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{dataset}-{m.name}-{mode}"
+    stem = f"{dataset}-{m.name}-{mode}" + (f"-from-{source}" if source else "")
     cps = sorted({c for c in checkpoints if 0 < c < len(items)} | {len(items)}) if mode == "sequential" else None
     meta = dict(dataset=dataset, data=str(Path(data).resolve()), method=m.name, mode=mode, n=len(items),
                  batch_size=batch_size if mode == "batch" else 1, seed=seed, model=model.name_or_path,
                  base_stack=len(model.stack), hparams=hp.model_dump(mode="json"), fluency=with_fluency,
                  gen_tokens=gen_tokens, retain_n=retain_n)
+    if source:
+        meta["trained_on"] = source
     jsonl = out / f"{stem}.jsonl"
     if overwrite and jsonl.exists():
         jsonl.unlink()
@@ -227,6 +237,29 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     report.write_run(summary, out, stem)
     report.build_report([out], out)
     return summary
+
+
+def _artifact_field(m: Any) -> str:
+    for field in ("editor", "artifact"):
+        if field in m.Hparams.model_fields:
+            return field
+    raise ValueError(f"--trained-on needs a trained method (mend, serac); {m.name!r} takes no trained artifact")
+
+
+def trained_source(path: str | Path) -> str:
+    """The dataset a trained editor / artifact was trained on (from its JSON ``data`` field), as a
+    dataset name when recognised (``zsre``, ``recent``, ``counterfact``…), else the file stem."""
+    p = Path(path)
+    meta = next((json.loads(f.read_text(encoding="utf-8")) for f in (p / "editor.json", p / "serac.json")
+                 if f.is_file()), None)
+    if meta is None:
+        raise FileNotFoundError(f"--trained-on {p}: no editor.json (MEND) or serac.json (SERAC) there")
+    data = str(meta.get("info", {}).get("data") or meta.get("data") or p.name).split(",")[0]
+    stem = Path(data).stem.lower()
+    for key, name in (("zsre", "zsre"), ("recent", "recent"), ("counterfact", "counterfact"), ("wikibio", "wikibio")):
+        if key in stem:
+            return name
+    return stem or p.name
 
 
 def _by_source(lines: list[dict]) -> dict[str, Any]:

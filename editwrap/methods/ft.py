@@ -18,7 +18,7 @@ from ..facts import Fact
 from ..hparams.arch import arch_of
 from ..hparams.ft import FTHparams
 from ..ops.hooks import frozen, get_module, patch_output
-from ..ops.tokens import batch_encode, target_ids
+from ..ops.train import edit_batch as _batch, edit_loss as _loss
 from ..stack import Edit
 from .base import register_method
 
@@ -30,39 +30,6 @@ def _shape(mod: torch.nn.Module) -> tuple[int, int]:
     out_f = getattr(mod, "out_features", None) or (w.shape[1] if is_conv1d(mod) else w.shape[0])
     in_f = getattr(mod, "in_features", None) or (w.shape[0] if is_conv1d(mod) else w.shape[1])
     return int(out_f), int(in_f)
-
-
-def _batch(model: Any, facts: Sequence[Fact], objective: str) -> tuple[dict[str, torch.Tensor], Any]:
-    tok = model.tokenizer
-    device = next(model.parameters()).device
-    prompts = [f.text_prompt for f in facts]
-    tgts = [target_ids(tok, f.target_new) for f in facts]
-    if objective == "prompt_last":
-        enc = batch_encode(tok, prompts, device)
-        last = enc["attention_mask"].sum(1) - 1
-        return enc, (last, tgts)
-    texts = [p + tok.decode(t) for p, t in zip(prompts, tgts)]
-    enc = batch_encode(tok, texts, device)
-    labels = torch.full_like(enc["input_ids"], -100)
-    for i, t in enumerate(tgts):
-        end = int(enc["attention_mask"][i].sum())
-        labels[i, end - len(t): end] = torch.tensor(t, device=device)
-    return enc, labels
-
-
-def _loss(logits: torch.Tensor, target: Any, objective: str) -> torch.Tensor:
-    logp = torch.log_softmax(logits.float(), -1)
-    if objective == "prompt_last":
-        last, tgts = target
-        losses = []
-        for i, t in enumerate(tgts):
-            losses.append(-logp[i, last[i], torch.tensor(t, device=logp.device)].mean())
-        return torch.stack(losses).mean()
-    labels = target
-    shifted = labels[:, 1:]
-    mask = shifted != -100
-    lp = logp[:, :-1].gather(2, shifted.clamp(min=0).unsqueeze(2)).squeeze(2)
-    return -(lp * mask).sum() / mask.sum()
 
 
 class _FT:

@@ -7,7 +7,8 @@ import json
 import torch
 from torch import nn
 
-__all__ = ["model_fingerprint", "state_dict_hash", "tensor_hash"]
+__all__ = ["model_fingerprint", "state_dict_hash", "tensor_hash", "checkpoint_probe", "same_checkpoint",
+           "is_quantized", "quantization_label"]
 
 
 def tensor_hash(t: torch.Tensor, h: "hashlib._Hash | None" = None) -> "hashlib._Hash":
@@ -27,6 +28,17 @@ def state_dict_hash(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+_CONFIG_KEYS = {"model_type", "vocab_size", "hidden_size", "num_hidden_layers", "n_layer", "n_embd",
+                "intermediate_size", "num_attention_heads", "n_head", "architectures"}
+
+
+def _config_hash(model: nn.Module) -> "hashlib._Hash":
+    cfg = getattr(model, "config", None)
+    d = cfg.to_dict() if cfg is not None else {}
+    keep = {k: d[k] for k in sorted(d) if k in _CONFIG_KEYS}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode())
+
+
 def model_fingerprint(model: nn.Module, overrides: dict[str, torch.Tensor] | None = None) -> str:
     """Hash of the architecture config plus a strided sample of a few weights.
 
@@ -34,12 +46,7 @@ def model_fingerprint(model: nn.Module, overrides: dict[str, torch.Tensor] | Non
     architecture. ``overrides`` supplies the original tensors of merged layers so a merged model
     still reports its base fingerprint.
     """
-    cfg = getattr(model, "config", None)
-    d = cfg.to_dict() if cfg is not None else {}
-    keep = {k: d[k] for k in sorted(d) if k in {"model_type", "vocab_size", "hidden_size", "num_hidden_layers",
-                                                 "n_layer", "n_embd", "intermediate_size", "num_attention_heads",
-                                                 "n_head", "architectures"}}
-    h = hashlib.sha256(json.dumps(keep, sort_keys=True).encode())
+    h = _config_hash(model)
     sd = model.state_dict()
     names = sorted(sd)
     pick = names[:: max(1, len(names) // 8)][:8] + names[-1:]
@@ -52,3 +59,58 @@ def model_fingerprint(model: nn.Module, overrides: dict[str, torch.Tensor] | Non
             sample = sample.to(torch.int64)
         tensor_hash(sample.to(torch.float64), h)
     return h.hexdigest()[:16]
+
+
+# ---- identity of the checkpoint across quantization / dtype -------------------------------------
+# ``model_fingerprint`` is exact: the same checkpoint loaded in 8-bit (int8 weights + scales) or
+# fp16 has another fingerprint, which keys its own covariance cache. A stack saved on the fp32
+# model may still be applied to the 8-bit model of the same checkpoint (``load_stack_dir`` warns):
+# the probe below samples only tensors that quantizers leave in floating point (the input
+# embeddings and the 1-D parameters: norms, biases) and is compared with a tolerance that absorbs
+# fp16/bf16 rounding.
+
+def is_quantized(model: nn.Module) -> bool:
+    """True when the model was loaded with a (bitsandbytes or other) quantization_config."""
+    if getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False):
+        return True
+    return getattr(model, "hf_quantizer", None) is not None and any(
+        type(m).__name__.startswith(("Linear8bit", "Linear4bit")) or
+        (isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dtype in (torch.int8, torch.uint8))
+        for m in model.modules())
+
+
+def quantization_label(model: nn.Module) -> str | None:
+    """``"bnb-int8"``, ``"bnb-nf4"``, … or None for a model that is not quantized."""
+    if not is_quantized(model):
+        return None
+    qc = getattr(getattr(model, "config", None), "quantization_config", None)
+    qc = qc.to_dict() if hasattr(qc, "to_dict") else dict(qc or {})
+    if qc.get("load_in_4bit"):
+        return f"bnb-{qc.get('bnb_4bit_quant_type', 'fp4')}"
+    if qc.get("load_in_8bit"):
+        return "bnb-int8"
+    return str(qc.get("quant_method", "quantized"))
+
+
+def checkpoint_probe(model: nn.Module, n: int = 64) -> dict:
+    """Quantization- and dtype-independent identity: config hash + a few float values."""
+    vals: list[float] = []
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    tensors = [emb.weight] if emb is not None and getattr(emb, "weight", None) is not None else []
+    tensors += [p for _, p in sorted(model.named_parameters()) if p.ndim == 1 and p.is_floating_point()][:8]
+    for t in tensors:
+        flat = t.detach().reshape(-1)
+        step = max(1, flat.numel() // n)
+        vals += [round(float(x), 6) for x in flat[::step][:n].float().cpu()]
+    return {"config": _config_hash(model).hexdigest()[:16], "values": vals, "quantization": quantization_label(model),
+            "dtype": str(tensors[0].dtype) if tensors else None}
+
+
+def same_checkpoint(a: dict | None, b: dict | None, rtol: float = 1e-2, atol: float = 1e-4) -> bool:
+    """Whether two :func:`checkpoint_probe` results are the same checkpoint loaded with a different
+    quantization or dtype (identical loads must match by :func:`model_fingerprint` instead)."""
+    if not a or not b or a.get("config") != b.get("config") or len(a.get("values", [])) != len(b.get("values", [])):
+        return False
+    if (a.get("quantization"), a.get("dtype")) == (b.get("quantization"), b.get("dtype")):
+        return False
+    return bool(a["values"]) and all(abs(x - y) <= atol + rtol * abs(y) for x, y in zip(a["values"], b["values"]))

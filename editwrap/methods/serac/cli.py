@@ -1,0 +1,69 @@
+"""``editwrap train serac``: train a SERAC artifact (scope classifier + counterfactual delta).
+
+Adds ``serac`` to the ``train`` group when another plugin (``train mend``) created it, else
+creates the group.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def _load_records(paths: list[str], n: int | None) -> tuple[list[Any], str]:
+    from ...evals.datasets import load_dataset
+    from ...facts import Fact, load_facts
+
+    records: list[Any] = []
+    for p in paths:
+        got = [f for f in load_dataset(None, p, n=n, skip_malformed=True) if isinstance(f, Fact)]
+        records += got or load_facts(p)[:n]
+    if not records:
+        raise ValueError(f"no usable edit records in {paths}")
+    return records, ",".join(paths)
+
+
+def cmd_train_serac(args: argparse.Namespace) -> int:
+    from ...cli import _load_model
+    from ...hparams.serac import SERACTrainConfig
+    from .train import train_serac
+
+    cfg = SERACTrainConfig(hidden=args.hidden, cls_steps=args.cls_steps, cls_lr=args.cls_lr,
+                           neg_per_record=args.neg_per_record, threshold=args.threshold, cf_layers=args.cf_layers,
+                           cf_rank=args.cf_rank, cf_steps=args.cf_steps, cf_batch_size=args.cf_batch_size,
+                           cf_lr=args.cf_lr, seed=args.seed)
+    records, name = _load_records(args.data, args.n)
+    model = _load_model(args)
+    info = train_serac(model, records, args.out, cfg, data_name=name)
+    print(json.dumps(info, indent=1))
+    print(f"artifact saved to {args.out}; edit with model.edit(fact, method='serac', artifact='{args.out}')")
+    return 0
+
+
+def _train_group(subparsers: Any) -> Any:
+    t = subparsers.choices.get("train")
+    if t is None:
+        t = subparsers.add_parser("train", help="train an editor network (MEND, SERAC)")
+        return t.add_subparsers(dest="trainer", required=True)
+    return next(a for a in t._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def register(subparsers: Any, model_args: Any) -> None:
+    s = _train_group(subparsers).add_parser(
+        "serac", help="train a SERAC scope classifier + counterfactual model on edit records")
+    model_args(s)
+    s.add_argument("--data", action="append", required=True, help="training records (JSON/JSONL; repeatable)")
+    s.add_argument("--out", required=True, help="output directory (serac.safetensors + serac.json)")
+    s.add_argument("--n", type=int, default=None, help="use the first N records of each file")
+    s.add_argument("--hidden", type=int, default=64, help="scope classifier MLP width")
+    s.add_argument("--cls-steps", type=int, default=400)
+    s.add_argument("--cls-lr", type=float, default=3e-3)
+    s.add_argument("--neg-per-record", type=int, default=4)
+    s.add_argument("--threshold", type=float, default=0.5, help="in-scope probability threshold")
+    s.add_argument("--cf-layers", type=int, nargs="+", default=None, help="counterfactual delta layers (default the last 6)")
+    s.add_argument("--cf-rank", type=int, default=8)
+    s.add_argument("--cf-steps", type=int, default=60, help="0 = base model with the edit in context")
+    s.add_argument("--cf-batch-size", type=int, default=4)
+    s.add_argument("--cf-lr", type=float, default=1e-3)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_train_serac)

@@ -1,0 +1,84 @@
+"""Teacher-forced training batches and losses shared by every method that optimises on facts.
+
+* ``edit_batch(model, facts, "target_new")`` encodes ``prompt + " " + target`` right-padded with
+  labels masked (-100) everywhere except the target tokens; ``edit_loss`` is the mean NLL of those
+  tokens (EasyEdit's FT-M / LoRA / GRACE / WISE objective).
+* ``"prompt_last"`` scores all target tokens at the last prompt position (EasyEdit's FT-L).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..facts import Fact
+from .tokens import batch_encode, target_ids
+
+__all__ = ["edit_batch", "edit_loss", "prompt_lengths", "optimize"]
+
+
+def edit_batch(model: Any, facts: Sequence[Fact], objective: str = "target_new") -> tuple[dict[str, torch.Tensor], Any]:
+    tok = model.tokenizer
+    device = next(model.parameters()).device
+    prompts = [f.text_prompt for f in facts]
+    tgts = [target_ids(tok, f.target_new) for f in facts]
+    if objective == "prompt_last":
+        enc = batch_encode(tok, prompts, device)
+        last = enc["attention_mask"].sum(1) - 1
+        return enc, (last, tgts)
+    texts = [p + tok.decode(t) for p, t in zip(prompts, tgts)]
+    enc = batch_encode(tok, texts, device)
+    labels = torch.full_like(enc["input_ids"], -100)
+    for i, t in enumerate(tgts):
+        end = int(enc["attention_mask"][i].sum())
+        labels[i, end - len(t): end] = torch.tensor(t, device=device)
+    return enc, labels
+
+
+def prompt_lengths(labels: torch.Tensor) -> torch.Tensor:
+    """Index of the last prompt token of each row of a ``target_new`` label tensor."""
+    first_target = (labels != -100).float().argmax(1)
+    return first_target - 1
+
+
+def edit_loss(logits: torch.Tensor, target: Any, objective: str = "target_new", reduce: bool = True) -> torch.Tensor:
+    """Mean NLL of the target tokens (per row when ``reduce`` is False; ``target_new`` only)."""
+    logp = torch.log_softmax(logits.float(), -1)
+    if objective == "prompt_last":
+        last, tgts = target
+        losses = []
+        for i, t in enumerate(tgts):
+            losses.append(-logp[i, last[i], torch.tensor(t, device=logp.device)].mean())
+        return torch.stack(losses).mean()
+    labels = target
+    shifted = labels[:, 1:]
+    mask = shifted != -100
+    lp = logp[:, :-1].gather(2, shifted.clamp(min=0).unsqueeze(2)).squeeze(2)
+    if not reduce:
+        return -(lp * mask).sum(1) / mask.sum(1)
+    return -(lp * mask).sum() / mask.sum()
+
+
+def optimize(opt: torch.optim.Optimizer, step_fn: Any, num_steps: int, early_stop_loss: float = 0.0,
+             before_step: Any = None, after_step: Any = None) -> dict[str, Any]:
+    """The edit-training loop every trained method shares.
+
+    ``step_fn() -> (loss, info)`` runs the forward pass; training stops early once the loss is
+    below ``early_stop_loss``; ``before_step()`` runs between backward and the optimiser step
+    (e.g. gradient masks), ``after_step(step)`` after it (e.g. projections, rank allocation).
+    Returns the last step's info plus ``loss`` and ``steps``.
+    """
+    info: dict[str, Any] = {}
+    for step in range(num_steps):
+        opt.zero_grad()
+        loss, extra = step_fn()
+        info = {"loss": round(loss.item(), 5), **extra, "steps": step + 1}
+        if loss.item() < early_stop_loss:
+            break
+        loss.backward()
+        if before_step is not None:
+            before_step()
+        opt.step()
+        if after_step is not None:
+            after_step(step)
+    return info
