@@ -45,6 +45,10 @@ class RomeHparams(_Shared):
 
 class MemitHparams(_Shared):
     layers: list[int] = Field(default_factory=lambda: [4, 5, 6, 7, 8], min_length=1)
+    #: λ in ``(λC + KKᵀ)⁻¹``. A typical key has ``kᵀC⁻¹k ≈ d_k``, so the share of the residual a
+    #: layer realises is ``≈ (d_k/λ) / (1 + d_k/λ)``; the defaults keep the reference ratio d_k/λ
+    #: (Llama-2-7b: 11008 / 15000; GPT-2 XL: 6400 / 20000) instead of the absolute λ, which on a
+    #: small model (d_k = 1536) would leave only ~9% of each layer's share realised.
     mom2_update_weight: float = Field(15000.0, ge=0)
 
     @classmethod
@@ -53,4 +57,14 @@ class MemitHparams(_Shared):
         lo, hi = (13 / 48, 17 / 48) if a.family == "gpt2" else (4 / 32, 8 / 32)
         first, last = round(lo * a.n_layers), round(hi * a.n_layers)
         last = min(max(last, first), a.n_layers - 1)
-        return cls(layers=list(range(min(first, last), last + 1)))
+        layers = list(range(min(first, last), last + 1))
+        d_k = _key_dim(model, a.mlp_out_at(layers[0]))
+        ref_d, ref_lambda = (6400, 20000.0) if a.family == "gpt2" else (11008, 15000.0)
+        return cls(layers=layers, mom2_update_weight=round(ref_lambda * d_k / ref_d, 1))
+
+
+def _key_dim(model: Any, module: str) -> int:
+    mod = model.get_submodule(module)
+    if hasattr(mod, "in_features"):
+        return int(mod.in_features)
+    return int(mod.weight.shape[0])  # GPT-2 Conv1D stores (in, out)
