@@ -32,7 +32,7 @@ class Probe(BaseModel):
     def _non_empty(cls, v: str, info: Any) -> str:
         if not v.strip():
             raise ValueError(f"Probe.{info.field_name} is empty; give a non-empty string")
-        return v
+        return v.strip() if info.field_name == "answer" else v
 
 
 class Fact(BaseModel):
@@ -57,7 +57,10 @@ class Fact(BaseModel):
     def _required_text(cls, v: str, info: Any) -> str:
         if not isinstance(v, str) or not v.strip():
             raise ValueError(f"Fact.{info.field_name} is empty; give the text of the {info.field_name}")
-        return v
+        # Targets are joined to prompts with one space (EasyEdit's ``prompt + ' ' + target``); a
+        # target stored with its own leading space (" Paris", CounterFact style, or a few ZsRE
+        # records) would otherwise be scored after a double space it was never trained on.
+        return v.strip() if info.field_name == "target_new" else v
 
     @field_validator("subject")
     @classmethod

@@ -288,6 +288,10 @@ class EditableModel:
         The stack is merged for the write and unmerged after, so the live model is unchanged.
         Save the edits alone with ``model.stack.save(dir)``.
         """
+        unfolded = [f"{e.id} ({e.method})" for e in self._edits if e.entry.plane != "weights"]
+        if unfolded:
+            warnings.warn(f"save_pretrained writes weights only: edits {unfolded} act on activations or text and are "
+                          "not in the checkpoint; save them with model.stack.save(dir)", stacklevel=2)
         was = self.is_merged
         if self._sidecars and not was:
             self.merge()
