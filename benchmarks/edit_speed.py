@@ -43,7 +43,7 @@ def run_single(model, facts, method: str) -> dict:
             "rephrase": statistics.mean(reph) if reph else None,
             "frac_acc_ge_0.9": sum(a >= 0.9 for a in accs) / len(accs),
             "s_per_edit": statistics.mean(secs), "pop_ms": 1000 * statistics.mean(pops),
-            "bytes_per_entry": int(statistics.mean(nbytes)), "pop_bit_exact": exact}
+            "bytes_per_entry": int(statistics.mean(nbytes)), "pop_bit_exact": exact, "per_record_acc": accs}
 
 
 def run_batch(model, facts, size: int) -> dict:
@@ -77,13 +77,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--methods", default="rome,memit,ft-m,ft-l")
     ap.add_argument("--batches", default="10,100", help="MEMIT batch sizes ('' to skip)")
+    ap.add_argument("--indices", default="", help="only these record indices (comma-separated), e.g. to re-run a few")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args()
     model = EditableModel.from_pretrained()
     facts = list(load_dataset("zsre", args.data, n=max([args.n] + [int(b) for b in args.batches.split(",") if b])))
+    single = [facts[int(i)] for i in args.indices.split(",")] if args.indices else facts[:args.n]
     rows = []
     for m in [x for x in args.methods.split(",") if x]:
-        rows.append(run_single(model, facts[:args.n], m))
+        rows.append(run_single(model, single, m))
         print(table(rows[-1:]), flush=True)
     for b in [int(x) for x in args.batches.split(",") if x]:
         rows.append(run_batch(model, facts, b))
