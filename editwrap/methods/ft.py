@@ -18,7 +18,7 @@ from ..facts import Fact
 from ..hparams.arch import arch_of
 from ..hparams.ft import FTHparams
 from ..ops.hooks import frozen, get_module, patch_output
-from ..ops.train import edit_batch as _batch, edit_loss as _loss
+from ..ops.train import edit_batch as _batch, edit_loss as _loss, optimize
 from ..stack import Edit
 from .base import register_method
 
@@ -49,24 +49,19 @@ class _FT:
         deltas = {m: torch.zeros(_shape(get_module(model, m)), device=device, requires_grad=True) for m in modules}
         opt = torch.optim.Adam(list(deltas.values()), lr=hp.lr, weight_decay=hp.weight_decay)
         enc, target = _batch(model, facts, hp.objective)
-        info: dict[str, float] = {}
+        def clamp(_step: int) -> None:
+            if hp.norm_constraint is not None:
+                with torch.no_grad():
+                    for d in deltas.values():
+                        d.clamp_(-hp.norm_constraint, hp.norm_constraint)
+
         with contextlib.ExitStack() as stack:
             stack.enter_context(frozen(model))
             stack.enter_context(torch.enable_grad())
             for m, d in deltas.items():
                 stack.enter_context(patch_output(model, m, lambda out, x, d=d: out + (x.to(d.dtype) @ d.T).to(out.dtype)))
-            for step in range(hp.num_steps):
-                opt.zero_grad()
-                loss = _loss(model(**enc).logits, target, hp.objective)
-                info = {"loss": loss.item(), "steps": step + 1}
-                if loss.item() < hp.early_stop_loss:
-                    break
-                loss.backward()
-                opt.step()
-                if hp.norm_constraint is not None:
-                    with torch.no_grad():
-                        for d in deltas.values():
-                            d.clamp_(-hp.norm_constraint, hp.norm_constraint)
+            info = optimize(opt, lambda: (_loss(model(**enc).logits, target, hp.objective), {}), hp.num_steps,
+                            hp.early_stop_loss, after_step=clamp)
         info["seconds"] = round(time.time() - t0, 3)
         entry = DeltaEntry({m: {"D": d.detach()} for m, d in deltas.items()})
         return Edit(self.name, facts, hp.model_dump(mode="json"), entry, info=info)
