@@ -11,12 +11,12 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from pathlib import Path
+import weakref
 from typing import Any, Iterable, Sequence
 
 import torch
 
-from .entries.delta import Sidecar, is_conv1d
+from .entries.delta import is_conv1d
 from .facts import Fact, check_facts
 from .methods.base import HparamsBase, get_method
 from .ops.fingerprint import checkpoint_probe, is_quantized as _is_quantized, model_fingerprint
@@ -36,7 +36,7 @@ def _as_facts(facts: Any) -> list[Fact]:
     if isinstance(facts, (Fact, dict)):
         facts = [facts]
     out = []
-    for i, f in enumerate(facts):
+    for f in facts:
         out.append(Fact.model_validate(f) if isinstance(f, dict) else f)
     return out
 
@@ -172,8 +172,6 @@ class EditableModel:
             edit.entry.detach(self, edit.id)
             raise
         self._edits.append(edit)
-        import weakref
-
         edit._host = weakref.ref(self)
         self._ew_cache.pop("text_plane", None)
         return edit

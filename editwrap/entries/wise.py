@@ -16,7 +16,7 @@ restores the previous state exactly. Shard closing and merging depend on order:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch

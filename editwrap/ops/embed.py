@@ -12,7 +12,7 @@ import hashlib
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 

@@ -40,7 +40,6 @@ def context_templates(host: Any, spec: Sequence[tuple[int, int]] = ((10, 5),), s
     cache = host._ew_cache
     if key in cache:
         return cache[key]
-    tok = host.tokenizer
     starts = ["The", "Therefore", "Because", "I", "You"]
     out = ["{}"]
     with torch.random.fork_rng(devices=[]), torch.no_grad():
