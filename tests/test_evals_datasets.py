@@ -258,3 +258,24 @@ def test_malformed_special_formats(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset"):
         load_dataset("nope", p)
     assert "counterfact_rome" in DATASETS
+
+
+def test_training_records_hold_out_evaluation_subjects(tmp_path):
+    from editwrap.evals.datasets import training_records
+
+    def rec(subject: str, prompt: str) -> dict:
+        return {"subject": subject, "prompt": prompt, "target_new": "x", "ground_truth": ["y"],
+                "rephrase_prompt": prompt + "?", "locality": {}, "portability": {}}
+
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps([rec("Alpha", "Where is Alpha?"), rec("beta ", "Who made Beta?"),
+                                 rec("Gamma", "What is  gamma's colour?"), rec("Delta", "When was Delta?")]))
+    test = tmp_path / "test.json"
+    test.write_text(json.dumps([rec("BETA", "Who founded Beta?"), rec("Epsilon", "what is gamma's colour?"),
+                                rec("Delta", "When was Delta?")]))
+    got, name = training_records([train], exclude=[test], exclude_n=2)
+    # Beta (same subject) and Gamma (same prompt) leak; Delta is outside the first 2 test records
+    assert [f.subject for f in got] == ["Alpha", "Delta"] and name == str(train)
+    assert [f.subject for f in training_records([train], n=1, exclude=[test])[0]] == ["Alpha"]
+    with pytest.raises(ValueError, match="after --exclude"):
+        training_records([test], exclude=[test])

@@ -3,7 +3,7 @@
 Defaults follow EasyEdit's MEND configs where CPU training allows (edit the last 3 MLP output
 projections, identity-initialised editor, learned per-layer step sizes starting at 1e-4,
 locality weight c_loc=1) and depart where it does not: the editor's hidden rank is 64 instead of
-1920 and its learning rate 1e-4 instead of 1e-6, because training here runs a few hundred steps,
+1920 and its learning rate 1e-3 instead of 1e-6, because training here runs a few hundred steps,
 not 100k.
 """
 from __future__ import annotations
@@ -39,9 +39,11 @@ class MENDTrainConfig(HparamsBase):
     rank: int = Field(64, ge=1)
     steps: int = Field(300, ge=1)
     batch_size: int = Field(4, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    #: 1e-3 (EasyEdit: 1e-6 over 100k+ steps): measured on ZsRE, 40 steps took the edit NLL from
+    #: 3.5 to 0.6 at 1e-3 / lr_lr 0.1, but left it at 2.6 after 20 steps at 1e-4 / 1e-2
+    lr: float = Field(1e-3, gt=0)
     #: learning rate of the log step sizes
-    lr_lr: float = Field(1e-2, gt=0)
+    lr_lr: float = Field(0.1, gt=0)
     init_lr: float = Field(1e-4, gt=0)
     c_edit: float = Field(1.0, ge=0)
     c_loc: float = Field(1.0, ge=0)

@@ -21,7 +21,7 @@ from ..facts import Fact
 from .hooks import capture, frozen, patch_output
 from .tokens import batch_encode, subject_last_index, target_ids
 
-__all__ = ["ValueHparams", "context_templates", "io_at_subject", "optimize_value"]
+__all__ = ["ValueHparams", "context_templates", "io_at_subject", "optimize_value", "logits_at"]
 
 
 class ValueHparams(BaseModel):
@@ -52,6 +52,24 @@ def context_templates(host: Any, spec: Sequence[tuple[int, int]] = ((10, 5),), s
                 out.append(prefix + ". {}")
     cache[key] = out
     return out
+
+
+def logits_at(host: Any, enc: dict[str, torch.Tensor], rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Logits at positions ``(rows[i], cols[i])`` only, as float32 ``[len(rows), vocab]``.
+
+    The vocabulary projection of every position is a fifth of a small model's forward+backward;
+    running the body and projecting only the positions a loss reads saves it. Models whose head
+    does more than a linear map (logit soft-capping, scaled logits) take the full forward.
+    """
+    head = host.get_output_embeddings()
+    cfg = host.config
+    plain = (head is not None and getattr(cfg, "final_logit_softcapping", None) is None
+             and getattr(cfg, "logit_scale", None) is None and hasattr(host, "base_model")
+             and host.base_model is not host)
+    if not plain:
+        return host(**enc).logits[rows, cols].float()
+    hidden = host.base_model(**enc)[0]
+    return head(hidden[rows, cols]).float()
 
 
 def _fill(template: str, prompt: str) -> str:
@@ -103,12 +121,15 @@ def optimize_value(host: Any, module: str, fact: Fact, templates: Sequence[str],
     lookup = [subject_last_index(tok, s, subject) for s in rewriting + kl_prompts]
     n_rw = len(rewriting)
     lengths = enc["attention_mask"].sum(1).tolist()
-    labels = torch.full(enc["input_ids"].shape, -100, device=device)
-    for i in range(n_rw):
-        end = lengths[i]
-        labels[i, end - len(tgt): end] = torch.tensor(tgt, device=device)
+    # (row, position) of every target token of the rewriting prompts, then the KL positions
+    t_rows = [i for i in range(n_rw) for _ in tgt]
+    t_cols = [lengths[i] - len(tgt) + j for i in range(n_rw) for j in range(len(tgt))]
+    t_ids = torch.tensor(list(tgt) * n_rw, device=device)
     rows = torch.arange(len(texts), device=device)
     ix = torch.tensor(lookup, device=device)
+    sel_rows = torch.tensor(t_rows + list(range(n_rw, len(texts))), device=device)
+    sel_cols = torch.cat([torch.tensor(t_cols, device=device), ix[n_rw:]])
+    n_t = len(t_rows)
 
     state: dict[str, torch.Tensor] = {}
     delta = torch.zeros(_out_dim(host, module), device=device, requires_grad=True)
@@ -126,14 +147,12 @@ def optimize_value(host: Any, module: str, fact: Fact, templates: Sequence[str],
     with frozen(host), torch.enable_grad(), patch_output(host, module, add_delta):
         for step in range(hp.v_num_grad_steps):
             opt.zero_grad()
-            logits = host(**enc).logits.float()
-            kl_logp = torch.log_softmax(logits[rows[n_rw:], ix[n_rw:]], -1)
+            logits = logits_at(host, enc, sel_rows, sel_cols)
+            kl_logp = torch.log_softmax(logits[n_t:], -1)
             if init_kl is None:
                 init_kl = kl_logp.detach().clone()
-            logp = torch.log_softmax(logits, -1)
-            mask = (labels != -100).float()
-            tok_lp = logp.gather(2, labels.clamp(min=0).unsqueeze(2)).squeeze(2)
-            nll = (-(tok_lp * mask).sum(1) / len(tgt))[:n_rw].mean()
+            tok_lp = torch.log_softmax(logits[:n_t], -1).gather(1, t_ids[:, None]).squeeze(1)
+            nll = -tok_lp.view(n_rw, len(tgt)).sum(1).div(len(tgt)).mean()
             kl = hp.kl_factor * F.kl_div(init_kl, kl_logp, log_target=True, reduction="batchmean")
             wd = hp.v_weight_decay * (delta.norm() / state["init"].norm() ** 2)
             loss = nll + kl + wd

@@ -10,21 +10,6 @@ import sys
 from typing import Any
 
 
-def _load_records(paths: list[str], n: int | None) -> tuple[list[Any], str]:
-    from ...evals.datasets import load_dataset
-    from ...facts import Fact, load_facts
-
-    records: list[Any] = []
-    for p in paths:
-        got = [f for f in load_dataset(None, p, n=n, skip_malformed=True) if isinstance(f, Fact)]
-        if not got:  # a file of editwrap Facts (JSON list or JSONL)
-            got = load_facts(p)[:n]
-        records += got
-    if not records:
-        raise ValueError(f"no usable edit records in {paths}")
-    return records, ",".join(paths)
-
-
 def cmd_train_mend(args: argparse.Namespace) -> int:
     from ...cli import _load_model
     from ...hparams.mend import MENDTrainConfig
@@ -33,7 +18,10 @@ def cmd_train_mend(args: argparse.Namespace) -> int:
     cfg = MENDTrainConfig(layers=args.layers, rank=args.rank, steps=args.steps, batch_size=args.batch_size,
                           lr=args.lr, lr_lr=args.lr_lr, c_edit=args.c_edit, c_loc=args.c_loc, seed=args.seed,
                           save_every=args.save_every)
-    records, name = _load_records(args.data, args.n)
+    from ...evals.datasets import training_records
+
+    records, name = training_records(args.data, args.n, args.exclude or (), args.exclude_n)
+    print(f"training on {len(records)} records from {name}", file=sys.stderr)
     model = _load_model(args)
     info = train_mend(model, records, args.out, cfg, resume=not args.no_resume, stop_after=args.stop_after,
                       data_name=name)
@@ -53,13 +41,16 @@ def register(subparsers: Any, model_args: Any) -> None:
     model_args(m)
     m.add_argument("--data", action="append", required=True, help="training records (JSON/JSONL; repeatable)")
     m.add_argument("--out", required=True, help="output directory (editor + checkpoint)")
-    m.add_argument("--n", type=int, default=None, help="use the first N records of each file")
+    m.add_argument("--n", type=int, default=None, help="use the first N records of each file (after --exclude)")
+    m.add_argument("--exclude", action="append", default=[], metavar="FILE",
+                   help="evaluation file whose subjects/prompts are held out of training (repeatable)")
+    m.add_argument("--exclude-n", type=int, default=None, help="only the first N records of each --exclude file")
     m.add_argument("--steps", type=int, default=300)
     m.add_argument("--batch-size", type=int, default=4)
     m.add_argument("--rank", type=int, default=64)
     m.add_argument("--layers", type=int, nargs="+", default=None, help="layer indices (default: last 3)")
-    m.add_argument("--lr", type=float, default=1e-4)
-    m.add_argument("--lr-lr", type=float, default=1e-2)
+    m.add_argument("--lr", type=float, default=1e-3)
+    m.add_argument("--lr-lr", type=float, default=0.1)
     m.add_argument("--c-edit", type=float, default=1.0)
     m.add_argument("--c-loc", type=float, default=1.0)
     m.add_argument("--seed", type=int, default=0)

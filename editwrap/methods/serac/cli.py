@@ -7,20 +7,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
-
-
-def _load_records(paths: list[str], n: int | None) -> tuple[list[Any], str]:
-    from ...evals.datasets import load_dataset
-    from ...facts import Fact, load_facts
-
-    records: list[Any] = []
-    for p in paths:
-        got = [f for f in load_dataset(None, p, n=n, skip_malformed=True) if isinstance(f, Fact)]
-        records += got or load_facts(p)[:n]
-    if not records:
-        raise ValueError(f"no usable edit records in {paths}")
-    return records, ",".join(paths)
 
 
 def cmd_train_serac(args: argparse.Namespace) -> int:
@@ -32,7 +20,10 @@ def cmd_train_serac(args: argparse.Namespace) -> int:
                            neg_per_record=args.neg_per_record, threshold=args.threshold, cf_layers=args.cf_layers,
                            cf_rank=args.cf_rank, cf_steps=args.cf_steps, cf_batch_size=args.cf_batch_size,
                            cf_lr=args.cf_lr, seed=args.seed)
-    records, name = _load_records(args.data, args.n)
+    from ...evals.datasets import training_records
+
+    records, name = training_records(args.data, args.n, args.exclude or (), args.exclude_n)
+    print(f"training on {len(records)} records from {name}", file=sys.stderr)
     model = _load_model(args)
     info = train_serac(model, records, args.out, cfg, data_name=name)
     print(json.dumps(info, indent=1))
@@ -54,7 +45,10 @@ def register(subparsers: Any, model_args: Any) -> None:
     model_args(s)
     s.add_argument("--data", action="append", required=True, help="training records (JSON/JSONL; repeatable)")
     s.add_argument("--out", required=True, help="output directory (serac.safetensors + serac.json)")
-    s.add_argument("--n", type=int, default=None, help="use the first N records of each file")
+    s.add_argument("--n", type=int, default=None, help="use the first N records of each file (after --exclude)")
+    s.add_argument("--exclude", action="append", default=[], metavar="FILE",
+                   help="evaluation file whose subjects/prompts are held out of training (repeatable)")
+    s.add_argument("--exclude-n", type=int, default=None, help="only the first N records of each --exclude file")
     s.add_argument("--hidden", type=int, default=64, help="scope classifier MLP width")
     s.add_argument("--cls-steps", type=int, default=400)
     s.add_argument("--cls-lr", type=float, default=3e-3)

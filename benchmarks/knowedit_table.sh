@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The KnowEdit table of the README: ROME, MEMIT, FT-L, FT-M on 50 records of each fact dataset
+# (WikiData_recent, ZsRE, WikiBio, WikiData_counterfact) and of the ConvSent and Sanitation
+# samples, single mode, with fluency; then the 100-edit sequential mixed run for ROME and FT-L.
+# Every run resumes where it stopped, so rerunning this script after an interruption finishes it.
+# Wall time per run goes to $OUT/walltimes.tsv.  Usage: bash benchmarks/knowedit_table.sh [methods] [datasets]
+set -u
+K=${EDITWRAP_KNOWEDIT_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data/knowedit}
+OUT=${OUT:-results/knowedit}
+METHODS=${1:-ft-m,ft-l,rome,memit}
+DATASETS=${2:-zsre,recent,wikibio,counterfact,convsent,sanitation}
+N=${N:-50}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+mkdir -p "$OUT"
+declare -A FILE=([zsre]=ZsRE.json [recent]=WikiData_recent.json [wikibio]=WikiBio.json
+                 [counterfact]=WikiData_counterfact.json [convsent]=ConvSent.json [sanitation]=Sanitation.json)
+run() {  # label, args...
+  local label=$1; shift
+  local t0=$(date +%s)
+  editwrap eval knowedit "$@" --out "$OUT" --no-progress > "$OUT/$label.log" 2>&1
+  local rc=$?
+  printf '%s\t%s\t%s\t%s\n' "$label" "$rc" "$(( $(date +%s) - t0 ))" "$(date -Is)" >> "$OUT/walltimes.tsv"
+}
+for m in ${METHODS//,/ }; do
+  for d in ${DATASETS//,/ }; do
+    flu=--fluency; [ "$d" = convsent ] || [ "$d" = sanitation ] && flu=
+    run "$d-$m" --dataset "$d" --data "$K/${FILE[$d]}" --method "$m" --n "$N" $flu
+  done
+done
+if [ "${SEQUENTIAL:-1}" = 1 ]; then
+  for m in rome ft-l; do
+    run "mixed-$m-seq" --dataset mixed --data "$K" --method "$m" --mode sequential --n 100 --checkpoints 10,25,50,100
+  done
+fi
