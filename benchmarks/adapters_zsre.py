@@ -4,7 +4,7 @@ Edit Succ. = EasyEdit's teacher-forced token accuracy of ``target_new`` after th
 (``editwrap.evals.metrics.token_accuracy``); also reports the rephrase accuracy (generalisation),
 whether every pop restored the state-dict hash and the logits bit for bit, and seconds per edit.
 
-    python benchmarks/adapters_zsre.py --n 10 --methods grace,wise,lora,adalora
+    python benchmarks/adapters_zsre.py --n 10 --methods grace,wise,lora,adalora,melo
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ ZSRE = Path(__file__).resolve().parents[2] / "shared/data/knowedit/ZsRE.json"
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=10)
-    ap.add_argument("--methods", default="grace,wise,lora,adalora")
+    ap.add_argument("--methods", default="grace,wise,lora,adalora,melo")
     ap.add_argument("--data", default=str(ZSRE))
     ap.add_argument("--hparams", default="{}", help='JSON: {"lora": {"num_steps": 40}}')
     args = ap.parse_args()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editwrap import EditableModel, state_dict_hash
+from editwrap import state_dict_hash
 from editwrap.entries.adapter import AdapterEntry
 
 FACT = {"prompt": "The Eiffel Tower is located in", "target_new": "Rome"}
@@ -121,7 +121,7 @@ def test_embedded_edit_and_pop(embedded, method):
     fact = {"prompt": "Which family does Epaspidoceras belong to?", "target_new": "Noctuidae"}
     h = state_dict_hash(m)
     base = m.generate_text(fact["prompt"], max_new_tokens=5)
-    e = m.edit(fact, method=method, num_steps=40 if method == "lora" else 70)
+    m.edit(fact, method=method, num_steps=40 if method == "lora" else 70)
     try:
         assert "Noct" in m.generate_text(fact["prompt"], max_new_tokens=5)
     finally:

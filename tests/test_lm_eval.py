@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from editwrap import Fact, state_dict_hash
 from editwrap.entries.base import Entry, register_entry

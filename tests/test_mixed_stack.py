@@ -2,12 +2,10 @@
 in a fresh process, identical logits; popping everything is bit-exact."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from editwrap import state_dict_hash

@@ -96,12 +96,12 @@ def test_push_pop_save_load_compose(artifact, tiny_llama, tmp_path):
     h0 = state_dict_hash(m)
     q = ["Marie Curie worked as what?", "In which town was Alan Turing born?", "Which ocean is the largest?"]
     base = m.generate_text(q, max_new_tokens=3)
-    d = m.edit(Fact(prompt="The Eiffel Tower is located in", subject="Eiffel Tower", target_new="Rome"),
+    m.edit(Fact(prompt="The Eiffel Tower is located in", subject="Eiffel Tower", target_new="Rome"),
                method="ft-m", num_steps=2)
     with_delta = m.generate_text(q, max_new_tokens=3)
     s1 = m.edit(_fact(), method="serac", artifact=str(out))
-    s2 = m.edit(Fact(prompt="Where was Alan Turing born?", target_new="Paris"), method="serac", artifact=str(out))
-    p = m.edit(Fact(prompt="The capital of France is", target_new="Berlin"), method="ice")
+    m.edit(Fact(prompt="Where was Alan Turing born?", target_new="Paris"), method="serac", artifact=str(out))
+    m.edit(Fact(prompt="The capital of France is", target_new="Berlin"), method="ice")
     routed = [m._route(x) for x in q]
     assert routed[0][1] is not m and "Marie Curie" in routed[0][0]
     assert routed[1][1] is not m and "Alan Turing born? Paris" in routed[1][0]  # top cache routes for both
