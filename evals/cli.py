@@ -57,7 +57,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     missing = [f for f in args.folders if not Path(f).is_dir()]
     if missing:
         raise FileNotFoundError(f"no such results folder: {', '.join(missing)}")
-    print(build_report(args.folders, args.out or args.folders[0], title=args.title))
+    print(build_report(args.folders, args.out or args.folders[0], title=args.title, paper=args.paper))
     return 0
 
 
@@ -100,6 +100,8 @@ def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], No
     r.add_argument("folders", nargs="+", help="results folders (searched recursively for *.summary.json, lm_eval-*.json)")
     r.add_argument("--out", default=None, help="output folder for report.md and plots (default: the first folder)")
     r.add_argument("--title", default="KnowEdit results")
+    r.add_argument("--paper", action="store_true",
+                   help="add tables beside the published Llama-2-7b-chat KnowEdit numbers (different model)")
     r.set_defaults(func=cmd_report)
 
 

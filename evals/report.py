@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 __all__ = ["paper_rows", "run_table", "write_run", "build_report", "load_summaries", "plot_sequential",
-           "general_ability_table", "cross_domain_table"]
+           "general_ability_table", "cross_domain_table", "paper_comparison_table"]
 
 NAMES = {"zsre": "ZsRE", "recent": "WikiData_recent", "counterfact": "WikiData_counterfact", "wikibio": "WikiBio",
          "convsent": "ConvSent", "sanitation": "Sanitation", "mixed": "Mixed (ZsRE + recent + counterfact)"}
@@ -180,6 +180,33 @@ def general_ability_table(folders: Iterable[str | Path]) -> str:
                       *rows])
 
 
+def paper_comparison_table(runs: Sequence[dict]) -> str:
+    """Single-mode runs beside the published Llama-2-7b-chat numbers: one table per dataset,
+    rows = metrics, two columns per method (ours | paper). Different models: read the shape."""
+    from .reference import REFERENCE_LABEL, reference
+
+    single = [r for r in runs if r.get("mode") == "single" and not r.get("trained_on")]
+    parts = []
+    for ds in [d for d in NAMES if any(r["dataset"] == d for r in single)]:
+        rs = sorted((r for r in single if r["dataset"] == ds), key=lambda r: r["method"])
+        model = Path(str(rs[0].get("model") or "")).name or "ours"
+        head = " | ".join(f"{r['method']} ({model}, n={r.get('n', '–')}) | {r['method']} (paper)" for r in rs)
+        lines = [f"#### {NAMES[ds]}", "", f"| metric | {head} |", "|---|" + "---:|" * (2 * len(rs))]
+        cols = [paper_rows(r) for r in rs]
+        for row in ROWS:
+            if any(c[row] is not None for c in cols):
+                name = "Locality (KL, lower better)" if row == "Locality" and ds == "convsent" else row
+                cells = [f"{_fmt(c[row])} | {_fmt(reference(ds, row, r['method']))}" for c, r in zip(cols, rs)]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    if not parts:
+        return ""
+    return "\n\n".join([f"## Ours beside {REFERENCE_LABEL}", "",
+                         "The paper's numbers are for Llama-2-7b-chat on the full test splits; ours are the "
+                         "model named in each column header. Different models, same metric definitions.",
+                         *parts])
+
+
 def cross_domain_table(runs: Sequence[dict]) -> str:
     """Trained editors evaluated off their training domain: one row per (method, source ⇒ target,
     mode), with in-domain runs of the same methods (source = target) for comparison when present."""
@@ -197,8 +224,10 @@ def cross_domain_table(runs: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def build_report(folders: Sequence[str | Path], out: str | Path, title: str = "KnowEdit results") -> str:
-    """Merge every run under ``folders`` into ``<out>/report.md`` (+ ``sequential-<dataset>.png``)."""
+def build_report(folders: Sequence[str | Path], out: str | Path, title: str = "KnowEdit results",
+                 paper: bool = False) -> str:
+    """Merge every run under ``folders`` into ``<out>/report.md`` (+ ``sequential-<dataset>.png``);
+    ``paper=True`` adds single-mode tables beside the published Llama-2-7b-chat numbers."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = load_summaries(folders)
@@ -218,6 +247,10 @@ def build_report(folders: Sequence[str | Path], out: str | Path, title: str = "K
                 parts += [f"![{ds} sequential]({png.name})", ""]
     if not runs:
         parts += ["(no *.summary.json found)", ""]
+    if paper:
+        comparison = paper_comparison_table(runs)
+        if comparison:
+            parts += [comparison, ""]
     cross = cross_domain_table(runs)
     if cross:
         parts += [cross, ""]

@@ -229,6 +229,13 @@ def test_report_merges_runs_and_general_ability(tmp_path):
 
     assert main(["report", str(a), str(b), "--out", str(tmp_path / "rep2")]) == 0
     assert (tmp_path / "rep2" / "report.md").read_text() == text
+    # --paper: our single-mode column beside the published Llama-2-7b-chat value (FT-M, recent: 100.00)
+    assert "Llama-2-7b-chat" not in text
+    assert main(["report", str(b), "--out", str(tmp_path / "rep3"), "--paper"]) == 0
+    paper = (tmp_path / "rep3" / "report.md").read_text()
+    assert "## Ours beside Llama-2-7b-chat (KnowEdit paper)" in paper and "#### WikiData_recent" in paper
+    row = next(line for line in paper.split("## Ours beside")[1].splitlines() if line.startswith("| Edit Succ."))
+    assert row.endswith("| 100.00 |") and "ft-m (paper)" in paper
 
 
 def test_result_log_keeps_last_line_per_key(tmp_path):
