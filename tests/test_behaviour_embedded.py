@@ -83,3 +83,17 @@ def test_save_stack_reload_in_fresh_model(embedded, tmp_path):
     assert len(fresh.stack) == 1 and fresh.generate_text(EIFFEL.text_prompt, max_new_tokens=4) == expected
     with pytest.raises(StackError):
         fresh.push(fresh.stack[0])
+
+
+def test_mixed_stack_example_five_kinds(tmp_path):
+    """examples/mixed_stack.py: ROME + LoRA + GRACE + WISE + MELO on the embedded model, each edit
+    scored, saved, reloaded in a fresh process (identical logits), all popped bit-exact."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "mixed_stack.py"
+    res = subprocess.run([sys.executable, str(script), str(tmp_path / "stack")], capture_output=True, text=True,
+                         timeout=1200)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "logits identical = True" in res.stdout and "bit-exact = True" in res.stdout
