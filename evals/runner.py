@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from editwrap.methods.base import get_method
 
 from .datasets import DATASETS, DEFAULT_FILES, load_dataset
@@ -105,9 +107,14 @@ def _line(index: int, item: Any, source: str, post: dict, **extra: Any) -> dict:
 
 def _run_edits(model: Any, scorer: Scorer, items: list, sources: list, method: str, hp: Any,
                log: ResultLog, size: int, bar: Any) -> list[float]:
-    """single (size 1) and batch modes: edit a chunk, measure each of its facts, pop."""
+    """single (size 1) and batch modes: edit a chunk, measure each of its facts, pop, and check the
+    pop was exact (state-dict hash and the logits of a fixed probe equal the starting ones):
+    ``pop_exact`` on every line."""
+    from editwrap.ops.fingerprint import state_dict_hash
+
     n = len(items)
     times = []
+    h0, probe = state_dict_hash(model), _probe_logits(model)
     for start in range(0, n, size):  # fixed chunks, stable across resumes
         chunk = list(range(start, min(start + size, n)))
         if all(log.has(i) for i in chunk):
@@ -118,16 +125,25 @@ def _run_edits(model: Any, scorer: Scorer, items: list, sources: list, method: s
         times.append(t_edit)
         pres = {i: scorer.pre(items[i]) for i in chunk if not log.has(i)}
         model.push(edit)
+        posts = {}
         try:
             for i, pre in pres.items():
                 t1 = time.time()
-                post = scorer.post(items[i], pre)
-                log.write(_line(i, items[i], sources[i], post, edit_seconds=round(t_edit, 3),
-                                batch=len(chunk), seconds=round(time.time() - t1 + t_edit / len(chunk), 3)))
-                bar.update(1)
+                posts[i] = (scorer.post(items[i], pre), round(time.time() - t1 + t_edit / len(chunk), 3))
         finally:
             model.pop()
+        exact = state_dict_hash(model) == h0 and torch.equal(_probe_logits(model), probe)
+        for i, (post, secs) in posts.items():
+            log.write(_line(i, items[i], sources[i], post, edit_seconds=round(t_edit, 3), batch=len(chunk),
+                            seconds=secs, pop_exact=exact))
+            bar.update(1)
     return times
+
+
+@torch.no_grad()
+def _probe_logits(model: Any) -> torch.Tensor:
+    ids = model.tokenizer("The capital of France is", return_tensors="pt").to(next(model.parameters()).device)
+    return model(**ids).logits
 
 
 def _check_meta(path: Path, meta: dict, overwrite: bool, results: Path) -> None:
@@ -227,6 +243,8 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
                 times = _run_edits(model, scorer, items, sources, m.name, hp, log,
                                    batch_size if mode == "batch" else 1, bar)
             final = [log.done[(i,)] for i in range(len(items)) if (i,) in log.done]
+            flags = [r["pop_exact"] for r in final if "pop_exact" in r]
+            extra["bit_exact"] = all(flags) if flags else None
     finally:
         log.close()
     summary = {**meta, "metrics": summarize(final), **extra,

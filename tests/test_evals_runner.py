@@ -5,6 +5,7 @@ import json
 import time
 
 import pytest
+import torch
 
 from editwrap import state_dict_hash
 from editwrap.evals import answer_tokens, locality_score, run_knowedit
@@ -45,6 +46,7 @@ def test_each_mode_writes_jsonl_summary_table(tiny_llama, tmp_path, mode):
         assert sorted(r["index"] for r in lines) == list(range(5))
         assert s["edits_computed"] == (3 if mode == "batch" else 5)
         assert {r["batch"] for r in lines} == ({2, 1} if mode == "batch" else {1})
+        assert all(r["pop_exact"] is True for r in lines) and s["bit_exact"] is True
     assert state_dict_hash(tiny_llama) == h0 and len(tiny_llama.stack) == 0
     summ = json.loads((tmp_path / f"{stem}.summary.json").read_text())
     assert summ["n"] == 5 and summ["wall_seconds"] > 0 and summ["metrics"]["n"] == 5
@@ -53,6 +55,22 @@ def test_each_mode_writes_jsonl_summary_table(tiny_llama, tmp_path, mode):
     table = (tmp_path / f"{stem}.md").read_text()
     assert "| metric | ft-m |" in table and "| Edit Succ. |" in table and "| Locality |" in table
     assert f"ZsRE — {mode}" in (tmp_path / "report.md").read_text()
+
+
+def test_inexact_pop_is_reported(tiny_llama, tmp_path, monkeypatch):
+    """A pop that does not restore the model shows up per line and fails the summary."""
+    real_pop = type(tiny_llama).pop
+
+    def leaky_pop(self, *a, **kw):
+        out = real_pop(self, *a, **kw)
+        with torch.no_grad():
+            next(self.parameters()).view(-1)[0] += 1e-3
+        return out
+
+    monkeypatch.setattr(type(tiny_llama), "pop", leaky_pop)
+    s = _run(tiny_llama, tmp_path, mode="single")
+    assert s["bit_exact"] is False
+    assert [r["pop_exact"] for r in _lines(tmp_path / "zsre-ft-m-single.jsonl")] == [False] * 5
 
 
 def _interrupt_after(monkeypatch, k):
@@ -76,14 +94,15 @@ def test_resume_after_interruption(tiny_llama, tmp_path, monkeypatch, mode):
     with pytest.raises(KeyboardInterrupt):
         _run(tiny_llama, tmp_path, mode=mode, n=6, batch_size=2)
     path = tmp_path / f"zsre-ft-m-{mode}.jsonl"
-    assert sorted(r["index"] for r in _lines(path)) == [0, 1, 2]
+    # a chunk's lines are written after its pop is verified: batch keeps only the finished chunk {0,1}
+    assert sorted(r["index"] for r in _lines(path)) == ([0, 1] if mode == "batch" else [0, 1, 2])
     assert len(tiny_llama.stack) == 0 and state_dict_hash(tiny_llama) == h0  # popped on the way out
     restore()
     s = _run(tiny_llama, tmp_path, mode=mode, n=6, batch_size=2)
     idx = [r["index"] for r in _lines(path)]
     assert sorted(idx) == list(range(6)) and len(idx) == len(set(idx)) == 6
     assert s["metrics"]["n"] == 6
-    # batch: the chunk {2,3} was cut after 2 and is recomputed (only 3 written); chunk {0,1} is not
+    # batch: the cut chunk {2,3} is recomputed whole; chunk {0,1} is not
     assert s["edits_computed"] == (2 if mode == "batch" else 3)
 
 
