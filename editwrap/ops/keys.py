@@ -59,11 +59,12 @@ def logits_at(host: Any, enc: dict[str, torch.Tensor], rows: torch.Tensor, cols:
 
     The vocabulary projection of every position is a fifth of a small model's forward+backward;
     running the body and projecting only the positions a loss reads saves it. Models whose head
-    does more than a linear map (logit soft-capping, scaled logits) take the full forward.
+    does more than a linear map (logit soft-capping, scaled logits), and hosts with hooks on their
+    own forward (MELO's router reads the attention mask there), take the full forward.
     """
     head = host.get_output_embeddings()
     cfg = host.config
-    plain = (head is not None and getattr(cfg, "final_logit_softcapping", None) is None
+    plain = (head is not None and not host._forward_hooks and not host._forward_pre_hooks and getattr(cfg, "final_logit_softcapping", None) is None
              and getattr(cfg, "logit_scale", None) is None and hasattr(host, "base_model")
              and host.base_model is not host)
     if not plain:
