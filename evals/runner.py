@@ -140,6 +140,19 @@ def _run_edits(model: Any, scorer: Scorer, items: list, sources: list, method: s
     return times
 
 
+def _peak_memory_mb(model: Any) -> dict[str, float]:
+    """Peak resident memory of this process (the whole run, model included) and, on CUDA, the
+    peak allocated GPU memory: what an 8-bit vs fp32 comparison reports."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 1024 ** 2)
+    out = {"cpu_rss": round(rss, 1)}
+    if next(model.parameters()).is_cuda:
+        out["cuda_allocated"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+    return out
+
+
 @torch.no_grad()
 def _probe_logits(model: Any) -> torch.Tensor:
     ids = model.tokenizer("The capital of France is", return_tensors="pt").to(next(model.parameters()).device)
@@ -251,7 +264,8 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
                "by_source": _by_source(final) if dataset == "mixed" else None,
                "wall_seconds": round(time.time() - t_start, 2),
                "edit_seconds_mean": round(sum(times) / len(times), 3) if times else None,
-               "edits_computed": len(times), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+               "edits_computed": len(times), "peak_memory_mb": _peak_memory_mb(model),
+               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     report.write_run(summary, out, stem)
     report.build_report([out], out)
     return summary
