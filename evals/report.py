@@ -201,7 +201,7 @@ def paper_comparison_table(runs: Sequence[dict]) -> str:
         parts.append("\n".join(lines))
     if not parts:
         return ""
-    return "\n\n".join([f"## Ours beside {REFERENCE_LABEL}", "",
+    return "\n\n".join([f"## Ours beside {REFERENCE_LABEL}",
                          "The paper's numbers are for Llama-2-7b-chat on the full test splits; ours are the "
                          "model named in each column header. Different models, same metric definitions.",
                          *parts])
