@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from editwrap.facts import Fact, Probe
 
-__all__ = ["training_records", 
+__all__ = [
     "DATASETS", "DEFAULT_FILES", "CONVSENT_TEMPLATES", "SANITATION_TEMPLATE", "DatasetError",
     "LoadedDataset", "ConvSentRecord", "first_answer", "detect_format", "load_dataset",
     "select_answer",
@@ -439,36 +439,3 @@ def select_answer(facts: list[Fact], answer: str) -> list[Fact]:
     if answer.lower() == "all":
         return list(facts)
     return [f for f in facts if (f.ground_truth or "").lower() == answer.lower()]
-
-
-def _norm(text: str | None) -> str:
-    return " ".join((text or "").lower().split())
-
-
-def training_records(paths: Sequence[str | Path], n: int | None = None,
-                     exclude: Sequence[str | Path] = (), exclude_n: int | None = None) -> tuple[list[Fact], str]:
-    """Edit records for training an editor (MEND, SERAC, IKE pools), as Facts.
-
-    Each path is a dataset file in any supported format (detected) or a file of editwrap Facts;
-    ``n`` keeps the first n of each. ``exclude``: evaluation files whose records must not leak into
-    training — a training record is dropped when its subject or prompt (case/space-insensitive)
-    occurs in the first ``exclude_n`` records of any of them. Returns (records, "path1,path2").
-    """
-    from editwrap.facts import load_facts
-
-    banned: set[str] = set()
-    for e in exclude:
-        for f in load_dataset(None, e, n=exclude_n, skip_malformed=True):
-            if isinstance(f, Fact):
-                banned.update(x for x in (_norm(f.subject), _norm(f.prompt)) if x)
-    records: list[Fact] = []
-    for p in paths:
-        got = [f for f in load_dataset(None, p, skip_malformed=True) if isinstance(f, Fact)]
-        if not got:  # a file of editwrap Facts (JSON list or JSONL)
-            got = load_facts(p)
-        got = [f for f in got if _norm(f.subject) not in banned and _norm(f.prompt) not in banned]
-        records += got[:n]
-    if not records:
-        raise ValueError(f"no usable edit records in {', '.join(map(str, paths))}"
-                         + (" after --exclude" if banned else ""))
-    return records, ",".join(map(str, paths))

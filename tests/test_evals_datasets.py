@@ -261,7 +261,7 @@ def test_malformed_special_formats(tmp_path):
 
 
 def test_training_records_hold_out_evaluation_subjects(tmp_path):
-    from editwrap.evals.datasets import training_records
+    from editwrap.evals.splits import training_records
 
     def rec(subject: str, prompt: str) -> dict:
         return {"subject": subject, "prompt": prompt, "target_new": "x", "ground_truth": ["y"],

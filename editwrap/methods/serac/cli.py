@@ -20,7 +20,7 @@ def cmd_train_serac(args: argparse.Namespace) -> int:
                            neg_per_record=args.neg_per_record, threshold=args.threshold, cf_layers=args.cf_layers,
                            cf_rank=args.cf_rank, cf_steps=args.cf_steps, cf_batch_size=args.cf_batch_size,
                            cf_lr=args.cf_lr, seed=args.seed)
-    from ...evals.datasets import training_records
+    from ...evals.splits import training_records
 
     records, name = training_records(args.data, args.n, args.exclude or (), args.exclude_n)
     print(f"training on {len(records)} records from {name}", file=sys.stderr)
