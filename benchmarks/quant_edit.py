@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ def run_mode(mode: str, methods: list[str], n: int, data: str, hp: dict) -> list
     from editwrap.evals.datasets import load_dataset
     from editwrap.evals.metrics import answer_tokens, locality_score, token_accuracy
     from editwrap.methods.base import get_method
+    from editwrap.ops.memory import peak_memory_mb
 
     t0 = time.perf_counter()
     model = _load(mode)
@@ -80,9 +80,9 @@ def run_mode(mode: str, methods: list[str], n: int, data: str, hp: dict) -> list
                      "locality": statistics.mean(loc) if loc else None,
                      "s_per_edit": statistics.mean(secs), "pop_bit_exact": exact,
                      "model_mb": round(footprint, 1), "load_s": round(load_s, 1), "hp_overrides": over})
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_memory_mb()["cpu_peak_rss_mb"]
     for r in rows:
-        r["peak_rss_mb"] = round(peak, 1)
+        r["peak_rss_mb"] = peak
     return rows
 
 

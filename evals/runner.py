@@ -24,6 +24,8 @@ from typing import Any, Sequence
 import torch
 
 from editwrap.methods.base import get_method
+from editwrap.ops.fingerprint import state_dict_hash
+from editwrap.ops.memory import peak_memory_mb
 
 from .datasets import DATASETS, DEFAULT_FILES, load_dataset
 from .measure import Scorer, item_fact
@@ -110,8 +112,6 @@ def _run_edits(model: Any, scorer: Scorer, items: list, sources: list, method: s
     """single (size 1) and batch modes: edit a chunk, measure each of its facts, pop, and check the
     pop was exact (state-dict hash and the logits of a fixed probe equal the starting ones):
     ``pop_exact`` on every line."""
-    from editwrap.ops.fingerprint import state_dict_hash
-
     n = len(items)
     times = []
     h0, probe = state_dict_hash(model), _probe_logits(model)
@@ -138,19 +138,6 @@ def _run_edits(model: Any, scorer: Scorer, items: list, sources: list, method: s
                             seconds=secs, pop_exact=exact))
             bar.update(1)
     return times
-
-
-def _peak_memory_mb(model: Any) -> dict[str, float]:
-    """Peak resident memory of this process (the whole run, model included) and, on CUDA, the
-    peak allocated GPU memory: what an 8-bit vs fp32 comparison reports."""
-    import resource
-    import sys
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 1024 ** 2)
-    out = {"cpu_rss": round(rss, 1)}
-    if next(model.parameters()).is_cuda:
-        out["cuda_allocated"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
-    return out
 
 
 @torch.no_grad()
@@ -264,7 +251,7 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
                "by_source": _by_source(final) if dataset == "mixed" else None,
                "wall_seconds": round(time.time() - t_start, 2),
                "edit_seconds_mean": round(sum(times) / len(times), 3) if times else None,
-               "edits_computed": len(times), "peak_memory_mb": _peak_memory_mb(model),
+               "edits_computed": len(times), "peak_memory_mb": peak_memory_mb(),
                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     report.write_run(summary, out, stem)
     report.build_report([out], out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from editwrap.facts import Fact
+from editwrap.facts import Fact, load_facts
 
 from .datasets import load_dataset
 
@@ -25,8 +25,6 @@ def training_records(paths: Sequence[str | Path], n: int | None = None,
     training — a training record is dropped when its subject or prompt (case/space-insensitive)
     occurs in the first ``exclude_n`` records of any of them. Returns (records, "path1,path2").
     """
-    from editwrap.facts import load_facts
-
     banned: set[str] = set()
     for e in exclude:
         for f in load_dataset(None, e, n=exclude_n, skip_malformed=True):

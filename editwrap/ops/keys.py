@@ -64,9 +64,9 @@ def logits_at(host: Any, enc: dict[str, torch.Tensor], rows: torch.Tensor, cols:
     """
     head = host.get_output_embeddings()
     cfg = host.config
-    plain = (head is not None and not host._forward_hooks and not host._forward_pre_hooks and getattr(cfg, "final_logit_softcapping", None) is None
-             and getattr(cfg, "logit_scale", None) is None and hasattr(host, "base_model")
-             and host.base_model is not host)
+    plain = (head is not None and not host._forward_hooks and not host._forward_pre_hooks
+             and getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None
+             and hasattr(host, "base_model") and host.base_model is not host)
     if not plain:
         return host(**enc).logits[rows, cols].float()
     hidden = host.base_model(**enc)[0]

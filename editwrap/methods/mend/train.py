@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import json
 import os
-import resource
 import shutil
 import sys
 import time
@@ -35,10 +34,11 @@ from ...facts import Fact
 from ...hparams.arch import arch_of
 from ...hparams.mend import MENDTrainConfig
 from ...ops.hooks import frozen, get_module, patch_output
+from ...ops.memory import peak_memory_mb
 from ...ops.tokens import batch_encode, target_ids
 from .model import MENDEditor, encode_edit, grad_taps, nll
 
-__all__ = ["train_mend", "CHECKPOINT_DIR", "module_shape", "peak_memory_mb", "data_hash"]
+__all__ = ["train_mend", "CHECKPOINT_DIR", "module_shape", "data_hash"]
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -49,13 +49,6 @@ def module_shape(mod: torch.nn.Module) -> tuple[int, int]:
     if is_conv1d(mod):
         return int(w.shape[1]), int(w.shape[0])
     return int(getattr(mod, "out_features", w.shape[0])), int(getattr(mod, "in_features", w.shape[1]))
-
-
-def peak_memory_mb() -> dict[str, float]:
-    out = {"cpu_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    if torch.cuda.is_available():
-        out["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return out
 
 
 def data_hash(records: Sequence[Fact]) -> str:
