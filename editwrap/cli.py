@@ -23,11 +23,14 @@ PLUGINS = [
 def _load_model(args: argparse.Namespace) -> Any:
     from .model import EditableModel
 
-    kw = {}
+    kw: dict[str, Any] = {}
+    device = getattr(args, "device", None)
     if getattr(args, "load_in_8bit", False):
         from transformers import BitsAndBytesConfig
 
-        kw = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": "auto"}
+        kw = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": device or "auto"}
+    elif device:
+        kw["device_map"] = device
     return EditableModel.from_pretrained(args.model, stack=getattr(args, "stack", None), **kw)
 
 
@@ -109,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--model", default=None, help="local model dir or hub id (default: embedded SmolLM2-135M)")
         sp.add_argument("--stack", default=None, help="saved edit stack to compose on load")
         sp.add_argument("--load-in-8bit", action="store_true", help="load the base model in 8-bit (bitsandbytes)")
+        sp.add_argument("--device", default=None,
+                        help="where to load the model: cpu, cuda, cuda:1 (default: cpu; 8-bit: auto)")
 
     e = sub.add_parser("edit", help="edit one fact and show the answer before, after, and after pop")
     model_args(e)

@@ -25,7 +25,7 @@ import torch
 
 from editwrap.methods.base import get_method
 from editwrap.ops.fingerprint import state_dict_hash
-from editwrap.ops.memory import peak_memory_mb
+from editwrap.ops.memory import device_name, peak_memory_mb
 
 from .datasets import DATASETS, DEFAULT_FILES, load_dataset
 from .measure import Scorer, item_fact
@@ -252,6 +252,7 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
                "wall_seconds": round(time.time() - t_start, 2),
                "edit_seconds_mean": round(sum(times) / len(times), 3) if times else None,
                "edits_computed": len(times), "peak_memory_mb": peak_memory_mb(),
+               "device": device_name(model),
                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     report.write_run(summary, out, stem)
     report.build_report([out], out)

@@ -51,7 +51,8 @@ def build_tiny(kind: str, tokenizer, seed: int = 0):
     else:
         raise ValueError(kind)
     model.eval()
-    return EditableModel.wrap(model, tokenizer)
+    # EDITWRAP_TEST_DEVICE=cuda runs the logic tests on a GPU (the device check of benchmarks/gpu/).
+    return EditableModel.wrap(model.to(os.environ.get("EDITWRAP_TEST_DEVICE", "cpu")), tokenizer)
 
 
 @pytest.fixture(params=["llama", "gpt2"])

@@ -1,12 +1,13 @@
-"""Peak memory of the running process, for training info and benchmark summaries."""
+"""Peak memory and the device of the running process, for training info and benchmark summaries."""
 from __future__ import annotations
 
 import resource
 import sys
+from typing import Any
 
 import torch
 
-__all__ = ["peak_memory_mb"]
+__all__ = ["peak_memory_mb", "device_name"]
 
 
 def peak_memory_mb() -> dict[str, float]:
@@ -17,3 +18,14 @@ def peak_memory_mb() -> dict[str, float]:
     if torch.cuda.is_available():
         out["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
     return out
+
+
+def device_name(model: Any) -> str:
+    """Where ``model``'s first parameter lives, with the card's name on CUDA (timings are per card)."""
+    try:
+        dev = next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return "cpu"
+    if dev.type == "cuda":
+        return f"{dev} ({torch.cuda.get_device_name(dev)})"
+    return str(dev)

