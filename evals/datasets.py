@@ -385,7 +385,9 @@ def _load_sanitation(out: LoadedDataset, data: Any, n: int | None, skip: bool, t
     def fact(rec: Any) -> Fact:
         return _fact(prompt=template.format(_text(rec, "question")),
                      target_new=_text(rec, "target_new", optional=True) or "I don't know.",
-                     subject=_text(rec, "subject", optional=True),
+                     # No subject in the file: the question is the subject, so ROME/MEMIT read the key
+                     # at its last token (where the answer is decided) instead of refusing the record.
+                     subject=_text(rec, "subject", optional=True) or _text(rec, "question"),
                      ground_truth=_answer(_field(rec, "ground_truth", optional=True), "ground_truth"))
 
     def probe(rec: Any) -> Probe | None:

@@ -14,9 +14,11 @@ with other settings is refused unless ``overwrite=True``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -146,10 +148,34 @@ def _probe_logits(model: Any) -> torch.Tensor:
     return model(**ids).logits
 
 
+# Paths differ between machines (a run started on a GPU box resumes on a laptop); the content keys
+# (data_sha256, model_fingerprint) decide whether two runs are the same, the paths are only shown.
+_PATH_KEYS = {"data": "data_sha256", "model": "model_fingerprint"}
+
+
+def _data_sha256(data: str | Path) -> str:
+    """Hash of the dataset file, or of the top-level JSON files of a dataset folder (``mixed``)."""
+    p = Path(data)
+    if not p.is_dir():
+        return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    h = hashlib.sha256()
+    for f in sorted(p.glob("*.json")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _check_meta(path: Path, meta: dict, overwrite: bool, results: Path) -> None:
     if path.exists() and not overwrite:
         old = json.loads(path.read_text(encoding="utf-8"))
-        diff = [k for k in meta if k != "n" and old.get(k) != meta[k]]
+
+        def differs(k: str) -> bool:
+            if k == "n" or (k in _PATH_KEYS and _PATH_KEYS[k] in old):
+                return False
+            if k in _PATH_KEYS.values() and k not in old:  # written before content keys existed
+                return False
+            return old.get(k) != meta[k]
+
+        diff = [k for k in meta if differs(k)]
         if diff:
             raise ValueError(f"{results} holds results made with other settings ({', '.join(diff)} differ: "
                              f"{ {k: old.get(k) for k in diff} } vs { {k: meta[k] for k in diff} }); "
@@ -216,6 +242,7 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     cps = sorted({c for c in checkpoints if 0 < c < len(items)} | {len(items)}) if mode == "sequential" else None
     meta = dict(dataset=dataset, data=str(Path(data).resolve()), method=m.name, mode=mode, n=len(items),
                  batch_size=batch_size if mode == "batch" else 1, seed=seed, model=model.name_or_path,
+                 data_sha256=_data_sha256(data), model_fingerprint=model.fingerprint(),
                  base_stack=len(model.stack), hparams=hp.model_dump(mode="json"), fluency=with_fluency,
                  gen_tokens=gen_tokens, retain_n=retain_n)
     if source:
@@ -223,6 +250,8 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     jsonl = out / f"{stem}.jsonl"
     if overwrite and jsonl.exists():
         jsonl.unlink()
+    if overwrite:
+        shutil.rmtree(out / f"{stem}.stack", ignore_errors=True)
     _check_meta(out / f"{stem}.meta.json", meta, overwrite, jsonl)
     log = ResultLog(jsonl, ("checkpoint", "index") if mode == "sequential" else ("index",))
     scorer = Scorer(model, with_fluency=with_fluency, gen_tokens=gen_tokens,
@@ -232,7 +261,8 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
         if mode == "sequential":
             total = len(items) + sum(cps)
             with tqdm(total=total, desc=stem, disable=not progress, dynamic_ncols=True) as bar:
-                extra = run_sequential(model, scorer, items, sources, m.name, hp, log, cps, bar)
+                extra = run_sequential(model, scorer, items, sources, m.name, hp, log, cps, bar,
+                                       stack_dir=out / f"{stem}.stack")
             times = extra.pop("edit_times")
             per_cp = {str(c): summarize(log.records(checkpoint=c)) for c in cps}
             extra["checkpoints"] = per_cp

@@ -114,13 +114,46 @@ def test_resume_sequential_and_torn_line(tiny_llama, tmp_path, monkeypatch):
     path = tmp_path / "zsre-ft-m-sequential.jsonl"
     with open(path, "a") as fh:
         fh.write('{"index": 3, "checkpoint": 4, "post": {"rewr')  # a write torn by a crash
+    assert (tmp_path / "zsre-ft-m-sequential.stack" / "edits.json").exists()  # checkpoint 4's stack
     s = _run(tiny_llama, tmp_path, mode="sequential", checkpoints=[2, 4])
     keys = [(r["checkpoint"], r["index"]) for r in _lines(path)]
     assert len(keys) == len(set(keys)) == 2 + 4 + 5
-    assert s["bit_exact"] is True and s["replayed"] == 2 and len(tiny_llama.stack) == 0
+    # the 4 saved edits are composed, not recomputed: only record 4's edit is computed
+    assert s["bit_exact"] is True and s["restored"] == 4 and s["replayed"] == 0 and s["edits_computed"] == 1
+    assert len(tiny_llama.stack) == 0 and not (tmp_path / "zsre-ft-m-sequential.stack").exists()
     # a finished run re-run does nothing
     s2 = _run(tiny_llama, tmp_path, mode="sequential", checkpoints=[2, 4])
     assert s2["edits_computed"] == 0 and len(_lines(path)) == 11
+
+
+def test_sequential_resume_restored_or_replayed_measures_the_same(tiny_llama, tmp_path, monkeypatch):
+    kw = dict(mode="sequential", checkpoints=[2, 4], hparams=STRONG)
+    clean = _lines(tmp_path / "a" / "zsre-ft-m-sequential.jsonl") if _run(tiny_llama, tmp_path / "a", **kw) else None
+    for sub, keep_stack in (("b", True), ("c", False)):
+        restore = _interrupt_after(monkeypatch, 4)
+        with pytest.raises(KeyboardInterrupt):
+            _run(tiny_llama, tmp_path / sub, **kw)
+        restore()
+        if not keep_stack:
+            import shutil
+            shutil.rmtree(tmp_path / sub / "zsre-ft-m-sequential.stack")
+        s = _run(tiny_llama, tmp_path / sub, **kw)
+        assert (s["restored"], s["replayed"]) == ((4, 0) if keep_stack else (0, 2))
+        got = {(r["checkpoint"], r["index"]): r["post"] for r in _lines(tmp_path / sub / "zsre-ft-m-sequential.jsonl")}
+        assert got == {(r["checkpoint"], r["index"]): r["post"] for r in clean}
+
+
+def test_resume_on_another_machine_compares_content_not_paths(tiny_llama, tmp_path):
+    import shutil
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    shutil.copy(ZSRE, a)
+    shutil.copy(ZSRE, b)
+    _run(tiny_llama, tmp_path / "out", n=2, data=a)
+    s = _run(tiny_llama, tmp_path / "out", n=3, data=b)  # same records at another path: resumes
+    assert s["edits_computed"] == 1 and s["metrics"]["n"] == 3
+    b.write_text(json.dumps(json.loads(b.read_text())[1:]))  # other content at that path: refused
+    with pytest.raises(ValueError, match="other settings.*data_sha256"):
+        _run(tiny_llama, tmp_path / "out", n=3, data=b)
 
 
 def test_resume_refuses_other_settings(tiny_llama, tmp_path):
