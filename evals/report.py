@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-__all__ = ["paper_rows", "run_table", "write_run", "build_report", "load_summaries", "plot_sequential",
+__all__ = ["paper_rows", "run_table", "write_run", "build_report", "load_summaries", "partial_summary", "plot_sequential",
            "general_ability_table", "cross_domain_table", "paper_comparison_table"]
 
 NAMES = {"zsre": "ZsRE", "recent": "WikiData_recent", "counterfact": "WikiData_counterfact", "wikibio": "WikiBio",
@@ -40,7 +40,8 @@ def _fmt(v: Any) -> str:
 
 def _labels(runs: Sequence[dict]) -> list[str]:
     """Column names: the method, plus the model / folder where needed to tell columns apart."""
-    labels = [r["method"] + (f" ({r['trained_on']} ⇒)" if r.get("trained_on") else "") for r in runs]
+    labels = [r["method"] + (f" ({r['trained_on']} ⇒)" if r.get("trained_on") else "")
+              + (f" [in progress: {r['n']}/{r['n_requested']}]" if r.get("in_progress") else "") for r in runs]
     if len({r.get("model") for r in runs}) > 1:
         labels = [f"{lab} ({Path(str(r.get('model') or '')).name or 'model'})" for lab, r in zip(labels, runs)]
     if len(set(labels)) < len(labels):
@@ -156,9 +157,54 @@ def _json_files(folders: Iterable[str | Path], pattern: str) -> Iterable[tuple[P
                 continue
 
 
+def partial_summary(meta_path: str | Path) -> dict | None:
+    """A run without a summary yet (running, or cut short): its meta plus the metrics of the
+    records written so far; for sequential runs only the checkpoints measured on every fact.
+    ``n`` is what is done, ``n_requested`` what was asked; ``in_progress`` marks it."""
+    from .metrics import summarize
+
+    meta_path = Path(meta_path)
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    lines: dict[tuple, dict] = {}
+    jsonl = meta_path.with_name(meta_path.name[:-len(".meta.json")] + ".jsonl")
+    for text in (jsonl.read_text(encoding="utf-8").splitlines() if jsonl.exists() else []):
+        try:
+            rec = json.loads(text)
+            lines[(rec.get("checkpoint") or 0, rec["index"])] = rec  # the last line per key wins
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line torn by the interruption
+    s = {**meta, "in_progress": True, "n_requested": meta.get("n"), "_file": str(meta_path)}
+    if meta.get("mode") == "sequential":
+        done = [c for c in sorted({c for c, _ in lines}) if all((c, i) in lines for i in range(c))]
+        if not done:
+            return None
+        s["checkpoints"] = {str(c): summarize([lines[(c, i)] for i in range(c)]) for c in done}
+        s["metrics"], s["n"] = s["checkpoints"][str(done[-1])], done[-1]
+    else:
+        recs = [r for _, r in sorted(lines.items())]
+        if not recs:
+            return None
+        flags = [r["pop_exact"] for r in recs if "pop_exact" in r]
+        s.update(metrics=summarize(recs), n=len(recs), bit_exact=all(flags) if flags else None)
+    return s
+
+
 def load_summaries(folders: Iterable[str | Path]) -> list[dict]:
-    return [{**s, "_file": str(p)} for p, s in _json_files(folders, "*.summary.json")
+    """Every finished run (``*.summary.json``) and every run still in progress (see
+    :func:`partial_summary`) under the folders."""
+    runs = [{**s, "_file": str(p)} for p, s in _json_files(folders, "*.summary.json")
             if isinstance(s, dict) and "dataset" in s and "method" in s]
+    finished = {r["_file"][:-len(".summary.json")] for r in runs}
+    for folder in folders:
+        for meta in sorted(Path(folder).rglob("*.meta.json")):
+            if str(meta)[:-len(".meta.json")] not in finished:
+                try:
+                    part = partial_summary(meta)
+                except (OSError, json.JSONDecodeError, KeyError):
+                    continue
+                if part is not None and "dataset" in part and "method" in part:
+                    runs.append(part)
+    return runs
 
 
 def general_ability_table(folders: Iterable[str | Path]) -> str:
@@ -192,7 +238,8 @@ def paper_comparison_table(runs: Sequence[dict]) -> str:
     for ds in [d for d in NAMES if any(r["dataset"] == d for r in single)]:
         rs = sorted((r for r in single if r["dataset"] == ds), key=lambda r: r["method"])
         model = Path(str(rs[0].get("model") or "")).name or "ours"
-        head = " | ".join(f"{r['method']} ({model}, n={r.get('n', '–')}) | {r['method']} (paper)" for r in rs)
+        head = " | ".join(f"{r['method']} ({model}, n={r.get('n', '–')}{' of ' + str(r['n_requested']) if r.get('in_progress') else ''})"
+                          f" | {r['method']} (paper)" for r in rs)
         lines = [f"#### {NAMES[ds]}", "", f"| metric | {head} |", "|---|" + "---:|" * (2 * len(rs))]
         cols = [paper_rows(r) for r in rs]
         for row in ROWS:

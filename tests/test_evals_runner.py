@@ -319,3 +319,25 @@ def test_fluency_flag_and_eval_lm_mounted(tiny_llama, tmp_path):
 
     args = build_parser().parse_args(["eval", "lm", "--stack", "some/dir", "--limit", "5"])
     assert args.func.__name__ == "cmd_lm_eval" and args.stack == "some/dir"
+
+
+def test_report_shows_runs_in_progress(tiny_llama, tmp_path, monkeypatch):
+    from editwrap.evals.report import load_summaries
+
+    restore = _interrupt_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_llama, tmp_path, n=6)
+    restore()
+    restore = _interrupt_after(monkeypatch, 5)  # checkpoint 2 complete, checkpoint 4 not
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_llama, tmp_path, n=6, mode="sequential", checkpoints=[2, 4])
+    restore()
+    runs = {r["mode"]: r for r in load_summaries([tmp_path])}
+    single, seq = runs["single"], runs["sequential"]
+    assert single["in_progress"] and (single["n"], single["n_requested"]) == (3, 6)
+    assert single["metrics"]["n"] == 3 and single["bit_exact"] is True
+    assert seq["in_progress"] and list(seq["checkpoints"]) == ["2"] and seq["n"] == 2
+    text = build_report([tmp_path], tmp_path / "rep")
+    assert "ft-m [in progress: 3/6]" in text and "ft-m [in progress: 2/6]" in text
+    _run(tiny_llama, tmp_path, n=6)  # finished: the summary replaces the partial one
+    assert not next(r for r in load_summaries([tmp_path]) if r["mode"] == "single").get("in_progress")
