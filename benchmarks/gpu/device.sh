@@ -59,8 +59,8 @@ smoke)  # the CUDA test and the method logic tests with the tiny models on the G
     tests/test_quant.py tests/test_core_stack.py tests/test_adapters.py tests/test_grace.py \
     tests/test_wise.py tests/test_evals_runner.py 2>&1 | tail -40
   ;;
-run)
-  START=$(date +%s)
+run)  # FTL_DATASETS=wikibio,convsent,... adds FT-L runs of those datasets
+  START=$(date +%s) FTL_DATASETS=${FTL_DATASETS:-}
   [ -s "$GGUF" ] || cat "$S/gguf.part1" "$D/gguf.part2" > "$GGUF"
   sha256sum "$GGUF"
   if command -v nvidia-cuda-mps-control > /dev/null; then  # lets the small processes share the GPU
@@ -104,6 +104,10 @@ EOF
       flu=--fluency; [ "$d" = convsent ] || [ "$d" = sanitation ] && flu=
       job "$R/knowedit" "$d-$m" --dataset "$d" --data "$K/${FILE[$d]}" --method "$m" --n 50 $flu
     done
+  done
+  for d in ${FTL_DATASETS//,/ }; do  # FT-L runs the CPU here could not finish
+    flu=--fluency; [ "$d" = convsent ] || [ "$d" = sanitation ] && flu=
+    job "$R/knowedit" "$d-ft-l" --dataset "$d" --data "$K/${FILE[$d]}" --method ft-l --n 50 $flu
   done
   job "$R/knowedit" mixed-rome-seq --dataset mixed --data "$K" --method rome --mode sequential --n 100 \
       --checkpoints 10,25,50,100
