@@ -127,3 +127,28 @@ def test_embedded_edit_and_pop(embedded, method):
     finally:
         m.pop()
     assert state_dict_hash(m) == h and m.generate_text(fact["prompt"], max_new_tokens=5) == base
+
+
+def test_early_stop_uses_the_given_criterion():
+    from editwrap.ops.train import optimize
+
+    w = torch.nn.Parameter(torch.ones(()))
+    opt = torch.optim.SGD([w], lr=0.1)
+    # the loss stays above the threshold (a regulariser), the criterion is below it: one step
+    info = optimize(opt, lambda: (w * 0 + 5.0, {"early_stop_on": 0.01}), 10, early_stop_loss=0.1)
+    assert info["steps"] == 1 and "early_stop_on" not in info
+    info = optimize(opt, lambda: (w * 0 + 5.0, {}), 10, early_stop_loss=0.1)
+    assert info["steps"] == 10
+
+
+def test_adalora_early_stop_looks_at_nll_not_regulariser(tiny_model):
+    # AdaLoRA's loss = NLL + orthogonal regulariser (8.2 vs 6.5 at step 1 on this model); a
+    # threshold between the two stops at step 1: the regulariser does not count
+    first = tiny_model.edit(FACT, method="adalora", num_steps=1, lr=5e-2, early_stop_loss=0.0)
+    nll, loss = first.info["nll"], first.info["loss"]
+    first.pop()
+    assert loss > nll + 0.5
+    e = tiny_model.edit(FACT, method="adalora", num_steps=5, lr=5e-2, early_stop_loss=(nll + loss) / 2)
+    assert e.info["steps"] == 1
+    e2 = tiny_model.edit(FACT2, method="adalora", num_steps=4, lr=5e-2, early_stop_loss=0.0)
+    assert e2.info["steps"] == 4

@@ -64,7 +64,9 @@ def optimize(opt: torch.optim.Optimizer, step_fn: Any, num_steps: int, early_sto
     """The edit-training loop every trained method shares.
 
     ``step_fn() -> (loss, info)`` runs the forward pass; training stops early once the loss is
-    below ``early_stop_loss``; ``before_step()`` runs between backward and the optimiser step
+    below ``early_stop_loss`` (or ``info["early_stop_on"]`` when the step gives one: the part of a
+    regularised loss the threshold is about, e.g. AdaLoRA's NLL without its orthogonality term);
+    ``before_step()`` runs between backward and the optimiser step
     (e.g. gradient masks), ``after_step(step)`` after it (e.g. projections, rank allocation).
     Returns the last step's info plus ``loss`` and ``steps``.
     """
@@ -72,8 +74,9 @@ def optimize(opt: torch.optim.Optimizer, step_fn: Any, num_steps: int, early_sto
     for step in range(num_steps):
         opt.zero_grad()
         loss, extra = step_fn()
+        crit = float(extra.pop("early_stop_on", loss.item()))
         info = {"loss": round(loss.item(), 5), **extra, "steps": step + 1}
-        if loss.item() < early_stop_loss:
+        if crit < early_stop_loss:
             break
         loss.backward()
         if before_step is not None:
