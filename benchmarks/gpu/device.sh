@@ -32,7 +32,9 @@ if [ "${1:-}" = pack ]; then
   head -c 44040192 "$g" > "$D/gguf.part1" && tail -c +44040193 "$g" > "$D/gguf.part2"
   k=${EDITWRAP_KNOWEDIT_DIR:-$PWD/../shared/data/knowedit}
   cp "$k"/*.json "$D/knowedit/" && cp "$k/full/ZsRE.json" "$D/knowedit/full/"
-  [ -d results/gpu ] && cp -r results/gpu/. "$D/res/"
+  rm -rf "$D/res" && mkdir -p "$D/res"  # results to resume from, without the (large) logs
+  [ -d results/gpu ] && (cd results/gpu && find . \( -name '*.jsonl' -o -name '*.json' -o -name '*.tsv' \) \
+    -exec cp --parents {} "$D/res/" \;)
   du -sh "$D"/site.tgz "$D"/gguf.part* "$D"/knowedit "$D"/res
   exit 0
 fi
