@@ -33,7 +33,7 @@ if [ "${1:-}" = pack ]; then
   k=${EDITWRAP_KNOWEDIT_DIR:-$PWD/../shared/data/knowedit}
   cp "$k"/*.json "$D/knowedit/" && cp "$k/full/ZsRE.json" "$D/knowedit/full/"
   rm -rf "$D/res" && mkdir -p "$D/res"  # results to resume from, without the (large) logs
-  [ -d results/gpu ] && (cd results/gpu && find . \( -name '*.jsonl' -o -name '*.json' -o -name '*.tsv' \) \
+  [ -d results/gpu ] && (cd results/gpu && find . \( -name '*.jsonl' -o -name '*.json' -o -name '*.tsv' -o -name '*.safetensors' -size -20M \) \
     -exec cp --parents {} "$D/res/" \;)
   du -sh "$D"/site.tgz "$D"/gguf.part* "$D"/knowedit "$D"/res
   exit 0
