@@ -220,6 +220,24 @@ def test_convsent_and_sanitation_single(tiny_llama, tmp_path):
         _run(tiny_llama, tmp_path, dataset="convsent", data=KNOWEDIT_DIR / "ConvSent.json", mode="sequential")
 
 
+def test_sanitation_runs_with_subject_locating_methods(tiny_llama, tmp_path):
+    # Sanitation records have no subject: the question is the subject, so ROME/MEMIT run
+    assert load_dataset("sanitation", KNOWEDIT_DIR / "Sanitation.json", n=1)[0].subject.startswith("What")
+    fast = {"mom2_n_tokens": 300, "v_num_grad_steps": 3, "context_templates": [[3, 2]]}
+    for method in ("rome", "memit"):
+        s = _run(tiny_llama, tmp_path, dataset="sanitation", data=KNOWEDIT_DIR / "Sanitation.json", n=1,
+                 method=method, hparams=fast, retain_n=2, gen_tokens=3)
+        assert s["metrics"]["n"] == 1 and s["bit_exact"] is True and s["device"] == "cpu"
+
+
+def test_cli_device_flag():
+    from editwrap.cli import build_parser
+
+    a = build_parser().parse_args(["eval", "knowedit", "--dataset", "zsre", "--data", "x", "--method", "rome",
+                                   "--device", "cuda:1"])
+    assert a.device == "cuda:1"
+
+
 def test_mixed_dataset_draw_is_seeded_and_prefix_stable():
     items, sources, _ = load_records("mixed", KNOWEDIT_DIR, 40, seed=0)
     assert len(items) == 40 and set(sources) == {"zsre", "recent", "counterfact"}
