@@ -42,7 +42,7 @@ def _labels(runs: Sequence[dict]) -> list[str]:
     """Column names: the method, plus the model / folder where needed to tell columns apart."""
     labels = [r["method"] + (f" ({r['trained_on']} ⇒)" if r.get("trained_on") else "")
               + (f" [in progress: {r['n']}/{r['n_requested']}]" if r.get("in_progress") else "") for r in runs]
-    if len({r.get("model") for r in runs}) > 1:
+    if len({Path(str(r.get("model") or "")).name for r in runs}) > 1:  # the same model at other paths is one
         labels = [f"{lab} ({Path(str(r.get('model') or '')).name or 'model'})" for lab, r in zip(labels, runs)]
     if len(set(labels)) < len(labels):
         labels = [f"{lab} [{Path(r.get('_file', '')).parent.name}]" for lab, r in zip(labels, runs)]
