@@ -238,9 +238,9 @@ def paper_comparison_table(runs: Sequence[dict]) -> str:
     for ds in [d for d in NAMES if any(r["dataset"] == d for r in single)]:
         rs = sorted((r for r in single if r["dataset"] == ds), key=lambda r: r["method"])
         model = Path(str(rs[0].get("model") or "")).name or "ours"
-        head = " | ".join(f"{r['method']} ({model}, n={r.get('n', '–')}{' of ' + str(r['n_requested']) if r.get('in_progress') else ''})"
-                          f" | {r['method']} (paper)" for r in rs)
-        lines = [f"#### {NAMES[ds]}", "", f"| metric | {head} |", "|---|" + "---:|" * (2 * len(rs))]
+        head = " | ".join(f"{r['method']} ours (n={r.get('n', '–')}{' of ' + str(r['n_requested']) if r.get('in_progress') else ''})"
+                          f" | {r['method']} paper" for r in rs)
+        lines = [f"#### {NAMES[ds]} (ours: {model})", "", f"| metric | {head} |", "|---|" + "---:|" * (2 * len(rs))]
         cols = [paper_rows(r) for r in rs]
         for row in ROWS:
             if any(c[row] is not None for c in cols):
@@ -252,7 +252,7 @@ def paper_comparison_table(runs: Sequence[dict]) -> str:
         return ""
     return "\n\n".join([f"## Ours beside {REFERENCE_LABEL}",
                          "The paper's numbers are for Llama-2-7b-chat on the full test splits; ours are the "
-                         "model named in each column header. Different models, same metric definitions.",
+                         "model named in each heading. Different models, same metric definitions.",
                          *parts])
 
 

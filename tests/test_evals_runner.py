@@ -305,7 +305,7 @@ def test_report_merges_runs_and_general_ability(tmp_path):
     paper = (tmp_path / "rep3" / "report.md").read_text()
     assert "## Ours beside Llama-2-7b-chat (KnowEdit paper)" in paper and "#### WikiData_recent" in paper
     row = next(line for line in paper.split("## Ours beside")[1].splitlines() if line.startswith("| Edit Succ."))
-    assert row.endswith("| 100.00 |") and "ft-m (paper)" in paper
+    assert row.endswith("| 100.00 |") and "ft-m paper" in paper and "ft-m ours (n=100)" in paper
 
 
 def test_result_log_keeps_last_line_per_key(tmp_path):
