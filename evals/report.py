@@ -40,13 +40,15 @@ def _fmt(v: Any) -> str:
 
 def _labels(runs: Sequence[dict]) -> list[str]:
     """Column names: the method, plus the model / folder where needed to tell columns apart."""
-    labels = [r["method"] + (f" ({r['trained_on']} ⇒)" if r.get("trained_on") else "")
-              + (f" [in progress: {r['n']}/{r['n_requested']}]" if r.get("in_progress") else "") for r in runs]
+    labels = [r["method"] + (f" ({r['trained_on']} ⇒)" if r.get("trained_on") else "") for r in runs]
     if len({Path(str(r.get("model") or "")).name for r in runs}) > 1:  # the same model at other paths is one
         labels = [f"{lab} ({Path(str(r.get('model') or '')).name or 'model'})" for lab, r in zip(labels, runs)]
-    if len(set(labels)) < len(labels):
-        labels = [f"{lab} [{Path(r.get('_file', '')).parent.name}]" for lab, r in zip(labels, runs)]
-    return labels
+    if len(set(labels)) < len(labels):  # the same method from two folders: name the folders
+        folders = [Path(r.get("_file", "")).parent for r in runs]
+        depth = 2 if len({f.name for f in folders}) < len(set(folders)) else 1
+        labels = [f"{lab} [{'/'.join(f.parts[-depth:])}]" for lab, f in zip(labels, folders)]
+    return [lab + (f" [in progress: {r['n']}/{r['n_requested']}]" if r.get("in_progress") else "")
+            for lab, r in zip(labels, runs)]
 
 
 def run_table(runs: Sequence[dict], title: str | None = None) -> str:
