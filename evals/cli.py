@@ -44,7 +44,7 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
                      batch_size=args.batch_size, checkpoints=args.checkpoints, hparams=hp, out=args.out,
                      with_fluency=args.fluency, gen_tokens=args.gen_tokens, retain_n=args.retain_n,
                      seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress,
-                     trained_on=args.trained_on)
+                     trained_on=args.trained_on, save_stacks=not args.no_save_stacks)
     stem = f"{s['dataset']}-{s['method']}-{s['mode']}" + (f"-from-{s['trained_on']}" if s.get("trained_on") else "")
     print(Path(args.out, f"{stem}.md").read_text(encoding="utf-8"))
     print(f"wall time {s['wall_seconds']:.1f} s; results in {args.out}/ ({stem}.jsonl, .summary.json, .md; report.md)")
@@ -87,6 +87,8 @@ def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], No
                    help="cross-domain: a MEND editor / SERAC artifact trained on another dataset's train split "
                         "(reported as source ⇒ target)")
     k.add_argument("--overwrite", action="store_true", help="start over instead of resuming an existing run")
+    k.add_argument("--no-save-stacks", action="store_true",
+                   help="sequential: do not save the stack at checkpoints (a resumed run recomputes the edits)")
     k.add_argument("--no-progress", action="store_true", help="no progress bar")
     k.set_defaults(func=cmd_knowedit)
     try:

@@ -188,12 +188,15 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
                  checkpoints: Sequence[int] = DEFAULT_CHECKPOINTS, hparams: dict[str, Any] | None = None,
                  out: str | Path = "results", with_fluency: bool = False, gen_tokens: int = 20,
                  retain_n: int | None = None, seed: int = 0, overwrite: bool = False,
-                 progress: bool = True, trained_on: str | Path | None = None) -> dict[str, Any]:
+                 progress: bool = True, trained_on: str | Path | None = None,
+                 save_stacks: bool = True) -> dict[str, Any]:
     """Evaluate ``method`` on a KnowEdit dataset; returns the summary (also written to ``out``).
 
     ``model``: an EditableModel, a model path/hub id, or None (the embedded model). ``data``: the
     dataset file (a directory is joined with the default file name; required for ``mixed``).
-    ``hparams``: method hyperparameter overrides. ``retain_n``: Sanitation retain probes used for
+    ``hparams``: method hyperparameter overrides. ``save_stacks``: sequential runs save the stack at
+    each checkpoint to resume without recomputing (False: replay instead; dense FT deltas are
+    3.5 MB per edit on SmolLM2). ``retain_n``: Sanitation retain probes used for
     locality (None = all). ``trained_on``: a trained editor directory (MEND editor / SERAC artifact)
     made on another dataset's train split; it is passed as the method's ``editor``/``artifact``
     hparam, the stem gets ``-from-<source>`` and the summary records ``trained_on`` (source ⇒
@@ -262,7 +265,7 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
             total = len(items) + sum(cps)
             with tqdm(total=total, desc=stem, disable=not progress, dynamic_ncols=True) as bar:
                 extra = run_sequential(model, scorer, items, sources, m.name, hp, log, cps, bar,
-                                       stack_dir=out / f"{stem}.stack")
+                                       stack_dir=out / f"{stem}.stack" if save_stacks else None)
             times = extra.pop("edit_times")
             per_cp = {str(c): summarize(log.records(checkpoint=c)) for c in cps}
             extra["checkpoints"] = per_cp

@@ -137,7 +137,8 @@ def test_sequential_resume_restored_or_replayed_measures_the_same(tiny_llama, tm
         if not keep_stack:
             import shutil
             shutil.rmtree(tmp_path / sub / "zsre-ft-m-sequential.stack")
-        s = _run(tiny_llama, tmp_path / sub, **kw)
+        s = _run(tiny_llama, tmp_path / sub, **kw, save_stacks=keep_stack)
+        assert keep_stack or not (tmp_path / sub / "zsre-ft-m-sequential.stack").exists()
         assert (s["restored"], s["replayed"]) == ((4, 0) if keep_stack else (0, 2))
         got = {(r["checkpoint"], r["index"]): r["post"] for r in _lines(tmp_path / sub / "zsre-ft-m-sequential.jsonl")}
         assert got == {(r["checkpoint"], r["index"]): r["post"] for r in clean}
