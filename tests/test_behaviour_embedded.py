@@ -97,3 +97,23 @@ def test_mixed_stack_example_five_kinds(tmp_path):
                          timeout=1200)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     assert "logits identical = True" in res.stdout and "bit-exact = True" in res.stdout
+
+
+def test_knowedit_eval_example_resumes(tmp_path):
+    """examples/knowedit_eval.py: FT-M on ZsRE records of the embedded model, every pop bit-exact;
+    run again with more records it resumes (the first record is not edited again)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import KNOWEDIT_DIR
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "knowedit_eval.py"
+    args = [sys.executable, str(script), "--data", str(KNOWEDIT_DIR / "ZsRE.json"), "--out", str(tmp_path)]
+    for n in (1, 2):
+        res = subprocess.run(args + ["--n", str(n)], capture_output=True, text=True, timeout=900)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+        assert f"ft-m on {n} ZsRE records (cpu)" in res.stdout and "every pop bit-exact: True" in res.stdout
+    s = json.loads((tmp_path / "zsre-ft-m-single.summary.json").read_text())
+    assert s["edits_computed"] == 1 and s["metrics"]["n"] == 2
