@@ -164,19 +164,15 @@ def partial_summary(meta_path: str | Path) -> dict | None:
     records written so far; for sequential runs only the checkpoints measured on every fact.
     ``n`` is what is done, ``n_requested`` what was asked; ``in_progress`` marks it."""
     from .metrics import summarize
+    from .runner import read_result_lines
 
     meta_path = Path(meta_path)
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    lines: dict[tuple, dict] = {}
+    sequential = meta.get("mode") == "sequential"
     jsonl = meta_path.with_name(meta_path.name[:-len(".meta.json")] + ".jsonl")
-    for text in (jsonl.read_text(encoding="utf-8").splitlines() if jsonl.exists() else []):
-        try:
-            rec = json.loads(text)
-            lines[(rec.get("checkpoint") or 0, rec["index"])] = rec  # the last line per key wins
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line torn by the interruption
+    lines = read_result_lines(jsonl, ("checkpoint", "index") if sequential else ("index",))[0]
     s = {**meta, "in_progress": True, "n_requested": meta.get("n"), "_file": str(meta_path)}
-    if meta.get("mode") == "sequential":
+    if sequential:
         done = [c for c in sorted({c for c, _ in lines}) if all((c, i) in lines for i in range(c))]
         if not done:
             return None

@@ -33,12 +33,28 @@ from .datasets import DATASETS, DEFAULT_FILES, load_dataset
 from .measure import Scorer, item_fact
 from .metrics import summarize
 
-__all__ = ["run_knowedit", "ResultLog", "load_records", "MODES", "MIXED_SOURCES", "DEFAULT_CHECKPOINTS"]
+__all__ = ["run_knowedit", "ResultLog", "read_result_lines", "load_records", "MODES", "MIXED_SOURCES", "DEFAULT_CHECKPOINTS"]
 
 MODES = ("single", "batch", "sequential")
 MIXED_SOURCES = ("zsre", "recent", "counterfact")
 DEFAULT_CHECKPOINTS = (10, 100, 500, 1000)
 SINGLE_FACT_METHODS = {"rome"}  # compute() rejects a list of facts
+
+
+def read_result_lines(path: str | Path, key_fields: Sequence[str]) -> tuple[dict[tuple, dict], list[str], bool]:
+    """A results JSONL read without touching it: (last line per key, the good lines, whether a
+    line was torn by an interruption)."""
+    done: dict[tuple, dict] = {}
+    good, torn = [], False
+    path = Path(path)
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        try:
+            rec = json.loads(line)
+            done[tuple(rec[k] for k in key_fields)] = rec
+            good.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            torn = True
+    return done, good, torn
 
 
 class ResultLog:
@@ -47,20 +63,11 @@ class ResultLog:
 
     def __init__(self, path: str | Path, key_fields: Sequence[str] = ("index",)):
         self.path, self.key_fields = Path(path), tuple(key_fields)
-        self.done: dict[tuple, dict] = {}
-        good, torn = [], False
-        if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                    self.done[self.key(rec)] = rec
-                    good.append(line)
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    torn = True
-            if torn or (good and not self.path.read_bytes().endswith(b"\n")):
-                tmp = self.path.with_suffix(".tmp")
-                tmp.write_text("".join(g + "\n" for g in good), encoding="utf-8")
-                os.replace(tmp, self.path)
+        self.done, good, torn = read_result_lines(self.path, self.key_fields)
+        if torn or (good and not self.path.read_bytes().endswith(b"\n")):
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(g + "\n" for g in good), encoding="utf-8")
+            os.replace(tmp, self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "a", encoding="utf-8")
 
