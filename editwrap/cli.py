@@ -34,6 +34,20 @@ def _load_model(args: argparse.Namespace) -> Any:
     return EditableModel.from_pretrained(args.model, stack=getattr(args, "stack", None), **kw)
 
 
+def _device(text: str) -> str:
+    """``--device``: a torch device string that exists here (checked before any model is loaded)."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise argparse.ArgumentTypeError(f"{text!r}: no such CUDA device is visible here "
+                                         f"({torch.cuda.device_count()} found); use --device cpu")
+    return text
+
+
 def _parse_hparams(items: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for it in items or []:
@@ -112,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--model", default=None, help="local model dir or hub id (default: embedded SmolLM2-135M)")
         sp.add_argument("--stack", default=None, help="saved edit stack to compose on load")
         sp.add_argument("--load-in-8bit", action="store_true", help="load the base model in 8-bit (bitsandbytes)")
-        sp.add_argument("--device", default=None,
+        sp.add_argument("--device", default=None, type=_device,
                         help="where to load the model: cpu, cuda, cuda:1 (default: cpu; 8-bit: auto)")
 
     e = sub.add_parser("edit", help="edit one fact and show the answer before, after, and after pop")
