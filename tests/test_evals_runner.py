@@ -371,3 +371,25 @@ def test_report_shows_runs_in_progress(tiny_llama, tmp_path, monkeypatch):
     assert "ft-m [in progress: 3/6]" in text and "ft-m [in progress: 2/6]" in text
     _run(tiny_llama, tmp_path, n=6)  # finished: the summary replaces the partial one
     assert not next(r for r in load_summaries([tmp_path]) if r["mode"] == "single").get("in_progress")
+
+
+def test_readme_results_splices_report_sections():
+    """benchmarks/readme_results.py copies one report section between its README markers."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "readme_results.py"
+    spec = importlib.util.spec_from_file_location("readme_results", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    report = ("# T\n\n## Mixed (ZsRE) — sequential\n\n| a |\n\n![p](seq.png)\n\n## Ours beside X\n\n"
+              "#### ZsRE (ours: m)\n\n| b |\n")
+    body = mod.section(report, "## Mixed", "docs/r")
+    assert body == "| a |\n\n![p](docs/r/seq.png)"
+    assert mod.section(report, "## Ours beside", "docs/r") == "**ZsRE (ours: m)**\n\n| b |"
+    readme = "intro\n<!-- begin:m -->\nold\n<!-- end:m -->\noutro\n"
+    assert mod.splice(readme, "m", body) == f"intro\n<!-- begin:m -->\n{body}\n<!-- end:m -->\noutro\n"
+    with pytest.raises(SystemExit, match="begin:other"):
+        mod.splice(readme, "other", body)
+    with pytest.raises(SystemExit, match="not found"):
+        mod.section(report, "## WikiBio", "docs/r")
