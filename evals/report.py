@@ -63,12 +63,19 @@ def run_table(runs: Sequence[dict], title: str | None = None) -> str:
             name = "Locality (KL, lower better)" if row == "Locality" and convsent else row
             lines.append(f"| {name} | " + " | ".join(_fmt(c[row]) for c in cols) + " |")
     lines.append("| n records | " + " | ".join(str(r.get("n", "–")) for r in runs) + " |")
-    lines.append("| wall time (s) | " + " | ".join(_fmt(r.get("wall_seconds")) for r in runs) + " |")
+    lines.append("| wall time (s) | " + " | ".join(_wall(r) for r in runs) + " |")
     if any(r.get("device") for r in runs):  # timings only compare on the same card
         lines.append("| device | " + " | ".join(str(r.get("device") or "–") for r in runs) + " |")
     if any(r.get("bit_exact") is not None for r in runs):
         lines.append("| bit-exact after pop | " + " | ".join(str(r.get("bit_exact", "–")) for r in runs) + " |")
     return "\n".join(lines)
+
+
+def _wall(run: dict) -> str:
+    """Wall time of the process that finished the run; a resumed run says so (earlier processes' time
+    is not in it)."""
+    cell = _fmt(run.get("wall_seconds"))
+    return f"{cell} (last resume)" if run.get("resumed_lines") else cell
 
 
 def _breakdown(summary: dict) -> str:

@@ -266,13 +266,13 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     log = ResultLog(jsonl, ("checkpoint", "index") if mode == "sequential" else ("index",))
     scorer = Scorer(model, with_fluency=with_fluency, gen_tokens=gen_tokens,
                     sanitation=dataset == "sanitation", retain=retain)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"resumed_lines": len(log.done)}  # > 0: wall_seconds covers the last resume only
     try:
         if mode == "sequential":
             total = len(items) + sum(cps)
             with tqdm(total=total, desc=stem, disable=not progress, dynamic_ncols=True) as bar:
-                extra = run_sequential(model, scorer, items, sources, m.name, hp, log, cps, bar,
-                                       stack_dir=out / f"{stem}.stack" if save_stacks else None)
+                extra.update(run_sequential(model, scorer, items, sources, m.name, hp, log, cps, bar,
+                                       stack_dir=out / f"{stem}.stack" if save_stacks else None))
             times = extra.pop("edit_times")
             per_cp = {str(c): summarize(log.records(checkpoint=c)) for c in cps}
             extra["checkpoints"] = per_cp

@@ -104,6 +104,9 @@ def test_resume_after_interruption(tiny_llama, tmp_path, monkeypatch, mode):
     assert s["metrics"]["n"] == 6
     # batch: the cut chunk {2,3} is recomputed whole; chunk {0,1} is not
     assert s["edits_computed"] == (2 if mode == "batch" else 3)
+    # the wall time is the last process's only, and the report says so
+    assert s["resumed_lines"] == (2 if mode == "batch" else 3)
+    assert "(last resume)" in (tmp_path / "report.md").read_text()
 
 
 def test_resume_sequential_and_torn_line(tiny_llama, tmp_path, monkeypatch):
@@ -120,6 +123,7 @@ def test_resume_sequential_and_torn_line(tiny_llama, tmp_path, monkeypatch):
     assert len(keys) == len(set(keys)) == 2 + 4 + 5
     # the 4 saved edits are composed, not recomputed: only record 4's edit is computed
     assert s["bit_exact"] is True and s["restored"] == 4 and s["replayed"] == 0 and s["edits_computed"] == 1
+    assert s["resumed_lines"] == 4  # 2 lines of checkpoint 2, 2 of checkpoint 4; the torn one dropped
     assert len(tiny_llama.stack) == 0 and not (tmp_path / "zsre-ft-m-sequential.stack").exists()
     # a finished run re-run does nothing
     s2 = _run(tiny_llama, tmp_path, mode="sequential", checkpoints=[2, 4])
