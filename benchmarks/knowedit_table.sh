@@ -17,7 +17,7 @@ declare -A FILE=([zsre]=ZsRE.json [recent]=WikiData_recent.json [wikibio]=WikiBi
 run() {  # label, args...
   local label=$1; shift
   local t0=$(date +%s)
-  editwrap eval knowedit "$@" --out "$OUT" --no-progress > "$OUT/$label.log" 2>&1
+  editwrap eval knowedit "$@" --out "$OUT" --no-progress >> "$OUT/$label.log" 2>&1
   local rc=$?
   printf '%s\t%s\t%s\t%s\n' "$label" "$rc" "$(( $(date +%s) - t0 ))" "$(date -Is)" >> "$OUT/walltimes.tsv"
 }

@@ -75,7 +75,9 @@ def _wall(run: dict) -> str:
     """Wall time of the process that finished the run; a resumed run says so (earlier processes' time
     is not in it)."""
     cell = _fmt(run.get("wall_seconds"))
-    return f"{cell} (last resume)" if run.get("resumed_lines") else cell
+    n, computed = run.get("metrics", {}).get("n"), run.get("edits_computed")
+    older = run.get("mode") == "single" and computed is not None and n is not None and computed < n  # pre-resumed_lines
+    return f"{cell} (last resume)" if run.get("resumed_lines") or older else cell
 
 
 def _breakdown(summary: dict) -> str:
