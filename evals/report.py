@@ -77,7 +77,8 @@ def _wall(run: dict) -> str:
     cell = _fmt(run.get("wall_seconds"))
     n, computed = run.get("metrics", {}).get("n"), run.get("edits_computed")
     older = run.get("mode") == "single" and computed is not None and n is not None and computed < n  # pre-resumed_lines
-    return f"{cell} (last resume)" if run.get("resumed_lines") or older else cell
+    resumed = run.get("resumed_lines") or run.get("restored") or run.get("replayed") or older
+    return f"{cell} (last resume)" if resumed else cell
 
 
 def _breakdown(summary: dict) -> str:
