@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     readme_path = ROOT / "README.md"
     readme = old = readme_path.read_text()
     for folder, (report_args, sections) in REPORTS.items():
-        subprocess.run(["editwrap", "report", *report_args, "--out", folder], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL)
+        # this interpreter's editwrap, whether or not its venv is on PATH
+        subprocess.run([sys.executable, "-c", "import sys; from editwrap.cli import main; sys.exit(main())",
+                        "report", *report_args, "--out", folder], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         report = (ROOT / folder / "report.md").read_text()
         for name, heading in sections.items():
             readme = splice(readme, name, section(report, heading, folder))
