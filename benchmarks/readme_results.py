@@ -1,7 +1,7 @@
 """Regenerate the result tables of README.md from the run folders.
 
 The README's KnowEdit, mixed-sequential and adapter-sequential tables are sections of the reports
-that ``editwrap report`` writes; this script runs the reports into ``docs/results/`` and copies each
+that ``editwrap report`` writes; this script builds the reports into ``docs/results/`` and copies each
 section between its ``<!-- begin:NAME -->`` / ``<!-- end:NAME -->`` markers in the README, so the
 README never drifts from the per-record JSONL it cites.  Hand-written prose around the markers is
 left alone.
@@ -13,22 +13,23 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import sys
 from pathlib import Path
 
+from editwrap.evals.report import build_report
+
 ROOT = Path(__file__).resolve().parents[1]
 
-# report folder -> (editwrap report arguments, {marker: section heading prefix in report.md})
-REPORTS: dict[str, tuple[list[str], dict[str, str]]] = {
+# report folder -> (result folders, build_report keywords, {marker: section heading prefix})
+REPORTS: dict[str, tuple[list[str], dict, dict[str, str]]] = {
     "docs/results/report": (
-        ["results/knowedit", "results/gpu/knowedit", "--paper",
-         "--title", "KnowEdit on SmolLM2-135M-Instruct"],
+        ["results/knowedit", "results/gpu/knowedit"],
+        {"paper": True, "title": "KnowEdit on SmolLM2-135M-Instruct"},
         {"knowedit-paper": "## Ours beside", "mixed-sequential": "## Mixed"},
     ),
     "docs/results/report_adapters": (
-        ["results/adapters", "results/gpu/adapters",
-         "--title", "Adapters and activation entries on SmolLM2-135M-Instruct"],
+        ["results/adapters", "results/gpu/adapters"],
+        {"title": "Adapters and activation entries on SmolLM2-135M-Instruct"},
         {"adapters-sequential": "## ZsRE — sequential"},
     ),
 }
@@ -48,9 +49,10 @@ def section(report: str, heading: str, folder: str) -> str:
 
 def splice(readme: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- begin:{name} -->\n).*?(\n<!-- end:{name} -->)", re.S)
-    if not pattern.search(readme):
+    new, found = pattern.subn(lambda m: m.group(1) + body + m.group(2), readme)
+    if not found:
         raise SystemExit(f"README.md has no <!-- begin:{name} --> / <!-- end:{name} --> markers")
-    return pattern.sub(lambda m: m.group(1) + body + m.group(2), readme)
+    return new
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     readme_path = ROOT / "README.md"
     readme = old = readme_path.read_text()
-    for folder, (report_args, sections) in REPORTS.items():
-        # this interpreter's editwrap, whether or not its venv is on PATH
-        subprocess.run([sys.executable, "-c", "import sys; from editwrap.cli import main; sys.exit(main())",
-                        "report", *report_args, "--out", folder], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        report = (ROOT / folder / "report.md").read_text()
+    for folder, (results, kw, sections) in REPORTS.items():
+        missing = [r for r in results if not (ROOT / r).is_dir()]
+        if missing:
+            raise SystemExit(f"no such results folder: {', '.join(missing)} (run the benchmarks first)")
+        report = build_report([ROOT / r for r in results], ROOT / folder, **kw)
         for name, heading in sections.items():
             readme = splice(readme, name, section(report, heading, folder))
     if args.check:
