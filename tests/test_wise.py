@@ -1,11 +1,14 @@
 """WISE side-memory entries: routing, shards/merging, push/pop bit-exactness, save/load."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from editwrap import state_dict_hash
-from editwrap.entries.wise import WiseEntry, WiseMemory, WiseState, _advance
+from editwrap.entries.wise import WiseEntry, WiseMemory, WiseState, _advance, act_distance, wise_memories
+from editwrap.ops.hooks import capture
 from editwrap.ops.merge import ties_merge
 from editwrap.stack import StackError
 from tests.conftest import build_tiny
@@ -77,6 +80,49 @@ def test_push_pop_exact_order_and_save_load(tiny_model, tmp_path, tiny_tokenizer
     fresh = build_tiny(m.config.model_type, tiny_tokenizer)
     fresh.compose(tmp_path / "s")
     assert torch.equal(_logits(fresh), two)
+
+
+def test_act_distance_skips_padding():
+    main, side = torch.randn(2, 6, 4), torch.randn(2, 6, 4)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6])
+    d = act_distance(torch.relu, main, side, mask=mask)
+    assert torch.allclose(d[0], act_distance(torch.relu, main[:1, :4], side[:1, :4])[0])
+    assert torch.allclose(d[1], act_distance(torch.relu, main[1:], side[1:])[0])
+
+
+def test_routing_does_not_depend_on_batch_padding(tiny_model):
+    """A sequence routes to the side memory alone iff it does inside a right-padded batch."""
+    m = tiny_model
+    tok = m.tokenizer
+    e = m.edit(FACT, method="wise", **TINY)
+    mem = wise_memories(m)[e.entry.module]
+    short, long = "The Eiffel Tower is located in Rome", "The capital of France is London and the Eiffel Tower is tall"
+    alone, batch = tok([short], return_tensors="pt"), tok([short, long], return_tensors="pt", padding=True)
+    n = alone["input_ids"].shape[1]
+    assert batch["attention_mask"][0].sum() == n < batch["input_ids"].shape[1]
+    mem.enabled = False
+    dists = []
+    for enc in (alone, batch):  # the padding-blind distance of the short row (EasyEdit's)
+        with capture(m, [e.entry.module]) as cap, torch.no_grad():
+            m(**enc)
+        x, out = cap[e.entry.module]["input"], cap[e.entry.module]["output"]
+        side = out + torch.nn.functional.linear(x, mem.state.cur)
+        dists.append(float(act_distance(mem.act, out[:1], side[:1])))
+    mem.enabled = True
+    assert abs(dists[0] - dists[1]) > 1e-3 * dists[0]
+    key, st = mem.states[-1]  # put the threshold between the two, so a padding-blind router would disagree
+    mem.states[-1] = (key, replace(st, cur_acts=((dists[0] + dists[1]) / 2 / st.act_ratio,)))
+    with torch.no_grad():
+        a = m(**alone).logits[0]
+        b = m(**batch).logits[0, :n]
+    assert torch.allclose(a, b, atol=1e-5)
+    mem.enabled = False
+    with torch.no_grad():
+        base = m(**alone).logits[0]
+    mem.enabled = True
+    routed_alone = not torch.allclose(a, base, atol=1e-5)
+    assert routed_alone == (dists[0] > (dists[0] + dists[1]) / 2)  # the threshold really is in play
+    m.pop()
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..ops.hooks import get_module
+from ..ops.hooks import get_module, padding_rows
 from .activation import drop_hook, host_hooks
 from .base import Entry, register_entry
 
@@ -123,9 +123,7 @@ class MeloRouter:
     def route(self, x: torch.Tensor) -> torch.Tensor:
         """Active block per token of ``x`` (B, T, d): the most recent hit so far, -1 before any."""
         bsz, t, d = x.shape
-        m = torch.ones(bsz, t, device=x.device)
-        if self._mask is not None and self._mask.shape[0] == bsz and self._mask.shape[1] >= t:
-            m = self._mask[:, -t:].to(x.device, torch.float32)
+        m = padding_rows(self._mask, x)
         ref, continuing = self._cache if self._cache is not None else (None, False)
         carry = self._carry if continuing and self._carry is not None and ref is not None and \
             self._carry[0] is not None and self._carry[0]() is ref() and self._carry[1].shape[0] == bsz else None

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..ops.hooks import get_module
+from ..ops.hooks import ForwardMask, get_module
 from ..ops.merge import ties_merge
 from .activation import drop_hook, host_hooks
 from .base import Entry, register_entry
@@ -31,12 +31,25 @@ from .base import Entry, register_entry
 __all__ = ["WiseEntry", "WiseMemory", "WiseState", "wise_memories", "act_distance"]
 
 
-def act_distance(act: Any, main: torch.Tensor, side: torch.Tensor, infer: bool = False) -> torch.Tensor:
-    """EasyEdit's ``euc``: per-sequence mean (inference: max if > 100 tokens) of ‖act(main) − act(side)‖."""
+def act_distance(act: Any, main: torch.Tensor, side: torch.Tensor, infer: bool = False,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """EasyEdit's ``euc``: per-sequence mean (inference: max if > 100 tokens) of ‖act(main) − act(side)‖.
+
+    ``mask`` (B, T): the real tokens; padding is left out of the mean and the max, so a sequence
+    routes the same alone or in any batch (EasyEdit averages over the padded length).
+    """
     d = torch.norm(act(main.float()) - act(side.float()), dim=-1)
-    if infer and d.shape[1] > 100:
-        return d.max(1).values
-    return d.mean(1)
+    if mask is None:
+        if infer and d.shape[1] > 100:
+            return d.max(1).values
+        return d.mean(1)
+    m = mask.to(d.device, d.dtype)
+    n = m.sum(1)
+    mean = (d * m).sum(1) / n.clamp_min(1)
+    if not infer:
+        return mean
+    peak = d.masked_fill(m == 0, float("-inf")).max(1).values
+    return torch.where(n > 100, peak, mean)
 
 
 @dataclass(frozen=True)
@@ -78,7 +91,7 @@ def wise_memories(host: Any, create: bool = False) -> dict[str, "WiseMemory"]:
 class WiseMemory:
     """The side memory of one module: the state after each WISE entry, and the routing hook."""
 
-    def __init__(self, module: nn.Module, hidden_act: str) -> None:
+    def __init__(self, module: nn.Module, hidden_act: str, host: nn.Module | None = None) -> None:
         from transformers.activations import ACT2FN
 
         self.module = module
@@ -86,6 +99,7 @@ class WiseMemory:
         self.states: list[tuple[str, WiseState]] = []
         self.enabled = True
         self._handle: Any = None
+        self.padding = ForwardMask(host) if host is not None else None
 
     @property
     def state(self) -> WiseState:
@@ -98,20 +112,25 @@ class WiseMemory:
         self.states.append((key, _advance(self.state, e)))
         if self._handle is None:
             self._handle = self.module.register_forward_hook(self._hook)
+            if self.padding is not None:
+                self.padding.attach()
 
     def discard(self, key: str) -> None:
         self.states = [(k, s) for k, s in self.states if k != key]
         if not self.states and self._handle is not None:
             self._handle.remove()
             self._handle = None
+            if self.padding is not None:
+                self.padding.detach()
 
     def route(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """WISE-Retrieve: per sequence, the side output with the largest activation shift above its threshold."""
         st = self.state
         best, best_d = out, torch.zeros(out.shape[0], device=out.device)
-        for i, (delta, min_act) in enumerate(st.memories()):
+        rows = self.padding.rows(x) if self.padding is not None else None
+        for delta, min_act in st.memories():
             side = out + F.linear(x.to(delta.dtype), delta.to(x.device)).to(out.dtype)
-            d = act_distance(self.act, out, side, infer=True)
+            d = act_distance(self.act, out, side, infer=True, mask=rows)
             take = (d > best_d) & (d > min_act * st.act_ratio)
             if bool(take.any()):
                 best = torch.where(take.view(-1, *[1] * (out.dim() - 1)), side, best)
@@ -144,7 +163,7 @@ class WiseEntry(Entry):
         mems = wise_memories(host, create=True)
         mem = mems.get(self.module)
         if mem is None:
-            mem = mems[self.module] = WiseMemory(get_module(host, self.module), self.hidden_act)
+            mem = mems[self.module] = WiseMemory(get_module(host, self.module), self.hidden_act, host)
         mem.add(key, self)
 
     def detach(self, host: Any, key: str) -> None:

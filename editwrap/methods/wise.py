@@ -72,6 +72,7 @@ class Wise:
                 model(**enc)
             d_in, d_out = cap[module]["input"].shape[-1], cap[module]["output"].shape[-1]
             device = enc["input_ids"].device
+            rows = enc["attention_mask"].to(device)  # the edit batch is padded: distances skip padding
             cur = state.cur if state is not None and state.cur is not None else torch.zeros(d_out, d_in)
             cur = cur.to(device)
             new_mask = state is None or state.cur is None
@@ -95,8 +96,8 @@ class Wise:
 
             def step() -> tuple[torch.Tensor, dict[str, float]]:
                 ft = edit_loss(model(**enc).logits[:-1], labels[:-1])
-                ins = act_distance(act, seen["main"][:-1], seen["side"][:-1])
-                out_d = act_distance(act, seen["main"][-1:], seen["side"][-1:])
+                ins = act_distance(act, seen["main"][:-1], seen["side"][:-1], mask=rows[:-1])
+                out_d = act_distance(act, seen["main"][-1:], seen["side"][-1:], mask=rows[-1:])
                 a_loss = (_pos_mean(out_d.view(-1, 1) - ins + hp.gamma) + _pos_mean(out_d - hp.alpha)
                           + _pos_mean(hp.beta - ins))
                 return ft + a_loss, {"ft_loss": round(ft.item(), 4), "in_scope": round(ins.mean().item(), 3),
@@ -111,7 +112,7 @@ class Wise:
                             after_step=project)
             with torch.no_grad():
                 model(**enc)
-                in_scope = float(act_distance(act, seen["main"][:-1], seen["side"][:-1]).mean())
+                in_scope = float(act_distance(act, seen["main"][:-1], seen["side"][:-1], mask=rows[:-1]).mean())
         entry = WiseEntry(module, state.total if state else 0, delta.detach(), mask if new_mask else None, in_scope,
                           hidden_act, hp.act_ratio, hp.save_freq, hp.merge_freq, hp.density)
         info.update(seconds=round(time.time() - t0, 3), in_scope_final=round(in_scope, 3))

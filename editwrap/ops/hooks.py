@@ -11,7 +11,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["get_module", "capture", "patch_output", "frozen", "first_tensor", "replace_first"]
+__all__ = ["get_module", "capture", "patch_output", "frozen", "first_tensor", "replace_first", "ForwardMask",
+           "padding_rows"]
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -93,3 +94,46 @@ def frozen(model: nn.Module) -> Iterator[None]:
         for p, f in flags:
             p.requires_grad_(f)
         model.train(was_training)
+
+
+def padding_rows(mask: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """(B, T) float weights of the real tokens among the ``T`` positions of ``x`` (B, T, …): the
+    last ``T`` columns of the forward's 2-D attention mask (KV-cached steps see only new tokens),
+    or all ones when there is no mask of a matching shape."""
+    bsz, t = x.shape[0], x.shape[1]
+    if mask is not None and mask.dim() == 2 and mask.shape[0] == bsz and mask.shape[1] >= t:
+        return mask[:, -t:].to(x.device, torch.float32)
+    return torch.ones(bsz, t, device=x.device)
+
+
+class ForwardMask:
+    """The attention mask of the host model's forward in progress, for hooks deeper inside.
+
+    A hook on an inner module sees hidden states only; anything it computes per sequence (a
+    mean over tokens, a routing decision) must skip padding, or a row's output would depend on
+    what it was batched with. Pre/post hooks on the host keep the mask for one forward.
+    """
+
+    def __init__(self, host: nn.Module) -> None:
+        self.host, self.mask = host, None
+        self._handles: list = []
+
+    def attach(self) -> None:
+        if not self._handles:
+            self._handles = [self.host.register_forward_pre_hook(self._pre, with_kwargs=True),
+                             self.host.register_forward_hook(self._post)]
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles, self.mask = [], None
+
+    def _pre(self, _m: nn.Module, args: tuple, kwargs: dict) -> None:
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        self.mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+    def _post(self, _m: nn.Module, _args: tuple, _out: object) -> None:
+        self.mask = None  # nothing stale leaks into a later call without a mask
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        return padding_rows(self.mask, x)
