@@ -125,6 +125,25 @@ def test_routing_does_not_depend_on_batch_padding(tiny_model):
     m.pop()
 
 
+def test_out_of_scope_text_never_the_scored_probe_by_default(tmp_path):
+    from editwrap import Fact
+    from editwrap.hparams.wise import WiseHparams
+    from editwrap.methods.wise import out_of_scope_text
+
+    fact = Fact(prompt="Who wrote Hamlet?", target_new="Marlowe",
+                locality={"Relation_Specificity": [{"prompt": "Hamlet is set in", "answer": "Denmark"}]})
+    default = [out_of_scope_text([fact], WiseHparams(), t) for t in range(3)]
+    assert len(set(default)) == 3 and not any("Hamlet" in t for t in default)
+    assert out_of_scope_text([fact], WiseHparams(loc_corpus="fact"), 0) == "Hamlet is set in"
+    mend = tmp_path / "zsre_mend_train.json"  # EasyEdit's source: the unrelated NQ question + answer
+    mend.write_text('[{"src": "q1", "loc": "nq question: who sang x", "loc_ans": "Y"}, {"src": "q2", "loc": "nq b"}]')
+    hp = WiseHparams(loc_corpus=str(mend))
+    assert [out_of_scope_text([fact], hp, t) for t in range(3)] == ["nq question: who sang x Y", "nq b",
+                                                                    "nq question: who sang x Y"]
+    with pytest.raises(ValueError, match="loc_corpus"):
+        WiseHparams(loc_corpus=str(tmp_path / "missing.json"))
+
+
 @pytest.mark.slow
 def test_embedded_wise_edit_and_pop(embedded):
     m = embedded

@@ -6,11 +6,14 @@ of the targets plus the activation margins — the side memory must shift the ac
 edit prompt (in-scope distance ≥ beta, and ≥ out-of-scope + gamma) but not those of an unrelated
 prompt (out-of-scope distance ≤ alpha). Gradients are masked by the shard's random mask (new
 shard: new mask), SGD at ``edit_lr``, the side weight kept within ±norm_constraint of the main one.
-The unrelated prompt is the fact's first locality probe, or a fixed neutral sentence.
+The unrelated prompt comes from ``hp.loc_corpus`` (``hparams/wise.py``), never from the fact's
+scored locality probes unless asked for (``"fact"``). Distances skip padding (``act_distance``).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import time
 from typing import Any, Sequence
 
@@ -21,6 +24,7 @@ from ..entries.wise import WiseEntry, act_distance, wise_memories
 from ..facts import Fact
 from ..hparams.arch import arch_of
 from ..hparams.wise import WiseHparams
+from ..ops.corpus import iter_corpus
 from ..ops.hooks import capture, frozen, patch_output
 from ..ops.train import edit_batch, edit_loss, optimize
 from ..stack import Edit
@@ -34,6 +38,23 @@ NEUTRAL = "The weather in the mountains is often cold in winter"
 def _pos_mean(t: torch.Tensor) -> torch.Tensor:
     pos = t[t > 0]
     return pos.mean() if pos.numel() else torch.zeros((), device=t.device)
+
+
+@functools.lru_cache(maxsize=4)
+def _loc_pool(source: str | None, chars: int) -> tuple[str, ...]:
+    texts = tuple(t[:chars] for t in itertools.islice(iter_corpus(source), 1000) if t.strip())
+    if not texts:
+        raise ValueError(f"WISE loc_corpus {source!r} has no texts; give a corpus file with text, prompt or "
+                         f"loc fields, or leave loc_corpus unset for the default corpus")
+    return texts
+
+
+def out_of_scope_text(facts: Sequence[Fact], hp: WiseHparams, t: int) -> str:
+    """The unrelated text edit number ``t`` of a side memory is trained not to shift (hparams doc)."""
+    if hp.loc_corpus == "fact":
+        return next((p.prompt for ps in facts[0].locality.values() for p in ps), NEUTRAL)
+    pool = _loc_pool(hp.loc_corpus, hp.loc_chars)
+    return pool[t % len(pool)]
 
 
 def hidden_act_of(model: Any) -> str:
@@ -59,7 +80,7 @@ class Wise:
         act = ACT2FN[hidden_act]
         mem = wise_memories(model).get(module)
         state = mem.state if mem is not None else None
-        loc = next((p.prompt for ps in facts[0].locality.values() for p in ps), NEUTRAL)
+        loc = out_of_scope_text(facts, hp, state.total if state is not None else 0)
         enc, labels = edit_batch(model, [*facts, Fact(prompt=loc, target_new="the")], "target_new")
         labels[-1] = -100
         with contextlib.ExitStack() as st:

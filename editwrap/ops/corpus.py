@@ -3,7 +3,8 @@
 The references use ~100k Wikipedia samples, which cannot be downloaded here. The default is
 English prose that ships with every CPython (``pydoc_data.topics``: the language reference,
 ~65k words). Any iterable of strings, a local ``.txt``/``.json``/``.jsonl`` file (WikiBio records
-of KnowEdit are Wikipedia prose: their ``text`` fields are used) or a ``datasets`` dataset works.
+of KnowEdit are Wikipedia prose: their ``text`` fields are used; MEND zsRE records give their
+unrelated ``loc`` question and answer) or a ``datasets`` dataset works.
 """
 from __future__ import annotations
 
@@ -35,10 +36,11 @@ def _file_texts(path: Path) -> Iterator[str]:
             if isinstance(r, str):
                 yield r
             elif isinstance(r, dict):
-                for k in ("text", "content", "prompt"):
-                    if isinstance(r.get(k), str):
-                        yield r[k]
-                        break
+                k = next((k for k in ("text", "content", "prompt") if isinstance(r.get(k), str)), None)
+                if k is not None:
+                    yield r[k]
+                elif isinstance(r.get("loc"), str):  # MEND zsRE records: their unrelated NQ question
+                    yield f"{r['loc']} {r['loc_ans']}" if isinstance(r.get("loc_ans"), str) else r["loc"]
     else:
         for para in path.read_text(encoding="utf-8").split("\n\n"):
             if para.strip():
