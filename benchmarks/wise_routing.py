@@ -54,9 +54,10 @@ def main() -> None:
     if bool(args.stack) == bool(args.compute):
         ap.error("give either --stack DIR or --compute N")
     model = EditableModel.from_pretrained(stack=args.stack)
+    records = load_dataset("zsre", args.data, n=(args.compute or len(model.stack)) + args.unrelated)
     if args.compute:
         hp = json.loads(args.hparams)
-        for f in load_dataset("zsre", args.data, n=args.compute):
+        for f in records[: args.compute]:
             e = model.edit(f, method="wise", **hp)
             print(f"edit {len(model.stack)}: {e.info}", flush=True)
         if args.save:
@@ -66,8 +67,7 @@ def main() -> None:
     n = len(facts)
     cps = [c for c in (int(x) for x in args.checkpoints.split(",")) if c <= n]
     edited = {f.prompt for f in facts}
-    pool = [f for f in load_dataset("zsre", args.data, n=n + args.unrelated) if f.prompt not in edited]
-    pool = pool[: args.unrelated]
+    pool = [f for f in records if f.prompt not in edited][: args.unrelated]
 
     mem.enabled = False  # capture the main memory's input/output at the WISE module
     acts: list[tuple[int, str, torch.Tensor, torch.Tensor]] = []  # (fact index or -1, kind, x, out)

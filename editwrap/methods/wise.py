@@ -93,7 +93,7 @@ class Wise:
                 model(**enc)
             d_in, d_out = cap[module]["input"].shape[-1], cap[module]["output"].shape[-1]
             device = enc["input_ids"].device
-            rows = enc["attention_mask"].to(device)  # the edit batch is padded: distances skip padding
+            rows = enc["attention_mask"]  # the edit batch is padded: distances skip padding
             cur = state.cur if state is not None and state.cur is not None else torch.zeros(d_out, d_in)
             cur = cur.to(device)
             new_mask = state is None or state.cur is None
