@@ -117,3 +117,26 @@ def test_knowedit_eval_example_resumes(tmp_path):
         assert f"ft-m on {n} ZsRE records (" in res.stdout and "every pop bit-exact: True" in res.stdout
     s = json.loads((tmp_path / "zsre-ft-m-single.summary.json").read_text())
     assert s["edits_computed"] == 1 and s["metrics"]["n"] == 2
+
+
+@pytest.mark.slow
+def test_wise_routing_benchmark_runs(tmp_path):
+    """benchmarks/wise_routing.py on two cheap edits of the embedded model: one row per checkpoint,
+    shares in [0, 100], the edited facts' own prompts captured at the first checkpoint."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import KNOWEDIT_DIR
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "wise_routing.py"
+    out = tmp_path / "routing.json"
+    subprocess.run([sys.executable, str(script), "--compute", "2", "--checkpoints", "1,2", "--unrelated", "5",
+                    "--data", str(KNOWEDIT_DIR / "ZsRE.json"), "--hparams", '{"n_iter": 15}', "--json", str(out),
+                    "--save", str(tmp_path / "stack")], check=True, timeout=900)
+    rows = json.loads(out.read_text())
+    assert [r["edits"] for r in rows] == [1, 2]
+    assert all(0 <= r[k] <= 100 for r in rows for k in r if k.startswith("routed_"))
+    assert rows[0]["routed_edit"] == 100.0 and rows[0]["threshold"] > 0
+    assert (tmp_path / "stack" / "edits.json").exists()

@@ -159,25 +159,3 @@ def test_embedded_wise_edit_and_pop(embedded):
         m.pop()
     assert state_dict_hash(m) == h and m.generate_text(fact["prompt"], max_new_tokens=5) == base
 
-
-@pytest.mark.slow
-def test_wise_routing_benchmark_runs(tmp_path):
-    """benchmarks/wise_routing.py on two cheap edits of the embedded model: one row per checkpoint,
-    shares in [0, 100], the edited facts' own prompts captured at the first checkpoint."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from tests.conftest import KNOWEDIT_DIR
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "wise_routing.py"
-    out = tmp_path / "routing.json"
-    subprocess.run([sys.executable, str(script), "--compute", "2", "--checkpoints", "1,2", "--unrelated", "5",
-                    "--data", str(KNOWEDIT_DIR / "ZsRE.json"), "--hparams", '{"n_iter": 15}', "--json", str(out),
-                    "--save", str(tmp_path / "stack")], check=True, timeout=900)
-    rows = json.loads(out.read_text())
-    assert [r["edits"] for r in rows] == [1, 2]
-    assert all(0 <= r[k] <= 100 for r in rows for k in r if k.startswith("routed_"))
-    assert rows[0]["routed_edit"] == 100.0 and rows[0]["threshold"] > 0
-    assert (tmp_path / "stack" / "edits.json").exists()
