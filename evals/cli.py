@@ -31,6 +31,16 @@ def _positive(text: str) -> int:
     return v
 
 
+def _nonnegative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
 def cmd_knowedit(args: argparse.Namespace) -> int:
     from editwrap.cli import _load_model, _parse_hparams
     from editwrap.methods.base import get_method
@@ -44,7 +54,8 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
                      batch_size=args.batch_size, checkpoints=args.checkpoints, hparams=hp, out=args.out,
                      with_fluency=args.fluency, gen_tokens=args.gen_tokens, retain_n=args.retain_n,
                      seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress,
-                     trained_on=args.trained_on, save_stacks=not args.no_save_stacks)
+                     trained_on=args.trained_on, save_stacks=not args.no_save_stacks,
+                     generation=not args.no_generation, gen_margin=args.gen_margin, chat_template=args.chat_template)
     stem = f"{s['dataset']}-{s['method']}-{s['mode']}" + (f"-from-{s['trained_on']}" if s.get("trained_on") else "")
     print(Path(args.out, f"{stem}.md").read_text(encoding="utf-8"))
     print(f"wall time {s['wall_seconds']:.1f} s; results in {args.out}/ ({stem}.jsonl, .summary.json, .md; report.md)")
@@ -57,7 +68,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     missing = [f for f in args.folders if not Path(f).is_dir()]
     if missing:
         raise FileNotFoundError(f"no such results folder: {', '.join(missing)}")
-    print(build_report(args.folders, args.out or args.folders[0], title=args.title, paper=args.paper))
+    print(build_report(args.folders, args.out or args.folders[0], title=args.title, paper=args.paper,
+                       cases=args.cases))
     return 0
 
 
@@ -74,11 +86,18 @@ def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], No
     k.add_argument("--method", required=True, help="editing method (rome, memit, ft-l, ft-m, lora, grace, ike, ...)")
     k.add_argument("--n", type=_positive, default=None, help="number of records (default: all)")
     k.add_argument("--mode", choices=("single", "batch", "sequential"), default="single")
-    k.add_argument("--batch-size", type=_positive, default=10, help="facts per edit in --mode batch")
+    k.add_argument("--batch-size", type=_positive, default=None,
+                   help="facts per edit: --mode batch (default 10) or sequential (default 1; e.g. AlphaEdit's batches)")
     k.add_argument("--checkpoints", type=_checkpoints, default=[10, 100, 500, 1000],
                    help="sequential mode: measure after this many edits (comma-separated; the last record always)")
     k.add_argument("--hparam", action="append", default=[], help="override a hyperparameter: name=value (repeatable)")
     k.add_argument("--fluency", action="store_true", help="also score fluency (n-gram entropy of 100 generated tokens; slow)")
+    k.add_argument("--no-generation", action="store_true",
+                   help="skip the generated-answer metrics (greedy answers, prefix match / F1; on by default for fact datasets)")
+    k.add_argument("--gen-margin", type=_nonnegative, default=8,  # = generation.DEFAULT_MARGIN (not imported: torch)
+                   help="generated answers: new-token budget = target tokens + this margin (default 8)")
+    k.add_argument("--chat-template", action="store_true",
+                   help="generated answers: wrap prompts in the tokenizer's chat template (teacher-forced metrics unchanged)")
     k.add_argument("--gen-tokens", type=_positive, default=20, help="tokens generated for Sanitation answers")
     k.add_argument("--retain-n", type=_positive, default=None, help="Sanitation retain probes for locality (default all)")
     k.add_argument("--seed", type=int, default=0, help="ConvSent draws / mixed-dataset shuffle")
@@ -104,6 +123,8 @@ def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], No
     r.add_argument("--title", default="KnowEdit results")
     r.add_argument("--paper", action="store_true",
                    help="add tables beside the published Llama-2-7b-chat KnowEdit numbers (different model)")
+    r.add_argument("--cases", type=_nonnegative, default=0, metavar="N",
+                   help="add case tables: the first N records' generated answers across methods (single runs)")
     r.set_defaults(func=cmd_report)
 
 

@@ -9,6 +9,11 @@ metrics record using only :mod:`editwrap.evals.metrics`:
 * ConvSent: ``es`` (:func:`convsent_success`) and ``dd`` (:func:`kl_divergence_locality`).
 * Sanitation: ``success`` (the generation contains the target "I don't know.") and
   ``locality["retain"]`` (retain-set generations unchanged vs the starting model).
+* Fact, ``generation=True`` (default): also ``generation`` = greedy answers scored by
+  :mod:`editwrap.evals.generation`: ``{"rewrite": {"success", "f1", "answer", "answer_pre"},
+  "rephrase": {"success", "f1"}, "portability": {key: {"success", "f1"}}, "locality": {key: [1.0|0.0]}}``
+  (``answer_pre``: the unedited model's answer to the rewrite prompt). Time spent generating is
+  summed in ``Scorer.gen_seconds`` (kept out of the record so records stay deterministic).
 
 Prompts go through ``model._route`` (else ``model._prepare_text``) so text-plane edits (IKE prompts,
 SERAC caches routing to a counterfactual model) are seen by the scorer.
@@ -16,11 +21,13 @@ SERAC caches routing to a counterfactual model) are seen by the scorer.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Sequence
 
 from editwrap.facts import Fact, Probe
 
 from .datasets import ConvSentRecord
+from .generation import DEFAULT_MARGIN, answer_budget, generate_answers, locality_match, score_answers
 from .metrics import (answer_tokens, continuation_logprob_dists, convsent_success, fluency,
                       generate_tokens, kl_divergence_locality, locality_score, sanitation_locality,
                       sanitation_success, token_accuracy, token_logprobs)
@@ -48,16 +55,21 @@ class Scorer:
 
     ``sanitation=True``: items are Sanitation forget facts and ``retain`` the dataset-level retain
     probes, whose pre-edit generations are taken once, from the model as it is at the first
-    ``pre`` call (the unedited starting model).
+    ``pre`` call (the unedited starting model). ``generation``: also score greedy answers of fact
+    items (budget = target tokens + ``gen_margin``; ``chat_template`` wraps those prompts, not the
+    teacher-forced ones, in the tokenizer's chat template).
     """
 
     def __init__(self, model: Any, *, with_fluency: bool = False, fluency_tokens: int = 100,
                  gen_tokens: int = 20, sanitation: bool = False, retain: Sequence[Probe] = (),
-                 batch_size: int = 16):
+                 batch_size: int = 16, generation: bool = True, gen_margin: int = DEFAULT_MARGIN,
+                 chat_template: bool = False):
         self.model, self.tok = model, model.tokenizer
         self.sanitation = sanitation
         self.with_fluency, self.fluency_tokens = with_fluency, fluency_tokens
         self.gen_tokens, self.batch_size = gen_tokens, batch_size
+        self.generation, self.gen_margin, self.chat_template = generation, gen_margin, chat_template
+        self.gen_seconds, self.gen_records = 0.0, 0  # generation time (pre + post) and posts scored
         self.retain = list(retain)
         self._retain_pre: list[list[int]] | None = None
 
@@ -95,13 +107,15 @@ class Scorer:
                 self._retain_pre = self._generate([p.prompt for p in self.retain])
             return {}
         probes = [(k, p) for k, ps in item.locality.items() for p in ps]
+        rec: dict[str, Any] = {"locality": {}}
+        if self.generation:
+            rec["generation"] = self._generation_pre(item, probes)
         if not probes:
-            return {"locality": {}}
+            return rec
         toks = self._on(answer_tokens, [p.prompt for _, p in probes], [p.answer for _, p in probes])
-        out: dict[str, list] = {}
         for (k, _), t in zip(probes, toks):
-            out.setdefault(k, []).append(t)
-        return {"locality": out}
+            rec["locality"].setdefault(k, []).append(t)
+        return rec
 
     # ---- after the edit -------------------------------------------------------------------------
     def post(self, item: Any, pre: dict[str, Any]) -> dict[str, Any]:
@@ -137,7 +151,51 @@ class Scorer:
             for (k, _), t in zip(probes, post):
                 grouped.setdefault(k, []).append(t)
             rec["locality"] = {k: locality_score(pre["locality"][k], v) for k, v in grouped.items()}
+        if self.generation:
+            rec["generation"] = self._generation_post(f, rows, probes, pre.get("generation"))
         return rec
+
+    # ---- generated answers (editwrap.evals.generation) ------------------------------------------
+    def _answers(self, prompts: Sequence[str], targets: Sequence[str]) -> list[str]:
+        """Greedy answers through ``_on`` (text-plane entries seen); the budget is set per probe
+        from its target, so pre and post answers to one prompt get the same budget."""
+        budgets = [answer_budget(self.tok, p, t, self.gen_margin) for p, t in zip(prompts, targets)]
+        return self._on(generate_answers, prompts, budgets, chat_template=self.chat_template)
+
+    def _generation_pre(self, f: Fact, probes: list[tuple[str, Probe]]) -> dict[str, Any]:
+        t0 = time.time()
+        ans = self._answers([f.text_prompt, *(p.prompt for _, p in probes)],
+                            [f.target_new, *(p.answer for _, p in probes)])
+        loc: dict[str, list[str]] = {}
+        for (k, _), a in zip(probes, ans[1:]):
+            loc.setdefault(k, []).append(a)
+        self.gen_seconds += time.time() - t0
+        return {"rewrite": ans[0], "locality": loc}
+
+    def _generation_post(self, f: Fact, rows: list[tuple[str, str | None, str, str]],
+                         probes: list[tuple[str, Probe]], pre: dict[str, Any] | None) -> dict[str, Any]:
+        """One batched generation for the rewrite, rephrase, portability and locality prompts."""
+        t0 = time.time()
+        loc_probes = probes if pre is not None else []  # no unedited answers: no generated locality
+        ans = self._answers([r[2] for r in rows] + [p.prompt for _, p in loc_probes],
+                            [r[3] for r in rows] + [p.answer for _, p in loc_probes])
+        scored = score_answers(ans[:len(rows)], [r[3] for r in rows])
+        gen: dict[str, Any] = {"rewrite": {}, "portability": {}, "locality": {}}
+        for i, (section, key, _, _) in enumerate(rows):
+            name = {"rewrite_acc": "rewrite", "rephrase_acc": "rephrase"}.get(section, section)
+            slot = gen.setdefault(name, {}) if key is None else gen[name].setdefault(key, {})
+            for field, vals in scored.items():
+                slot.setdefault(field, []).append(vals[i])
+        gen["rewrite"]["answer"] = [ans[0]]
+        post: dict[str, list[str]] = {}
+        for (k, _), a in zip(loc_probes, ans[len(rows):]):
+            post.setdefault(k, []).append(a)
+        if pre is not None:
+            gen["rewrite"]["answer_pre"] = [pre["rewrite"]]
+            gen["locality"] = {k: locality_match(pre["locality"][k], v) for k, v in post.items()}
+        self.gen_seconds += time.time() - t0
+        self.gen_records += 1
+        return gen
 
     def _convsent(self, item: ConvSentRecord, pre: dict[str, Any]) -> dict[str, Any]:
         ctx, rep, is_target = item.inner_qa()

@@ -382,7 +382,8 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     ``{"pre": ..., "post": ...}`` (post is used). Edit Succ./Rephrase/Fluency: mean over records
     x100; Portability/Locality: see :func:`_nested`; records without any probe of a section do not
     count. Other numeric keys (ConvSent ``es``/``dd``, Sanitation ``success``) are averaged unscaled.
-    Missing metrics are None.
+    Missing metrics are None. Records with generated-answer scores (a ``generation`` mapping, see
+    :mod:`editwrap.evals.generation`) add a ``generation`` block with the same names, plus F1 ones.
     """
     recs = [r.get("post", r) for r in records]
     out: dict[str, Any] = {"n": len(recs)}
@@ -400,4 +401,9 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for k in extra:
         vals = [m for r in recs if k in r and not math.isnan(m := _mean(r[k]))]
         out[k] = sum(vals) / len(vals) if vals else None
+    gens = [r["generation"] for r in recs if isinstance(r.get("generation"), Mapping)]
+    if gens:
+        from .generation import summarize_generation
+
+        out["generation"] = summarize_generation(gens)
     return out

@@ -2,21 +2,29 @@
 one table per dataset and mode) and PNG curves for sequential runs (metric vs number of edits, one
 line per method). ``build_report(folders, out)`` merges every ``*.summary.json`` under the folders
 and appends lm-eval regressions (``lm_eval-*.json``) as a "General ability" table.
+
+Generated-answer metrics (the summary's ``generation`` block, :mod:`editwrap.evals.generation`) are
+rows ``<metric> (generated)`` under the EasyEdit rows and dashed lines beside them in the curves;
+a run without that block (older results, ConvSent/Sanitation) shows – there.
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-__all__ = ["paper_rows", "run_table", "write_run", "build_report", "load_summaries", "partial_summary", "plot_sequential",
+__all__ = ["paper_rows", "run_table", "case_tables", "write_run", "build_report", "load_summaries", "partial_summary", "plot_sequential",
            "general_ability_table", "cross_domain_table", "paper_comparison_table"]
 
 NAMES = {"zsre": "ZsRE", "recent": "WikiData_recent", "counterfact": "WikiData_counterfact", "wikibio": "WikiBio",
          "convsent": "ConvSent", "sanitation": "Sanitation", "mixed": "Mixed (ZsRE + recent + counterfact)"}
 ROWS = ("Edit Succ.", "Rephrase", "Portability", "Locality", "Fluency")
 CURVES = ("Edit Succ.", "Portability", "Locality")
+GEN = " (generated)"
+GEN_ROWS = tuple(r + GEN for r in ("Edit Succ.", "Edit Succ. F1", "Rephrase", "Rephrase F1", "Portability",
+                                   "Portability F1", "Locality"))
 
 
 def paper_rows(summary: dict[str, Any], metrics: dict[str, Any] | None = None) -> dict[str, float | None]:
@@ -24,6 +32,8 @@ def paper_rows(summary: dict[str, Any], metrics: dict[str, Any] | None = None) -
     Locality = dd (KL to the unedited model, lower is better); Sanitation: Edit Succ. = success x 100."""
     m = metrics if metrics is not None else summary.get("metrics", {})
     rows = {r: m.get(r) for r in ROWS}
+    gen = m.get("generation") or {}
+    rows.update({r: gen.get(r.removesuffix(GEN)) for r in GEN_ROWS})
     if summary.get("dataset") == "convsent":
         rows["Edit Succ."] = None if m.get("es") is None else 100 * m["es"]
         rows["Locality"] = m.get("dd")
@@ -58,7 +68,7 @@ def run_table(runs: Sequence[dict], title: str | None = None) -> str:
     convsent = any(r.get("dataset") == "convsent" for r in runs)
     lines = [f"#### {title}", ""] if title else []
     lines += ["| metric | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
-    for row in ROWS:
+    for row in ROWS + GEN_ROWS:
         if any(c[row] is not None for c in cols):
             name = "Locality (KL, lower better)" if row == "Locality" and convsent else row
             lines.append(f"| {name} | " + " | ".join(_fmt(c[row]) for c in cols) + " |")
@@ -83,7 +93,8 @@ def _wall(run: dict) -> str:
 
 def _breakdown(summary: dict) -> str:
     m = summary.get("metrics", {})
-    rows = [(sec, k, v) for sec in ("Portability", "Locality") for k, v in (m.get(f"{sec} by key") or {}).items()]
+    rows = [(sec + g, k, v) for g, mm in (("", m), (GEN, m.get("generation") or {}))
+            for sec in ("Portability", "Locality") for k, v in (mm.get(f"{sec} by key") or {}).items()]
     if not rows:
         return ""
     return "\n".join(["| section | key | score |", "|---|---|---:|", *(f"| {s} | {k} | {_fmt(v)} |" for s, k, v in rows)])
@@ -93,7 +104,7 @@ def _curve_tables(runs: Sequence[dict]) -> str:
     """Per metric: rows = number of edits, columns = methods."""
     labels, out = _labels(runs), []
     cps = sorted({int(c) for r in runs for c in (r.get("checkpoints") or {})})
-    for metric in CURVES:
+    for metric in CURVES + tuple(c + GEN for c in CURVES):
         vals = [{int(c): paper_rows(r, s)[metric] for c, s in (r.get("checkpoints") or {}).items()} for r in runs]
         if not any(v is not None for d in vals for v in d.values()):
             continue
@@ -105,7 +116,8 @@ def _curve_tables(runs: Sequence[dict]) -> str:
 
 
 def plot_sequential(runs: Sequence[dict], path: str | Path, title: str = "") -> Path | None:
-    """PNG: one panel per metric (Edit Succ., Portability, Locality), x = number of edits."""
+    """PNG: one panel per metric (Edit Succ., Portability, Locality), x = number of edits; the
+    generated-answer variant of a metric is a dashed line in the same colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,20 +127,21 @@ def plot_sequential(runs: Sequence[dict], path: str | Path, title: str = "") -> 
     panels = []
     for metric in CURVES:
         lines = []
-        for lab, r in zip(labels, runs):
-            pts = sorted((int(c), paper_rows(r, s)[metric]) for c, s in (r.get("checkpoints") or {}).items())
-            pts = [(x, y) for x, y in pts if y is not None]
-            if pts:
-                lines.append((lab, pts))
+        for k, (lab, r) in enumerate(zip(labels, runs)):
+            for variant, style in ((metric, "-"), (metric + GEN, "--")):
+                pts = sorted((int(c), paper_rows(r, s)[variant]) for c, s in (r.get("checkpoints") or {}).items())
+                pts = [(x, y) for x, y in pts if y is not None]
+                if pts:
+                    lines.append((lab + (" (generated)" if style == "--" else ""), pts, style, f"C{k % 10}"))
         if lines:
             panels.append((metric, lines))
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (metric, lines) in zip(axes[0], panels):
-        for lab, pts in lines:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=lab)
-        xs = [p[0] for _, pts in lines for p in pts]
+        for lab, pts, style, color in lines:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=color, marker="o", label=lab)
+        xs = [p[0] for _, pts, _, _ in lines for p in pts]
         if min(xs) > 0 and max(xs) / min(xs) >= 20:
             ax.set_xscale("log")
         ax.set_xlabel("number of edits")
@@ -281,16 +294,56 @@ def cross_domain_table(runs: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def _cell(text: Any) -> str:
+    return "–" if text is None else (str(text).replace("|", "\\|").replace("\n", " ") or "(empty)")
+
+
+def case_tables(runs: Sequence[dict], n: int) -> str:
+    """The seed's "one case across methods" table per dataset: for the first ``n`` records of the
+    single-mode runs, the prompt, target, the unedited model's generated answer and each method's
+    (✓ = starts with the target); – where a run has no generated answer for the record."""
+    from .runner import read_result_lines
+
+    single = [r for r in runs if r.get("mode") == "single" and r.get("_file")]
+    parts = []
+    for ds in sorted({r["dataset"] for r in single}):
+        rs = sorted((r for r in single if r["dataset"] == ds), key=lambda r: (r["method"], str(r.get("model"))))
+        stems = [re.sub(r"\.(summary|meta)\.json$", "", r["_file"]) for r in rs]
+        lines = [read_result_lines(f"{st}.jsonl", ("index",))[0] for st in stems]
+        idx = sorted({k[0] for d in lines for k in d})[:n]
+        if not idx:
+            continue
+        rows = [f"### Cases: {NAMES.get(ds, ds)} — single", "",
+                "| # | prompt | target | unedited answer | " + " | ".join(_labels(rs)) + " |", "|---" * (4 + len(rs)) + "|"]
+        for i in idx:
+            recs = [d.get((i,)) for d in lines]
+            first = next(x for x in recs if x is not None)
+            gens = [((x or {}).get("post") or {}).get("generation") or {} for x in recs]
+            pre = next((g["rewrite"]["answer_pre"][0] for g in gens if g.get("rewrite", {}).get("answer_pre")), None)
+            cells = []
+            for g in gens:
+                rw = g.get("rewrite") or {}
+                ok = {1.0: " ✓", 0.0: " ✗"}.get((rw.get("success") or [None])[0], "")
+                cells.append(_cell(rw["answer"][0]) + ok if rw.get("answer") else "–")
+            rows.append(f"| {i} | {_cell(first.get('prompt'))} | {_cell(first.get('target_new'))} | {_cell(pre)} | "
+                        + " | ".join(cells) + " |")
+        parts.append("\n".join(rows))
+    return "\n\n".join(parts)
+
+
 def build_report(folders: Sequence[str | Path], out: str | Path, title: str = "KnowEdit results",
-                 paper: bool = False) -> str:
+                 paper: bool = False, cases: int = 0) -> str:
     """Merge every run under ``folders`` into ``<out>/report.md`` (+ ``sequential-<dataset>.png``);
-    ``paper=True`` adds single-mode tables beside the published Llama-2-7b-chat numbers."""
+    ``paper=True`` adds single-mode tables beside the published Llama-2-7b-chat numbers;
+    ``cases=N`` adds :func:`case_tables` for N records."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = load_summaries(folders)
     parts = [f"# {title}", "",
              "Scores x100 as in the KnowEdit paper (EasyEdit definitions); Locality = share of answer tokens "
-             "unchanged vs the unedited model; sequential columns are the last checkpoint.", ""]
+             "unchanged vs the unedited model; sequential columns are the last checkpoint. Rows marked "
+             "(generated) score greedy answers instead: the normalised answer starts with the target "
+             "(F1 rows: token F1), Locality = the answer is unchanged vs the unedited model's.", ""]
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in runs:
         groups.setdefault((r["dataset"], r["mode"]), []).append(r)
@@ -308,6 +361,10 @@ def build_report(folders: Sequence[str | Path], out: str | Path, title: str = "K
         comparison = paper_comparison_table(runs)
         if comparison:
             parts += [comparison, ""]
+    if cases > 0:
+        table = case_tables(runs, cases)
+        if table:
+            parts += ["## Cases: generated answers across methods", "", table, ""]
     cross = cross_domain_table(runs)
     if cross:
         parts += [cross, ""]

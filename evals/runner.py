@@ -30,6 +30,7 @@ from editwrap.ops.fingerprint import state_dict_hash
 from editwrap.ops.memory import device_name, peak_memory_mb
 
 from .datasets import DATASETS, DEFAULT_FILES, load_dataset
+from .generation import DEFAULT_MARGIN
 from .measure import Scorer, item_fact
 from .metrics import summarize
 
@@ -39,6 +40,9 @@ MODES = ("single", "batch", "sequential")
 MIXED_SOURCES = ("zsre", "recent", "counterfact")
 DEFAULT_CHECKPOINTS = (10, 100, 500, 1000)
 SINGLE_FACT_METHODS = {"rome"}  # compute() rejects a list of facts
+NO_GENERATION = {"convsent", "sanitation"}  # not fact QA (Sanitation is scored on generations already)
+# settings added after runs were written: a meta file without the key was made with this value
+_LEGACY = {"generation": False}
 
 
 def read_result_lines(path: str | Path, key_fields: Sequence[str]) -> tuple[dict[tuple, dict], list[str], bool]:
@@ -180,23 +184,28 @@ def _check_meta(path: Path, meta: dict, overwrite: bool, results: Path) -> None:
                 return False
             if k in _PATH_KEYS.values() and k not in old:  # written before content keys existed
                 return False
+            if k in _LEGACY and k not in old:
+                return _LEGACY[k] != meta[k]
             return old.get(k) != meta[k]
 
         diff = [k for k in meta if differs(k)]
         if diff:
+            hint = " (resume a run made without generated-answer metrics with --no-generation)" \
+                if "generation" in diff and "generation" not in old else ""
             raise ValueError(f"{results} holds results made with other settings ({', '.join(diff)} differ: "
-                             f"{ {k: old.get(k) for k in diff} } vs { {k: meta[k] for k in diff} }); "
-                             "use another --out folder or --overwrite")
+                             f"{ {k: old.get(k, _LEGACY.get(k)) for k in diff} } vs { {k: meta[k] for k in diff} }); "
+                             f"use another --out folder or --overwrite{hint}")
     path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
 
 def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | None = None, method: str = "rome", *,
-                 n: int | None = None, mode: str = "single", batch_size: int = 10,
+                 n: int | None = None, mode: str = "single", batch_size: int | None = None,
                  checkpoints: Sequence[int] = DEFAULT_CHECKPOINTS, hparams: dict[str, Any] | None = None,
                  out: str | Path = "results", with_fluency: bool = False, gen_tokens: int = 20,
                  retain_n: int | None = None, seed: int = 0, overwrite: bool = False,
                  progress: bool = True, trained_on: str | Path | None = None,
-                 save_stacks: bool = True) -> dict[str, Any]:
+                 save_stacks: bool = True, generation: bool = True, gen_margin: int = DEFAULT_MARGIN,
+                 chat_template: bool = False) -> dict[str, Any]:
     """Evaluate ``method`` on a KnowEdit dataset; returns the summary (also written to ``out``).
 
     ``model``: an EditableModel, a model path/hub id, or None (the embedded model). ``data``: the
@@ -207,7 +216,10 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     locality (None = all). ``trained_on``: a trained editor directory (MEND editor / SERAC artifact)
     made on another dataset's train split; it is passed as the method's ``editor``/``artifact``
     hparam, the stem gets ``-from-<source>`` and the summary records ``trained_on`` (source ⇒
-    target, see :func:`trained_source`). Writes ``<dataset>-<method>-<mode>.{jsonl,meta.json,summary.json,md}``
+    target, see :func:`trained_source`). ``generation``: also score greedy answers of fact records
+    (:mod:`editwrap.evals.generation`; budget = target tokens + ``gen_margin``; ``chat_template``
+    wraps those prompts in the tokenizer's chat template); recorded in the meta as
+    ``{"margin", "chat_template"}`` or False. Writes ``<dataset>-<method>-<mode>.{jsonl,meta.json,summary.json,md}``
     (+ ``.png`` for sequential) and refreshes ``report.md`` for the whole folder.
     """
     from tqdm.auto import tqdm
@@ -223,6 +235,9 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     if mode == "batch" and m.name in SINGLE_FACT_METHODS:
         raise ValueError(f"method {m.name!r} edits one fact at a time; use --mode single or sequential, "
                          "or a batch method (memit, ft-l, ft-m, lora)")
+    batch_size = batch_size if batch_size is not None else (10 if mode == "batch" else 1)
+    if mode == "sequential" and batch_size > 1 and m.name in SINGLE_FACT_METHODS:
+        raise ValueError(f"method {m.name!r} edits one fact at a time; use --batch-size 1 in sequential mode")
     if batch_size < 1 or (n is not None and n < 1):
         raise ValueError("--n and --batch-size must be >= 1")
     if data is None:
@@ -251,10 +266,12 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     stem = f"{dataset}-{m.name}-{mode}" + (f"-from-{source}" if source else "")
     cps = sorted({c for c in checkpoints if 0 < c < len(items)} | {len(items)}) if mode == "sequential" else None
     meta = dict(dataset=dataset, data=str(Path(data).resolve()), method=m.name, mode=mode, n=len(items),
-                 batch_size=batch_size if mode == "batch" else 1, seed=seed, model=model.name_or_path,
+                 batch_size=batch_size if mode in ("batch", "sequential") else 1, seed=seed, model=model.name_or_path,
                  data_sha256=_data_sha256(data), model_fingerprint=model.fingerprint(),
                  base_stack=len(model.stack), hparams=hp.model_dump(mode="json"), fluency=with_fluency,
                  gen_tokens=gen_tokens, retain_n=retain_n)
+    generation = generation and dataset not in NO_GENERATION
+    meta["generation"] = {"margin": gen_margin, "chat_template": chat_template} if generation else False
     if source:
         meta["trained_on"] = source
     jsonl = out / f"{stem}.jsonl"
@@ -265,14 +282,16 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     _check_meta(out / f"{stem}.meta.json", meta, overwrite, jsonl)
     log = ResultLog(jsonl, ("checkpoint", "index") if mode == "sequential" else ("index",))
     scorer = Scorer(model, with_fluency=with_fluency, gen_tokens=gen_tokens,
-                    sanitation=dataset == "sanitation", retain=retain)
+                    sanitation=dataset == "sanitation", retain=retain, generation=generation,
+                    gen_margin=gen_margin, chat_template=chat_template)
     extra: dict[str, Any] = {"resumed_lines": len(log.done)}  # > 0: wall_seconds covers the last resume only
     try:
         if mode == "sequential":
             total = len(items) + sum(cps)
             with tqdm(total=total, desc=stem, disable=not progress, dynamic_ncols=True) as bar:
                 extra.update(run_sequential(model, scorer, items, sources, m.name, hp, log, cps, bar,
-                                       stack_dir=out / f"{stem}.stack" if save_stacks else None))
+                                       stack_dir=out / f"{stem}.stack" if save_stacks else None,
+                                       batch_size=batch_size))
             times = extra.pop("edit_times")
             per_cp = {str(c): summarize(log.records(checkpoint=c)) for c in cps}
             extra["checkpoints"] = per_cp
@@ -292,6 +311,9 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
                "wall_seconds": round(time.time() - t_start, 2),
                "edit_seconds_mean": round(sum(times) / len(times), 3) if times else None,
                "edits_computed": len(times), "peak_memory_mb": peak_memory_mb(),
+               # generated answers' share of the time (this process; pre + post per measured line)
+               "generation_seconds_per_line": round(scorer.gen_seconds / scorer.gen_records, 3)
+               if scorer.gen_records else None,
                "device": device_name(model),
                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     report.write_run(summary, out, stem)

@@ -140,3 +140,27 @@ def test_wise_routing_benchmark_runs(tmp_path):
     assert all(0 <= r[k] <= 100 for r in rows for k in r if k.startswith("routed_"))
     assert rows[0]["routed_edit"] == 100.0 and rows[0]["threshold"] > 0
     assert (tmp_path / "stack" / "edits.json").exists()
+
+
+@pytest.mark.slow
+def test_rome_edit_generation_metrics_in_jsonl_and_summary(embedded, tmp_path):
+    """One real ROME edit on a ZsRE record: the generated-answer scores are written per line and
+    summarised; the edit makes ``generate`` start with the new target, which it did not before."""
+    import json
+
+    from editwrap.evals import run_knowedit
+    from tests.conftest import KNOWEDIT_DIR
+
+    h0 = state_dict_hash(embedded)
+    s = run_knowedit(embedded, "zsre", KNOWEDIT_DIR / "ZsRE.json", "rome", n=1, out=tmp_path, progress=False)
+    line = json.loads((tmp_path / "zsre-rome-single.jsonl").read_text().splitlines()[0])
+    g = line["post"]["generation"]
+    target = line["target_new"].lower()
+    assert not g["rewrite"]["answer_pre"][0].lower().startswith(target)
+    assert g["rewrite"]["answer"][0].lower().startswith(target) and g["rewrite"]["success"] == [1.0]
+    assert set(g["locality"]) == {"Relation_Specificity"} and set(g["portability"]) and "rephrase" in g
+    gen = s["metrics"]["generation"]
+    assert gen["Edit Succ."] == 100.0 and gen["n"] == 1 and gen["Locality"] is not None
+    assert s["generation"] == {"margin": 8, "chat_template": False} and s["generation_seconds_per_line"] > 0
+    assert "| Edit Succ. (generated) | 100.00 |" in (tmp_path / "zsre-rome-single.md").read_text()
+    assert len(embedded.stack) == 0 and state_dict_hash(embedded) == h0

@@ -397,3 +397,57 @@ def test_readme_results_splices_report_sections():
         mod.splice(readme, "other", body)
     with pytest.raises(SystemExit, match="not found"):
         mod.section(report, "## WikiBio", "docs/r")
+
+
+@pytest.mark.parametrize("mode", ["single", "sequential"])
+def test_generation_metrics_in_lines_summary_and_report(tiny_llama, tmp_path, mode):
+    """Generated-answer scores ride along in every mode (sequential goes through Scorer.pre/post)."""
+    s = _run(tiny_llama, tmp_path, n=3, mode=mode, checkpoints=[2])
+    lines = _lines(tmp_path / f"zsre-ft-m-{mode}.jsonl")
+    assert len(lines) == (3 if mode == "single" else 5)
+    for r in lines:
+        g = r["post"]["generation"]
+        assert set(g["rewrite"]) == {"success", "f1", "answer", "answer_pre"}
+        assert set(g["locality"]) == set(r["post"]["locality"]) and "rephrase" in g
+    gen = s["metrics"]["generation"]
+    assert gen["n"] == 3 and all(0 <= gen[k] <= 100 for k in ("Edit Succ.", "Edit Succ. F1", "Locality"))
+    assert s["generation"] == {"margin": 8, "chat_template": False} and s["generation_seconds_per_line"] > 0
+    if mode == "sequential":
+        assert all("generation" in cp for cp in s["checkpoints"].values())
+        assert "Edit Succ. (generated) vs number of edits" in (tmp_path / "report.md").read_text()
+    assert "| Edit Succ. (generated) |" in (tmp_path / f"zsre-ft-m-{mode}.md").read_text()
+
+
+def test_generation_setting_and_legacy_resume(tiny_llama, tmp_path):
+    s = _run(tiny_llama, tmp_path, n=1, generation=False)
+    assert s["generation"] is False and "generation" not in s["metrics"]
+    assert "generation" not in _lines(tmp_path / "zsre-ft-m-single.jsonl")[0]["post"]
+    with pytest.raises(ValueError, match="other settings.*generation"):
+        _run(tiny_llama, tmp_path, n=2)
+    # a meta file written before the setting existed was made without generation
+    meta = tmp_path / "zsre-ft-m-single.meta.json"
+    m = json.loads(meta.read_text())
+    del m["generation"]
+    meta.write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="--no-generation"):
+        _run(tiny_llama, tmp_path, n=2)
+    assert _run(tiny_llama, tmp_path, n=2, generation=False)["edits_computed"] == 1
+    s = _run(tiny_llama, tmp_path / "chat", n=1, gen_margin=3, chat_template=False)
+    assert s["generation"] == {"margin": 3, "chat_template": False}
+    s = _run(tiny_llama, tmp_path / "cs", dataset="convsent", data=KNOWEDIT_DIR / "ConvSent.json", n=1)
+    assert s["generation"] is False  # not a fact dataset
+
+
+def test_cli_generation_flags():
+    from editwrap.cli import build_parser
+
+    base = ["eval", "knowedit", "--dataset", "zsre", "--data", "x", "--method", "rome"]
+    a = build_parser().parse_args(base)
+    assert (a.no_generation, a.gen_margin, a.chat_template) == (False, 8, False)
+    from editwrap.evals.generation import DEFAULT_MARGIN
+
+    assert a.gen_margin == DEFAULT_MARGIN
+    a = build_parser().parse_args(base + ["--no-generation", "--gen-margin", "0", "--chat-template"])
+    assert (a.no_generation, a.gen_margin, a.chat_template) == (True, 0, True)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(base + ["--gen-margin", "-1"])

@@ -97,12 +97,18 @@ def dense_weight_delta(part: dict[str, torch.Tensor]) -> torch.Tensor:
 
 @register_entry
 class DeltaEntry(Entry):
-    """Low-rank (``U`` out×r, ``V`` in×r) or dense (``D`` out×in) deltas on named modules."""
+    """Low-rank (``U`` out×r, ``V`` in×r) or dense (``D`` out×in) deltas on named modules.
+
+    ``aux``: tensors the method keeps with the entry without applying them (e.g. each fact's
+    target value ``z`` for a later joint re-solve, AlphaEdit's post-edit keys); saved and loaded
+    with the stack under ``@name``.
+    """
 
     kind = "delta"
 
-    def __init__(self, parts: dict[str, dict[str, torch.Tensor]]) -> None:
+    def __init__(self, parts: dict[str, dict[str, torch.Tensor]], aux: dict[str, torch.Tensor] | None = None) -> None:
         self.parts = {m: {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in p.items()} for m, p in parts.items()}
+        self.aux = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in (aux or {}).items()}
 
     def attach(self, host: Any, key: str) -> None:
         for name, part in self.parts.items():
@@ -120,7 +126,9 @@ class DeltaEntry(Entry):
                     del host._sidecars[name]
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {f"{m}::{k}": t for m, p in self.parts.items() for k, t in p.items()}
+        out = {f"{m}::{k}": t for m, p in self.parts.items() for k, t in p.items()}
+        out.update({f"@{k}": t for k, t in self.aux.items()})
+        return out
 
     def meta(self) -> dict[str, Any]:
         return {"modules": sorted(self.parts)}
@@ -128,10 +136,14 @@ class DeltaEntry(Entry):
     @classmethod
     def from_saved(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "DeltaEntry":
         parts: dict[str, dict[str, torch.Tensor]] = {}
+        aux: dict[str, torch.Tensor] = {}
         for name, t in tensors.items():
+            if name.startswith("@"):
+                aux[name[1:]] = t
+                continue
             mod, k = name.rsplit("::", 1)
             parts.setdefault(mod, {})[k] = t
-        return cls(parts)
+        return cls(parts, aux)
 
     def summary(self) -> str:
         ranks = []

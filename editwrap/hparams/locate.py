@@ -13,7 +13,7 @@ from pydantic import Field
 from .base import HparamsBase
 from .arch import arch_of
 
-__all__ = ["RomeHparams", "MemitHparams"]
+__all__ = ["RomeHparams", "MemitHparams", "AlphaEditHparams"]
 
 
 class _Shared(HparamsBase):
@@ -24,6 +24,9 @@ class _Shared(HparamsBase):
     kl_factor: float = Field(0.0625, ge=0)
     clamp_norm_factor: float = Field(4.0, gt=0)
     early_stop_loss: float = Field(0.05, ge=0)
+    #: exact speed-ups of the value optimisation (editwrap.ops.values): a cached prefix, facts batched
+    v_prefix_cache: bool = True
+    v_batch_facts: int = Field(8, ge=1)
     # context templates: (tokens, count) pairs of generated prefixes
     context_templates: list[tuple[int, int]] = Field(default_factory=lambda: [(10, 5)])
     # covariance statistics
@@ -61,6 +64,25 @@ class MemitHparams(_Shared):
         d_k = _key_dim(model, a.mlp_out_at(layers[0]))
         ref_d, ref_lambda = (6400, 20000.0) if a.family == "gpt2" else (11008, 15000.0)
         return cls(layers=layers, mom2_update_weight=round(ref_lambda * d_k / ref_d, 1))
+
+
+class AlphaEditHparams(_Shared):
+    """AlphaEdit (Fang et al., ICLR 2025): MEMIT's layers, update projected onto the null space of
+    the preserved keys (eigen-directions of ``C = E[kkᵀ]`` with eigenvalue below
+    ``nullspace_threshold``) and solved against the keys of the AlphaEdit edits below on the stack."""
+
+    layers: list[int] = Field(default_factory=lambda: [4, 5, 6, 7, 8], min_length=1)
+    #: eigenvalues of C below this are the preserved-knowledge null space (reference: 2e-2, absolute;
+    #: on the embedded model it keeps 1282 / 1102 of 1536 directions at layers 4 / 8)
+    nullspace_threshold: float = Field(2e-2, gt=0)
+    #: μ, the ridge of ``(P(KKᵀ + C_prev) + μI)⁻¹`` (reference "L2")
+    L2: float = Field(10.0, ge=0)
+    #: protect earlier AlphaEdit entries' keys (the "sequential" part of AlphaEdit)
+    protect_stack_keys: bool = True
+
+    @classmethod
+    def for_model(cls, model: Any) -> "AlphaEditHparams":
+        return cls(layers=MemitHparams.for_model(model).layers)
 
 
 def _key_dim(model: Any, module: str) -> int:

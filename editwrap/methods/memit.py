@@ -3,8 +3,8 @@
 For each fact a target hidden state z* at the last layer of the range is optimised (the same
 value optimisation as ROME, applied at a block output). Then, layer by layer, the remaining
 residual ``z* − z`` is divided among the layers left, and each layer takes the least-squares
-update ``ΔW = R Kᵀ (λC + K Kᵀ)⁻¹``, kept as the low-rank factors ``U = R``, ``V = (λC + KKᵀ)⁻¹K``.
-Each layer's update is applied (as a temporary side-car) before the next layer's keys are read.
+update ``ΔW = R Kᵀ (λC + K Kᵀ)⁻¹``, kept as the low-rank factors ``U = R``, ``V = (λC + KKᵀ)⁻¹K``
+(:func:`editwrap.ops.spread.spread_over_layers`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from ..facts import Fact
 from ..hparams.arch import arch_of
 from ..hparams.locate import MemitHparams
 from ..ops.covariance import second_moment
-from ..ops.keys import ValueHparams, context_templates, io_at_subject, optimize_value
+from ..ops.keys import ValueHparams, context_templates, optimize_values
+from ..ops.spread import spread_over_layers
 from ..stack import Edit
 from .base import register_method
 
@@ -45,29 +46,13 @@ class MEMIT:
         templates = context_templates(model, hp.context_templates)
         covs = second_moment(model, modules, corpus=hp.mom2_corpus, n_tokens=hp.mom2_n_tokens)
         vhp = ValueHparams(**hp.model_dump())
-        zs, infos = [], []
-        for f in facts:
-            z, _, info = optimize_value(model, z_module, f, templates, vhp)
-            zs.append(z)
-            infos.append(info)
-        zs_t = torch.stack(zs)  # [n, d]
-        parts: dict[str, dict[str, torch.Tensor]] = {}
-        temp = DeltaEntry({})
-        key = "memit-in-progress"
-        try:
-            for i, module in enumerate(modules):
-                ks, _ = io_at_subject(model, module, facts, templates)     # [n, d_in]
-                _, cur_z = io_at_subject(model, z_module, facts, ("{}",))  # [n, d]
-                resid = (zs_t.to(cur_z.device) - cur_z).T.double().cpu() / (len(modules) - i)  # [d, n]
-                K = ks.T.double().cpu()                                     # [d_in, n]
-                A = hp.mom2_update_weight * covs[module].double() + K @ K.T
-                adj_k = torch.linalg.solve(A, K)                            # [d_in, n]
-                parts[module] = {"U": resid.float(), "V": adj_k.float()}
-                temp.detach(model, key)
-                temp = DeltaEntry(parts)
-                temp.attach(model, key)  # later layers see this layer's update, as in MEMIT
-        finally:
-            temp.detach(model, key)
+        zs_t, _, infos = optimize_values(model, z_module, facts, templates, vhp)  # [n, d]
+        lam = hp.mom2_update_weight
+
+        def transform(_i: int, module: str, K: torch.Tensor) -> torch.Tensor:
+            return torch.linalg.solve(lam * covs[module].double() + K @ K.T, K)
+
+        parts = spread_over_layers(model, modules, z_module, facts, templates, zs_t, transform)
         info = {"seconds": round(time.time() - t0, 3),
                 "mean_target_prob": sum(x["target_prob"] for x in infos) / len(infos)}
         return Edit(self.name, facts, hp.model_dump(mode="json"), DeltaEntry(parts), info=info)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..defaults import cache_dir
 from .corpus import corpus_id, iter_corpus
-from .hooks import capture
+from .hooks import capture, stop_after
 
 __all__ = ["second_moment", "stats_path", "sidecars_off"]
 
@@ -33,34 +33,6 @@ def sidecars_off(host: Any):
     finally:
         for c, s in zip(cars, states):
             c.enabled = s
-
-
-class _StopForward(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def _stop_after(host: Any, modules: list[str]):
-    """Abort the forward pass once every module in ``modules`` has run: the layers above the
-    deepest one (and the LM head) do not change the keys, so skipping them saves most of the cost
-    (ROME's layer 5 of 30: ~5x; it matters most for slow 8-bit CPU layers)."""
-    seen: set[str] = set()
-    handles = []
-
-    def make(n: str):
-        def hook(*_: Any) -> None:
-            seen.add(n)
-            if len(seen) == len(modules):
-                raise _StopForward
-        return hook
-
-    try:
-        for n in modules:
-            handles.append(host.get_submodule(n).register_forward_hook(make(n)))
-        yield seen
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def stats_path(host: Any, module: str, corpus: Any, n_tokens: int) -> Path:
@@ -103,16 +75,12 @@ def second_moment(host: Any, modules: list[str], *, corpus: str | Path | Iterabl
         raise ValueError("the covariance corpus produced no tokens; pass a corpus with text in it")
     bar = tqdm(total=min(n_tokens, sum(len(w) for w in windows)), desc=f"covariance stats ({len(todo)} layer(s))",
                unit="tok", disable=not progress)
-    with torch.no_grad(), sidecars_off(host), capture(host, todo, outputs=False) as cap, _stop_after(host, todo) as seen:
+    with torch.no_grad(), sidecars_off(host), capture(host, todo, outputs=False) as cap, stop_after(host, todo) as run:
         for i in range(0, len(windows), batch_size):
             chunk = windows[i:i + batch_size]
             L = min(len(w) for w in chunk)
             ids = torch.tensor([w[:L] for w in chunk], device=device)
-            seen.clear()
-            try:
-                host(input_ids=ids)
-            except _StopForward:
-                pass
+            run(input_ids=ids)
             for m in todo:
                 k = cap[m]["input"].reshape(-1, cap[m]["input"].shape[-1]).to(torch.float64).cpu()
                 sums[m] = sums[m] + k.T @ k if m in sums else k.T @ k

@@ -4,34 +4,24 @@
   keys and values generalise over contexts.
 * :func:`io_at_subject` — a module's input (the *key*) and output at the subject's last token,
   averaged over templates.
-* :func:`optimize_value` — the *value* v*: a vector added to a module's output at the subject's
-  last token, optimised so the model predicts the new target (NLL), stays close on "{subject} is a"
-  (KL), and stays small (weight decay + norm clamp). ROME's ``compute_v`` and MEMIT's ``compute_z``
-  are this one function applied to different modules.
+* :func:`optimize_values` (in :mod:`.values`) — the *value* v*: a vector added to a module's output
+  at the subject's last token, optimised so the model predicts the new target (NLL), stays close on
+  "{subject} is a" (KL), and stays small (weight decay + norm clamp). ROME's ``compute_v`` and
+  MEMIT's ``compute_z`` are this one function applied to different modules.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
 
 from ..facts import Fact
-from .hooks import capture, frozen, patch_output
-from .tokens import batch_encode, subject_last_index, target_ids
+from .hooks import capture, stop_after
+from .tokens import batch_encode, subject_last_index
+from .values import ValueHparams, fill_template as _fill, logits_at, only_sidecars, optimize_values
 
-__all__ = ["ValueHparams", "context_templates", "io_at_subject", "optimize_value", "logits_at"]
-
-
-class ValueHparams(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    v_num_grad_steps: int = 25
-    v_lr: float = 0.5
-    v_weight_decay: float = 1e-3
-    kl_factor: float = 0.0625
-    clamp_norm_factor: float = 4.0
-    early_stop_loss: float = 0.05
+__all__ = ["ValueHparams", "context_templates", "io_at_subject", "optimize_value", "optimize_values", "logits_at"]
 
 
 def context_templates(host: Any, spec: Sequence[tuple[int, int]] = ((10, 5),), seed: int = 0) -> list[str]:
@@ -54,27 +44,12 @@ def context_templates(host: Any, spec: Sequence[tuple[int, int]] = ((10, 5),), s
     return out
 
 
-def logits_at(host: Any, enc: dict[str, torch.Tensor], rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """Logits at positions ``(rows[i], cols[i])`` only, as float32 ``[len(rows), vocab]``.
-
-    The vocabulary projection of every position is a fifth of a small model's forward+backward;
-    running the body and projecting only the positions a loss reads saves it. Models whose head
-    does more than a linear map (logit soft-capping, scaled logits), and hosts with hooks on their
-    own forward (MELO's router reads the attention mask there), take the full forward.
-    """
-    head = host.get_output_embeddings()
-    cfg = host.config
-    plain = (head is not None and not host._forward_hooks and not host._forward_pre_hooks
-             and getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None
-             and hasattr(host, "base_model") and host.base_model is not host)
-    if not plain:
-        return host(**enc).logits[rows, cols].float()
-    hidden = host.base_model(**enc)[0]
-    return head(hidden[rows, cols]).float()
-
-
-def _fill(template: str, prompt: str) -> str:
-    return template.replace("{}", prompt)
+def _reader(host: Any, module: str) -> Any:
+    """A forward that stops after ``module`` when only weight side-cars are on the stack; the full
+    forward otherwise (activation entries may keep per-forward state that an abort would skip)."""
+    if only_sidecars(host):
+        return stop_after(host, [module])
+    return contextlib.nullcontext(lambda **enc: host(**enc))
 
 
 @torch.no_grad()
@@ -95,8 +70,8 @@ def io_at_subject(host: Any, module: str, facts: Sequence[Fact], templates: Sequ
     ins, outs = [], []
     for i in range(0, len(texts), batch_size):
         enc = batch_encode(tok, texts[i:i + batch_size], device)
-        with capture(host, [module]) as cap:
-            host(**enc)
+        with capture(host, [module]) as cap, _reader(host, module) as run:
+            run(**enc)
         rows = torch.arange(enc["input_ids"].shape[0], device=device)
         ix = torch.tensor(idxs[i:i + batch_size], device=device)
         ins.append(cap[module]["input"][rows, ix].float())
@@ -108,73 +83,6 @@ def io_at_subject(host: Any, module: str, facts: Sequence[Fact], templates: Sequ
 
 def optimize_value(host: Any, module: str, fact: Fact, templates: Sequence[str], hp: ValueHparams
                    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """Find v* for one fact at ``module``'s output; returns ``(v_star, v_init, info)``."""
-    tok = host.tokenizer
-    device = next(host.parameters()).device
-    tgt = target_ids(tok, fact.target_new)
-    prompt, subject = fact.text_prompt, fact.subject
-    assert subject is not None
-    tail = tok.decode(tgt[:-1]) if len(tgt) > 1 else ""
-    rewriting = [_fill(t, prompt) for t in templates]
-    kl_prompts = [f"{subject} is a"]
-    texts = [r + tail for r in rewriting] + kl_prompts
-    enc = batch_encode(tok, texts, device)
-    lookup = [subject_last_index(tok, s, subject) for s in rewriting + kl_prompts]
-    n_rw = len(rewriting)
-    lengths = enc["attention_mask"].sum(1).tolist()
-    # (row, position) of every target token of the rewriting prompts, then the KL positions
-    t_rows = [i for i in range(n_rw) for _ in tgt]
-    t_cols = [lengths[i] - len(tgt) + j for i in range(n_rw) for j in range(len(tgt))]
-    t_ids = torch.tensor(list(tgt) * n_rw, device=device)
-    rows = torch.arange(len(texts), device=device)
-    ix = torch.tensor(lookup, device=device)
-    sel_rows = torch.tensor(t_rows + list(range(n_rw, len(texts))), device=device)
-    sel_cols = torch.cat([torch.tensor(t_cols, device=device), ix[n_rw:]])
-    n_t = len(t_rows)
-
-    state: dict[str, torch.Tensor] = {}
-    delta = torch.zeros(_out_dim(host, module), device=device, requires_grad=True)
-
-    def add_delta(out: torch.Tensor, _inp: torch.Tensor) -> torch.Tensor:
-        if "init" not in state:
-            state["init"] = out[0, lookup[0]].detach().float().clone()
-        out = out.clone()
-        out[rows, ix] = out[rows, ix] + delta.to(out.dtype)
-        return out
-
-    opt = torch.optim.Adam([delta], lr=hp.v_lr)
-    init_kl = None
-    info: dict[str, float] = {}
-    with frozen(host), torch.enable_grad(), patch_output(host, module, add_delta):
-        for step in range(hp.v_num_grad_steps):
-            opt.zero_grad()
-            logits = logits_at(host, enc, sel_rows, sel_cols)
-            kl_logp = torch.log_softmax(logits[n_t:], -1)
-            if init_kl is None:
-                init_kl = kl_logp.detach().clone()
-            tok_lp = torch.log_softmax(logits[:n_t], -1).gather(1, t_ids[:, None]).squeeze(1)
-            nll = -tok_lp.view(n_rw, len(tgt)).sum(1).div(len(tgt)).mean()
-            kl = hp.kl_factor * F.kl_div(init_kl, kl_logp, log_target=True, reduction="batchmean")
-            wd = hp.v_weight_decay * (delta.norm() / state["init"].norm() ** 2)
-            loss = nll + kl + wd
-            info = {"loss": loss.item(), "nll": nll.item(), "kl": kl.item(), "steps": step + 1,
-                    "target_prob": float(torch.exp(-nll.detach()))}
-            if loss.item() < hp.early_stop_loss or step == hp.v_num_grad_steps - 1:
-                break
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                max_norm = hp.clamp_norm_factor * state["init"].norm()
-                if delta.norm() > max_norm:
-                    delta.mul_(max_norm / delta.norm())
-    v_init = state["init"]
-    return (v_init + delta.detach().float()), v_init, info
-
-
-def _out_dim(host: Any, module: str) -> int:
-    """Output width of a Linear/Conv1D, or the hidden size for a transformer block."""
-    mod = host.get_submodule(module)
-    for attr in ("out_features", "nf"):
-        if hasattr(mod, attr):
-            return int(getattr(mod, attr))
-    return int(host.config.hidden_size)
+    """v* for one fact at ``module``'s output: ``(v_star, v_init, info)`` (see :mod:`.values`)."""
+    v_star, v_init, infos = optimize_values(host, module, [fact], templates, hp)
+    return v_star[0], v_init[0], infos[0]

@@ -1,0 +1,119 @@
+"""AlphaEdit (Fang et al., ICLR 2025): MEMIT with the update projected onto a null space.
+
+Per layer, with keys ``K`` (``d_in × n``) and residual share ``R``, AlphaEdit solves
+
+    Δᵀ = (P (K Kᵀ + C_prev) + μ I)⁻¹ P K Rᵀ
+
+where ``P`` projects onto the eigen-directions of the preserved keys' second moment ``C`` whose
+eigenvalue is below a threshold (so ``Δ k ≈ 0`` for the keys ``C`` was measured on), and
+``C_prev = Σ K_e K_eᵀ`` over the AlphaEdit edits already on the stack (their post-edit keys), so
+earlier edits are protected too. Kept as ``U = R``, ``V = (P(KKᵀ + C_prev) + μI)⁻¹ P K``.
+
+Stack state: each entry stores its post-edit keys per layer (``keys::<module>``) and its facts'
+target values (``z``). ``C_prev`` is rebuilt from the entries below at compute time, so popping an
+entry simply stops protecting its keys. Removing an entry from the middle leaves the entries above
+it exact to remove too (side-cars); they were solved with its keys protected, which
+``Edit.info["protected"]`` records (the edit ids) so they can be re-solved without it
+(``stack.consolidate``).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import torch
+
+from ..entries.delta import DeltaEntry
+from ..facts import Fact
+from ..hparams.arch import arch_of
+from ..hparams.locate import AlphaEditHparams
+from ..ops.covariance import second_moment
+from ..ops.keys import ValueHparams, context_templates, io_at_subject, optimize_values
+from ..ops.spread import spread_over_layers
+from ..stack import Edit
+from .base import register_method
+
+__all__ = ["AlphaEdit", "null_space_projector", "stack_keys"]
+
+
+def null_space_projector(cov: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``P = U_s U_sᵀ`` over the eigenvectors of ``cov`` with eigenvalue < ``threshold`` (float64)."""
+    evals, evecs = torch.linalg.eigh(cov.double())
+    small = evecs[:, evals < threshold]
+    return small @ small.T
+
+
+def stack_keys(model: Any, module: str) -> tuple[torch.Tensor | None, list[str]]:
+    """``Σ K Kᵀ`` of the keys stored by the AlphaEdit entries on ``model``'s stack at ``module``,
+    and the ids of those entries."""
+    total, ids = None, []
+    for e in model.stack:
+        k = getattr(e.entry, "aux", {}).get(f"keys::{module}") if e.method == AlphaEdit.name else None
+        if k is None:
+            continue
+        kk = k.double() @ k.double().T
+        total = kk if total is None else total + kk
+        ids.append(e.id)
+    return total, ids
+
+
+@register_method
+class AlphaEdit:
+    name = "alphaedit"
+    Hparams = AlphaEditHparams
+    needs_subject = True
+
+    def default_hparams(self, model: Any) -> AlphaEditHparams:
+        return AlphaEditHparams.for_model(model)
+
+    def compute(self, model: Any, facts: Sequence[Fact], hp: AlphaEditHparams) -> Edit:
+        t0 = time.time()
+        arch = arch_of(model)
+        layers = sorted(hp.layers)
+        if layers[-1] >= arch.n_layers:
+            raise ValueError(f"AlphaEdit layers {layers} out of range for a {arch.n_layers}-layer model; "
+                             "set layers=[...]")
+        modules = [arch.mlp_out_at(l) for l in layers]
+        z_module = arch.block_at(layers[-1])
+        templates = context_templates(model, hp.context_templates)
+        covs = second_moment(model, modules, corpus=hp.mom2_corpus, n_tokens=hp.mom2_n_tokens)
+        projectors = _projectors(model, modules, covs, hp.nullspace_threshold)
+        prev = {m: stack_keys(model, m) if hp.protect_stack_keys else (None, []) for m in modules}
+        zs, _, infos = optimize_values(model, z_module, facts, templates, ValueHparams(**hp.model_dump()))
+
+        def transform(_i: int, module: str, K: torch.Tensor) -> torch.Tensor:
+            P = projectors[module]
+            gram = K @ K.T
+            if prev[module][0] is not None:
+                gram = gram + prev[module][0]
+            A = P @ gram + hp.L2 * torch.eye(P.shape[0], dtype=P.dtype)
+            return torch.linalg.solve(A, P @ K)
+
+        parts = spread_over_layers(model, modules, z_module, facts, templates, zs, transform)
+        aux = {"z": zs.float()}
+        key = "alphaedit-keys"
+        entry = DeltaEntry(parts)
+        entry.attach(model, key)
+        try:  # the keys the next edits protect: read with this edit applied, as the reference does
+            for m in modules:
+                aux[f"keys::{m}"] = io_at_subject(model, m, facts, templates)[0].T.float()
+        finally:
+            entry.detach(model, key)
+        protected = sorted({i for m in modules for i in prev[m][1]})
+        info = {"seconds": round(time.time() - t0, 3), "protected": protected,
+                "null_dims": {m: int(torch.trace(projectors[m]).round()) for m in modules},
+                "mean_target_prob": sum(x["target_prob"] for x in infos) / len(infos)}
+        return Edit(self.name, facts, hp.model_dump(mode="json"), DeltaEntry(parts, aux), info=info)
+
+
+def _projectors(model: Any, modules: Sequence[str], covs: dict[str, torch.Tensor], threshold: float
+                ) -> dict[str, torch.Tensor]:
+    """Null-space projectors, cached on the model per (module, statistics, threshold)."""
+    out = {}
+    for m in modules:
+        key = ("alphaedit_P", m, covs[m].data_ptr(), float(covs[m].trace()), threshold)
+        cache = model._ew_cache
+        if key not in cache:
+            cache[key] = null_space_projector(covs[m], threshold)
+        out[m] = cache[key]
+    return out

@@ -1,0 +1,49 @@
+"""MEMIT's layer spreading, shared by MEMIT, AlphaEdit, PMET and stack consolidation.
+
+Given target hidden states ``z*`` (one per fact) at the output of the last layer of a range, the
+remaining residual ``z* − z`` is divided among the layers left, and each layer takes a least-squares
+update ``ΔW = R Vᵀ`` with ``R`` the layer's share of the residual (``d_out × n``) and ``V = f(K)`` a
+method-specific transform of the layer's keys ``K`` (``d_in × n``):
+
+* MEMIT: ``V = (λC + KKᵀ)⁻¹ K``;
+* AlphaEdit: ``V = (P(KKᵀ + C_prev) + μI)⁻¹ P K`` (null-space projected).
+
+Each layer's update is applied (as a temporary side-car) before the next layer's keys are read,
+as in MEMIT. The result is kept as the low-rank factors ``U = R``, ``V``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..entries.delta import DeltaEntry
+from ..facts import Fact
+from .keys import io_at_subject
+
+__all__ = ["spread_over_layers", "KeyTransform"]
+
+#: ``(layer index i, module name, K [d_in, n] float64 CPU) -> V [d_in, n]``
+KeyTransform = Callable[[int, str, torch.Tensor], torch.Tensor]
+
+
+def spread_over_layers(model: Any, modules: Sequence[str], z_module: str, facts: Sequence[Fact],
+                       templates: Sequence[str], zs: torch.Tensor, transform: KeyTransform
+                       ) -> dict[str, dict[str, torch.Tensor]]:
+    """Low-rank parts ``{module: {"U": R, "V": V}}`` that move each fact's ``z_module`` output to ``zs``."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    temp = DeltaEntry({})
+    key = "spread-in-progress"
+    try:
+        for i, module in enumerate(modules):
+            ks, _ = io_at_subject(model, module, facts, templates)     # [n, d_in]
+            _, cur_z = io_at_subject(model, z_module, facts, ("{}",))  # [n, d]
+            resid = (zs.to(cur_z.device) - cur_z).T.double().cpu() / (len(modules) - i)  # [d, n]
+            V = transform(i, module, ks.T.double().cpu())
+            parts[module] = {"U": resid.float(), "V": V.float()}
+            temp.detach(model, key)
+            temp = DeltaEntry(parts)
+            temp.attach(model, key)  # later layers see this layer's update
+    finally:
+        temp.detach(model, key)
+    return parts

@@ -1,0 +1,286 @@
+"""The value optimisation of the locate-then-edit methods (ROME's ``compute_v``, MEMIT's ``compute_z``).
+
+For each fact, a vector δ is added to ``module``'s output at the subject's last token of every
+rewriting prompt (the fact's prompt after each context template, followed by the target's
+teacher-forced prefix) and of one KL prompt ("{subject} is a"); δ is optimised so the model
+predicts the target (NLL), keeps its next-token distribution on the KL prompt (KL), and stays
+small (weight decay + a norm clamp). The result is ``v* = v_init + δ``.
+
+Two exact speed-ups over running each fact's full prompts through the whole model each step:
+
+* **Prefix cache.** Nothing before the subject's last token depends on δ (causal attention), so
+  those positions are run once and kept as a KV cache; each step runs only the tail from the
+  subject's last token on. Rows are left-padded so every row's subject ends at the same column
+  (explicit ``position_ids`` keep positions what they were). Used when every entry on the stack
+  is a weight side-car; activation entries (WISE, GRACE, ...) may read the whole sequence, so
+  with them on the stack the full forward runs instead.
+* **Facts batched.** The facts' losses are independent and Adam is element-wise, so optimising
+  the sum over a batch of facts gives each fact's δ exactly as alone. A fact whose loss falls
+  below ``early_stop_loss`` is finished at that step (as alone) and its rows leave the batch.
+
+``v_prefix_cache=False`` / ``v_batch_facts=1`` give the plain path; tests pin both equal.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..facts import Fact
+from .hooks import frozen, patch_output
+from .tokens import subject_last_index, target_ids
+
+__all__ = ["ValueHparams", "optimize_values", "logits_at", "fill_template", "only_sidecars"]
+
+
+class ValueHparams(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    v_num_grad_steps: int = Field(25, ge=1)
+    v_lr: float = Field(0.5, gt=0)
+    v_weight_decay: float = Field(1e-3, ge=0)
+    kl_factor: float = Field(0.0625, ge=0)
+    clamp_norm_factor: float = Field(4.0, gt=0)
+    early_stop_loss: float = Field(0.05, ge=0)
+    #: run the positions before the subject once per edit (exact; see the module doc)
+    v_prefix_cache: bool = True
+    #: facts optimised together in one batch (exact; bounds memory: rows = facts × (templates + 1))
+    v_batch_facts: int = Field(8, ge=1)
+
+
+def fill_template(template: str, prompt: str) -> str:
+    return template.replace("{}", prompt)
+
+
+def logits_at(host: Any, enc: dict[str, Any], rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Logits at positions ``(rows[i], cols[i])`` only, as float32 ``[len(rows), vocab]``.
+
+    The vocabulary projection of every position is a fifth of a small model's forward+backward;
+    running the body and projecting only the positions a loss reads saves it. Models whose head
+    does more than a linear map (logit soft-capping, scaled logits), and hosts with hooks on their
+    own forward (MELO's router reads the attention mask there), take the full forward.
+    """
+    head = host.get_output_embeddings()
+    cfg = host.config
+    plain = (head is not None and not host._forward_hooks and not host._forward_pre_hooks
+             and getattr(cfg, "final_logit_softcapping", None) is None and getattr(cfg, "logit_scale", None) is None
+             and hasattr(host, "base_model") and host.base_model is not host)
+    if not plain:
+        return host(**enc).logits[rows, cols].float()
+    hidden = host.base_model(**enc)[0]
+    return head(hidden[rows, cols]).float()
+
+
+def only_sidecars(host: Any) -> bool:
+    """Whether every stack entry is a weight side-car (so a cached prefix is what a full run sees)."""
+    return all(getattr(e.entry, "kind", "") == "delta" for e in getattr(host, "_edits", []))
+
+
+@dataclass
+class _Rows:
+    """The token rows of a batch of facts: per fact, its rewriting rows then its KL row."""
+
+    ids: list[list[int]]
+    subj: list[int]           # index of the subject's last token in each row
+    owner: list[int]          # fact index (within the batch) of each row
+    targets: list[list[int]]  # per fact, the target's token ids
+    n_rw: int                 # rewriting rows per fact
+
+
+def _build_rows(tok: Any, facts: Sequence[Fact], templates: Sequence[str]) -> _Rows:
+    ids, subj, owner, targets = [], [], [], []
+    for j, f in enumerate(facts):
+        tgt = target_ids(tok, f.target_new)
+        tail = tok.decode(tgt[:-1]) if len(tgt) > 1 else ""
+        rewriting = [fill_template(t, f.text_prompt) for t in templates]
+        for text, lookup_text in [(r + tail, r) for r in rewriting] + [(f"{f.subject} is a", f"{f.subject} is a")]:
+            ids.append(tok(text)["input_ids"])
+            subj.append(subject_last_index(tok, lookup_text, f.subject))
+            owner.append(j)
+        targets.append(tgt)
+    return _Rows(ids, subj, owner, targets, len(templates))
+
+
+def _layout(rows: _Rows, pad_id: int, align: bool, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+    """Pad the rows into one batch. ``align``: left-pad so every subject ends at column ``P``.
+
+    Returns ``(enc, offset per row, P)``: token ``k`` of row ``i`` sits at column ``offset[i] + k``.
+    """
+    n = len(rows.ids)
+    p = max(rows.subj) if align else 0
+    offset = [p - s for s in rows.subj] if align else [0] * n
+    width = max(o + len(r) for o, r in zip(offset, rows.ids))
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i, (o, r) in enumerate(zip(offset, rows.ids)):
+        input_ids[i, o:o + len(r)] = torch.tensor(r)
+        mask[i, o:o + len(r)] = 1
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    enc = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "position_ids": pos.to(device)}
+    return enc, torch.tensor(offset), p
+
+
+def _cache_kwarg(host: Any) -> str:
+    """transformers 5 names a forward's KV cache ``cache``; 4.x ``past_key_values``."""
+    params = inspect.signature(host.base_model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _reset_cache(cache: Any, keep: int) -> None:
+    """Back to the prefix: drop the step's tokens and cut the kept tensors off the step's graph
+    (a crop leaves views of the step's concatenated, graph-tracked tensors)."""
+    extra = cache.get_seq_length() - keep
+    if extra > 0:
+        cache.crop(-extra)  # negative: remove that many tokens (both transformers 4.x and 5.x)
+    for layer in getattr(cache, "layers", None) or []:  # transformers 5.x
+        for attr in ("keys", "values"):
+            t = getattr(layer, attr, None)
+            if isinstance(t, torch.Tensor):
+                setattr(layer, attr, t.detach())
+    for attr in ("key_cache", "value_cache"):  # transformers 4.x
+        ts = cache.__dict__.get(attr)
+        if isinstance(ts, list):
+            ts[:] = [t.detach() for t in ts]
+
+
+def optimize_values(host: Any, module: str, facts: Sequence[Fact], templates: Sequence[str], hp: ValueHparams
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, float]]]:
+    """v* for each fact at ``module``'s output: ``(v_star [n, d], v_init [n, d], infos)``."""
+    stars, inits, infos = [], [], []
+    for i in range(0, len(facts), hp.v_batch_facts):
+        s, v0, inf = _optimize_batch(host, module, facts[i:i + hp.v_batch_facts], templates, hp)
+        stars.append(s)
+        inits.append(v0)
+        infos += inf
+    return torch.cat(stars), torch.cat(inits), infos
+
+
+def _optimize_batch(host: Any, module: str, facts: Sequence[Fact], templates: Sequence[str], hp: ValueHparams
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, float]]]:
+    tok = host.tokenizer
+    device = next(host.parameters()).device
+    assert all(f.subject for f in facts)
+    rows = _build_rows(tok, facts, templates)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    use_cache = hp.v_prefix_cache and only_sidecars(host)
+    enc, offset, p = _layout(rows, pad, use_cache, device)
+    n_f, per = len(facts), rows.n_rw + 1
+    d = _out_dim(host, module)
+
+    # column of the subject's last token, and of each target-predicting position, per row
+    subj_col = offset + torch.tensor(rows.subj)
+    t_rows, t_cols, t_ids, t_owner = [], [], [], []
+    for j, tgt in enumerate(rows.targets):
+        for r in range(j * per, j * per + rows.n_rw):
+            start = offset[r].item() + len(rows.ids[r]) - len(tgt)
+            t_rows += [r] * len(tgt)
+            t_cols += list(range(start, start + len(tgt)))
+            t_ids += tgt
+            t_owner += [j] * len(tgt)
+    kl_rows = [j * per + rows.n_rw for j in range(n_f)]
+
+    delta = torch.zeros(n_f, d, device=device, requires_grad=True)
+    v_init = torch.zeros(n_f, d, device=device)
+    v_star: list[torch.Tensor | None] = [None] * n_f
+    infos: list[dict[str, float]] = [{} for _ in range(n_f)]
+    active = list(range(n_f))  # facts still optimising, in batch order
+    state: dict[str, Any] = {}
+
+    def select(active_facts: list[int]) -> None:
+        """Index tensors for the rows of the active facts (positions within the current batch)."""
+        keep = [r for j in active_facts for r in range(j * per, (j + 1) * per)]
+        new_of = {r: i for i, r in enumerate(keep)}
+        tk = [i for i, r in enumerate(t_rows) if r in new_of]
+        kl = [r for r in kl_rows if r in new_of]
+        state.update(
+            keep=keep,
+            rows=torch.arange(len(keep), device=device),
+            cols=subj_col[keep].to(device),
+            owner=torch.tensor([rows.owner[r] for r in keep], device=device),
+            sel_rows=torch.tensor([new_of[t_rows[i]] for i in tk] + [new_of[r] for r in kl], device=device),
+            sel_cols=torch.tensor([t_cols[i] for i in tk] + [int(subj_col[r]) for r in kl], device=device),
+            t_ids=torch.tensor([t_ids[i] for i in tk], device=device),
+            t_owner=torch.tensor([t_owner[i] for i in tk], device=device),
+            n_t=len(tk))
+
+    def add_delta(out: torch.Tensor, _inp: Any) -> torch.Tensor:
+        if "init_done" not in state:  # v_init: the output at each fact's first ("{}") row, unpatched
+            first = [j * per for j in range(n_f)]
+            v_init.copy_(out[first, subj_col[first].to(device)].detach().float())
+            state["init_done"] = True
+        out = out.clone()
+        out[state["rows"], state["cols"]] = out[state["rows"], state["cols"]] + delta[state["owner"]].to(out.dtype)
+        return out
+
+    with frozen(host):
+        cache = None
+        if use_cache and p > 0:
+            with torch.no_grad():
+                out = host.base_model(**{k: v[:, :p] for k, v in enc.items()}, use_cache=True)
+                cache = out["cache"] if "cache" in out else out["past_key_values"]
+            enc = {"input_ids": enc["input_ids"][:, p:], "attention_mask": enc["attention_mask"],
+                   "position_ids": enc["position_ids"][:, p:]}
+            subj_col, t_cols = subj_col - p, [c - p for c in t_cols]
+        select(active)
+        init_kl: torch.Tensor | None = None
+        opt = torch.optim.Adam([delta], lr=hp.v_lr)
+        with torch.enable_grad(), patch_output(host, module, add_delta):
+            for step in range(hp.v_num_grad_steps):
+                opt.zero_grad()
+                step_enc: dict[str, Any] = {k: v[state["keep"]] for k, v in enc.items()}
+                if cache is not None:
+                    step_enc.update({_cache_kwarg(host): cache, "use_cache": True})
+                logits = logits_at(host, step_enc, state["sel_rows"], state["sel_cols"])
+                if cache is not None:
+                    _reset_cache(cache, p)
+                n_t = state["n_t"]
+                kl_logp = torch.log_softmax(logits[n_t:], -1)
+                if init_kl is None:
+                    init_kl = kl_logp.detach().clone()  # row j = fact j (all active at step 0)
+                tok_lp = torch.log_softmax(logits[:n_t], -1).gather(1, state["t_ids"][:, None]).squeeze(1)
+                losses, parts = [], []
+                for a, j in enumerate(active):
+                    n_tgt = len(rows.targets[j])
+                    nll = -tok_lp[state["t_owner"] == j].view(rows.n_rw, n_tgt).sum(1).div(n_tgt).mean()
+                    kl = hp.kl_factor * F.kl_div(init_kl[j:j + 1], kl_logp[a:a + 1], log_target=True,
+                                                 reduction="batchmean")
+                    wd = hp.v_weight_decay * (delta[j].norm() / v_init[j].norm() ** 2)
+                    losses.append(nll + kl + wd)
+                    parts.append((nll, kl))
+                still = []
+                for a, j in enumerate(active):
+                    loss = losses[a].item()
+                    infos[j] = {"loss": loss, "nll": parts[a][0].item(), "kl": parts[a][1].item(), "steps": step + 1,
+                                "target_prob": float(torch.exp(-parts[a][0].detach()))}
+                    if loss < hp.early_stop_loss or step == hp.v_num_grad_steps - 1:
+                        v_star[j] = (v_init[j] + delta[j].detach().float()).cpu()
+                    else:
+                        still.append(a)
+                if not still:
+                    break
+                torch.stack([losses[a] for a in still]).sum().backward()
+                opt.step()
+                with torch.no_grad():
+                    for j in (active[a] for a in still):
+                        max_norm = hp.clamp_norm_factor * v_init[j].norm()
+                        if delta[j].norm() > max_norm:
+                            delta[j].mul_(max_norm / delta[j].norm())
+                if len(still) < len(active):  # finished facts leave the batch
+                    old = {r: i for i, r in enumerate(state["keep"])}
+                    active = [active[a] for a in still]
+                    select(active)
+                    if cache is not None:
+                        cache.batch_select_indices(torch.tensor([old[r] for r in state["keep"]], device=device))
+    return torch.stack([v for v in v_star if v is not None]).float(), v_init.cpu(), infos
+
+
+def _out_dim(host: Any, module: str) -> int:
+    """Output width of a Linear/Conv1D, or the hidden size for a transformer block."""
+    mod = host.get_submodule(module)
+    for attr in ("out_features", "nf"):
+        if hasattr(mod, attr):
+            return int(getattr(mod, attr))
+    return int(host.config.hidden_size)

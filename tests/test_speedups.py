@@ -1,0 +1,75 @@
+"""The exact speed-ups of the locate-then-edit pipeline equal the plain path (tiny random models).
+
+* value optimisation: cached prefix vs full forward; facts batched vs one by one;
+* key reading: a forward stopped after the read module vs the whole forward.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editwrap import Fact
+from editwrap.hparams.arch import arch_of
+from editwrap.ops.hooks import capture
+from editwrap.ops.keys import context_templates, io_at_subject
+from editwrap.ops.tokens import batch_encode, subject_last_index
+from editwrap.ops.values import ValueHparams, optimize_values
+
+FACTS = [
+    Fact(prompt="The Eiffel Tower is located in the city of", subject="Eiffel Tower", target_new="Rome"),
+    Fact(prompt="The capital of France is", subject="France", target_new="London Berlin"),
+    Fact(prompt="Apple was founded by", subject="Apple", target_new="Microsoft"),
+]
+
+
+def _values(m, module, facts, **kw):
+    hp = ValueHparams(v_num_grad_steps=6, early_stop_loss=0.0, **kw)  # no early stop: steps never differ
+    torch.manual_seed(0)
+    return optimize_values(m, module, facts, context_templates(m, [(4, 2)]), hp)
+
+
+@pytest.mark.parametrize("where", ["mlp", "block"])
+def test_prefix_cache_and_fact_batching_equal_the_plain_path(tiny_model, where):
+    arch = arch_of(tiny_model)
+    module = arch.mlp_out_at(1) if where == "mlp" else arch.block_at(2)
+    plain, init0, info0 = _values(tiny_model, module, FACTS, v_prefix_cache=False, v_batch_facts=1)
+    for cache, batch in [(True, 1), (False, 3), (True, 3), (True, 2)]:
+        got, init, info = _values(tiny_model, module, FACTS, v_prefix_cache=cache, v_batch_facts=batch)
+        torch.testing.assert_close(init, init0, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-4)
+        assert [i["steps"] for i in info] == [i["steps"] for i in info0]
+        assert [i["loss"] for i in info] == pytest.approx([i["loss"] for i in info0], rel=1e-4, abs=1e-5)
+    assert not torch.equal(plain, init0), "the optimisation moved the values"
+
+
+def test_batched_facts_stop_early_one_by_one(tiny_llama):
+    """A fact that reaches the early-stop loss leaves the batch at the same step as alone."""
+    module = arch_of(tiny_llama).mlp_out_at(1)
+    templates = context_templates(tiny_llama, [(4, 2)])
+    short = [optimize_values(tiny_llama, module, [f], templates, ValueHparams(v_num_grad_steps=3, early_stop_loss=0.0))
+             for f in FACTS]
+    stop = min(o[2][0]["loss"] for o in short) * 1.001  # one fact gets there by step 3
+    hp = dict(v_num_grad_steps=8, early_stop_loss=stop)
+    one = [optimize_values(tiny_llama, module, [f], templates, ValueHparams(**hp)) for f in FACTS]
+    both = optimize_values(tiny_llama, module, FACTS, templates, ValueHparams(v_batch_facts=3, **hp))
+    steps_one = [o[2][0]["steps"] for o in one]
+    assert [i["steps"] for i in both[2]] == steps_one and min(steps_one) <= 3
+    torch.testing.assert_close(both[0], torch.cat([o[0] for o in one]), rtol=1e-4, atol=1e-4)
+
+
+def test_key_reading_stops_after_the_module_with_the_same_result(tiny_model):
+    m = tiny_model
+    module = arch_of(m).mlp_out_at(1)
+    k, v = io_at_subject(m, module, FACTS, ("{}", "Hello there. {}"))
+    # the same read from a full forward, by hand
+    texts = [t.replace("{}", f.text_prompt) for f in FACTS for t in ("{}", "Hello there. {}")]
+    idx = [subject_last_index(m.tokenizer, s, f.subject) for f in FACTS for s in
+           [t.replace("{}", f.text_prompt) for t in ("{}", "Hello there. {}")]]
+    enc = batch_encode(m.tokenizer, texts, "cpu")
+    with torch.no_grad(), capture(m, [module]) as cap:
+        m(**enc)
+    rows = torch.arange(len(texts))
+    k_full = cap[module]["input"][rows, idx].view(3, 2, -1).mean(1)
+    v_full = cap[module]["output"][rows, idx].view(3, 2, -1).mean(1)
+    torch.testing.assert_close(k, k_full)
+    torch.testing.assert_close(v, v_full)
