@@ -68,18 +68,22 @@ class AlphaEdit:
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: AlphaEditHparams) -> Edit:
         t0 = time.time()
-        arch = arch_of(model)
-        layers = sorted(hp.layers)
-        if layers[-1] >= arch.n_layers:
-            raise ValueError(f"AlphaEdit layers {layers} out of range for a {arch.n_layers}-layer model; "
-                             "set layers=[...]")
-        modules = [arch.mlp_out_at(l) for l in layers]
-        z_module = arch.block_at(layers[-1])
+        modules, z_module = _modules(model, hp)
+        templates = context_templates(model, hp.context_templates)
+        zs, _, infos = optimize_values(model, z_module, facts, templates, ValueHparams(**hp.model_dump()))
+        edit = self.resolve(model, facts, zs, hp)
+        edit.info.update(seconds=round(time.time() - t0, 3),
+                         mean_target_prob=sum(x["target_prob"] for x in infos) / len(infos))
+        return edit
+
+    def resolve(self, model: Any, facts: Sequence[Fact], zs: torch.Tensor, hp: AlphaEditHparams) -> Edit:
+        """The solve stage alone, from given target values ``zs`` (``[n, d]``): what
+        ``stack.consolidate`` reruns over many edits' stored values without optimising again."""
+        modules, z_module = _modules(model, hp)
         templates = context_templates(model, hp.context_templates)
         covs = second_moment(model, modules, corpus=hp.mom2_corpus, n_tokens=hp.mom2_n_tokens)
         projectors = _projectors(model, modules, covs, hp.nullspace_threshold)
         prev = {m: stack_keys(model, m) if hp.protect_stack_keys else (None, []) for m in modules}
-        zs, _, infos = optimize_values(model, z_module, facts, templates, ValueHparams(**hp.model_dump()))
 
         def transform(_i: int, module: str, K: torch.Tensor) -> torch.Tensor:
             P = projectors[module]
@@ -99,11 +103,17 @@ class AlphaEdit:
                 aux[f"keys::{m}"] = io_at_subject(model, m, facts, templates)[0].T.float()
         finally:
             entry.detach(model, key)
-        protected = sorted({i for m in modules for i in prev[m][1]})
-        info = {"seconds": round(time.time() - t0, 3), "protected": protected,
-                "null_dims": {m: int(torch.trace(projectors[m]).round()) for m in modules},
-                "mean_target_prob": sum(x["target_prob"] for x in infos) / len(infos)}
+        info = {"protected": sorted({i for m in modules for i in prev[m][1]}),
+                "null_dims": {m: int(torch.trace(projectors[m]).round()) for m in modules}}
         return Edit(self.name, facts, hp.model_dump(mode="json"), DeltaEntry(parts, aux), info=info)
+
+
+def _modules(model: Any, hp: AlphaEditHparams) -> tuple[list[str], str]:
+    arch = arch_of(model)
+    layers = sorted(hp.layers)
+    if layers[-1] >= arch.n_layers:
+        raise ValueError(f"AlphaEdit layers {layers} out of range for a {arch.n_layers}-layer model; set layers=[...]")
+    return [arch.mlp_out_at(l) for l in layers], arch.block_at(layers[-1])
 
 
 def _projectors(model: Any, modules: Sequence[str], covs: dict[str, torch.Tensor], threshold: float

@@ -37,22 +37,32 @@ class MEMIT:
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: MemitHparams) -> Edit:
         t0 = time.time()
-        arch = arch_of(model)
-        layers = sorted(hp.layers)
-        if layers[-1] >= arch.n_layers:
-            raise ValueError(f"MEMIT layers {layers} out of range for a {arch.n_layers}-layer model; set layers=[...]")
-        modules = [arch.mlp_out_at(l) for l in layers]
-        z_module = arch.block_at(layers[-1])
+        _, z_module = _modules(model, hp)
+        templates = context_templates(model, hp.context_templates)
+        zs, _, infos = optimize_values(model, z_module, facts, templates, ValueHparams(**hp.model_dump()))  # [n, d]
+        edit = self.resolve(model, facts, zs, hp)
+        edit.info.update(seconds=round(time.time() - t0, 3),
+                         mean_target_prob=sum(x["target_prob"] for x in infos) / len(infos))
+        return edit
+
+    def resolve(self, model: Any, facts: Sequence[Fact], zs: torch.Tensor, hp: MemitHparams) -> Edit:
+        """The least-squares stage alone, from given target values ``zs`` (``[n, d]``), kept in
+        the entry (``aux["z"]``) so ``stack.consolidate`` can re-solve many edits jointly."""
+        modules, z_module = _modules(model, hp)
         templates = context_templates(model, hp.context_templates)
         covs = second_moment(model, modules, corpus=hp.mom2_corpus, n_tokens=hp.mom2_n_tokens)
-        vhp = ValueHparams(**hp.model_dump())
-        zs_t, _, infos = optimize_values(model, z_module, facts, templates, vhp)  # [n, d]
         lam = hp.mom2_update_weight
 
         def transform(_i: int, module: str, K: torch.Tensor) -> torch.Tensor:
             return torch.linalg.solve(lam * covs[module].double() + K @ K.T, K)
 
-        parts = spread_over_layers(model, modules, z_module, facts, templates, zs_t, transform)
-        info = {"seconds": round(time.time() - t0, 3),
-                "mean_target_prob": sum(x["target_prob"] for x in infos) / len(infos)}
-        return Edit(self.name, facts, hp.model_dump(mode="json"), DeltaEntry(parts), info=info)
+        parts = spread_over_layers(model, modules, z_module, facts, templates, zs, transform)
+        return Edit(self.name, facts, hp.model_dump(mode="json"), DeltaEntry(parts, {"z": zs.float()}))
+
+
+def _modules(model: Any, hp: MemitHparams) -> tuple[list[str], str]:
+    arch = arch_of(model)
+    layers = sorted(hp.layers)
+    if layers[-1] >= arch.n_layers:
+        raise ValueError(f"MEMIT layers {layers} out of range for a {arch.n_layers}-layer model; set layers=[...]")
+    return [arch.mlp_out_at(l) for l in layers], arch.block_at(layers[-1])
