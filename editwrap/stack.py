@@ -124,6 +124,19 @@ class EditStack:
         """Write ``edits.json`` + ``edits.safetensors`` atomically (temp dir, then rename)."""
         return save_stack_dir(self.edits, Path(path), self._host)
 
+    def consolidate(self, edits: Any = None, method: str | None = None, **overrides: Any) -> Edit:
+        """Re-solve MEMIT/AlphaEdit entries (all, a slice, or a list) jointly into one entry
+        (:func:`editwrap.consolidate.consolidate`)."""
+        from .consolidate import consolidate
+
+        return consolidate(self._host, edits, method, **overrides)
+
+    def retract(self, fact: Fact | str) -> "Edit | None":
+        """Remove one fact wherever it lives (:func:`editwrap.consolidate.retract`)."""
+        from .consolidate import retract
+
+        return retract(self._host, fact)
+
 
 def save_stack_dir(edits: Sequence[Edit], path: Path, host: "EditableModel") -> Path:
     from . import __version__

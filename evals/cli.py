@@ -51,7 +51,8 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
     hp = _parse_hparams(args.hparam)
     model = _load_model(args)
     s = run_knowedit(model, args.dataset, args.data, args.method, n=args.n, mode=args.mode,
-                     batch_size=args.batch_size, checkpoints=args.checkpoints, hparams=hp, out=args.out,
+                     batch_size=args.batch_size, checkpoints=args.checkpoints,
+                     consolidate_every=args.consolidate_every, hparams=hp, out=args.out,
                      with_fluency=args.fluency, gen_tokens=args.gen_tokens, retain_n=args.retain_n,
                      seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress,
                      trained_on=args.trained_on, save_stacks=not args.no_save_stacks,
@@ -88,6 +89,9 @@ def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], No
     k.add_argument("--mode", choices=("single", "batch", "sequential"), default="single")
     k.add_argument("--batch-size", type=_positive, default=None,
                    help="facts per edit: --mode batch (default 10) or sequential (default 1; e.g. AlphaEdit's batches)")
+    k.add_argument("--consolidate-every", type=_positive, default=None, metavar="N",
+                   help="sequential memit/alphaedit: re-solve the run's entries jointly after every N facts "
+                        "(model.stack.consolidate)")
     k.add_argument("--checkpoints", type=_checkpoints, default=[10, 100, 500, 1000],
                    help="sequential mode: measure after this many edits (comma-separated; the last record always)")
     k.add_argument("--hparam", action="append", default=[], help="override a hyperparameter: name=value (repeatable)")

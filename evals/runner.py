@@ -205,7 +205,7 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
                  retain_n: int | None = None, seed: int = 0, overwrite: bool = False,
                  progress: bool = True, trained_on: str | Path | None = None,
                  save_stacks: bool = True, generation: bool = True, gen_margin: int = DEFAULT_MARGIN,
-                 chat_template: bool = False) -> dict[str, Any]:
+                 chat_template: bool = False, consolidate_every: int | None = None) -> dict[str, Any]:
     """Evaluate ``method`` on a KnowEdit dataset; returns the summary (also written to ``out``).
 
     ``model``: an EditableModel, a model path/hub id, or None (the embedded model). ``data``: the
@@ -263,13 +263,18 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     retain = retain if retain_n is None else retain[:retain_n]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{dataset}-{m.name}-{mode}" + (f"-from-{source}" if source else "")
+    stem = f"{dataset}-{m.name}-{mode}" + (f"-from-{source}" if source else "") + \
+        (f"-consolidated{consolidate_every}" if consolidate_every else "")
     cps = sorted({c for c in checkpoints if 0 < c < len(items)} | {len(items)}) if mode == "sequential" else None
     meta = dict(dataset=dataset, data=str(Path(data).resolve()), method=m.name, mode=mode, n=len(items),
                  batch_size=batch_size if mode in ("batch", "sequential") else 1, seed=seed, model=model.name_or_path,
                  data_sha256=_data_sha256(data), model_fingerprint=model.fingerprint(),
                  base_stack=len(model.stack), hparams=hp.model_dump(mode="json"), fluency=with_fluency,
                  gen_tokens=gen_tokens, retain_n=retain_n)
+    if consolidate_every:
+        if mode != "sequential":
+            raise ValueError("--consolidate-every applies to --mode sequential only")
+        meta["consolidate_every"] = consolidate_every
     generation = generation and dataset not in NO_GENERATION
     meta["generation"] = {"margin": gen_margin, "chat_template": chat_template} if generation else False
     if source:
@@ -291,7 +296,7 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
             with tqdm(total=total, desc=stem, disable=not progress, dynamic_ncols=True) as bar:
                 extra.update(run_sequential(model, scorer, items, sources, m.name, hp, log, cps, bar,
                                        stack_dir=out / f"{stem}.stack" if save_stacks else None,
-                                       batch_size=batch_size))
+                                       batch_size=batch_size, consolidate_every=consolidate_every))
             times = extra.pop("edit_times")
             per_cp = {str(c): summarize(log.records(checkpoint=c)) for c in cps}
             extra["checkpoints"] = per_cp

@@ -45,11 +45,13 @@ def _saved_edits(model: Any, stack_dir: Path | None, items: list, limit: int) ->
 
 def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, method: str, hp: Any,
                    log: Any, checkpoints: Sequence[int], bar: Any, stack_dir: str | Path | None = None,
-                   batch_size: int = 1) -> dict[str, Any]:
+                   batch_size: int = 1, consolidate_every: int | None = None) -> dict[str, Any]:
     """Returns ``{"bit_exact", "edit_times", "replayed", "restored"}``; lines go to ``log`` (a
     ResultLog). ``stack_dir``: where checkpoint stacks are saved and resumed from (module doc).
     ``batch_size``: facts per edit (AlphaEdit's setting: sequential batches); a batch never spans a
-    checkpoint, and ``edit_times`` are per fact."""
+    checkpoint, and ``edit_times`` are per fact. ``consolidate_every``: after every that many
+    facts, the run's MEMIT/AlphaEdit entries are re-solved jointly into one
+    (:func:`editwrap.consolidate.consolidate`; its time is counted in ``edit_times``)."""
     from .runner import _line
 
     cps = sorted(checkpoints)
@@ -77,6 +79,9 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
                 chunk = [item_fact(items[j]) for j in range(i, min(i + batch_size, c))]
                 t0 = time.time()
                 model.push(model.compute_edit(chunk, method, hparams=hp))
+                done = i + len(chunk)
+                if consolidate_every and done % consolidate_every == 0 and len(model.stack) - start_len > 1:
+                    model.stack.consolidate(model.stack.edits[start_len:])
                 times += [(time.time() - t0) / len(chunk)] * len(chunk)
                 bar.update(len(chunk))
             if stack_dir is not None and c > n_saved:

@@ -451,3 +451,13 @@ def test_cli_generation_flags():
     assert (a.no_generation, a.gen_margin, a.chat_template) == (True, 0, True)
     with pytest.raises(SystemExit):
         build_parser().parse_args(base + ["--gen-margin", "-1"])
+
+
+def test_sequential_run_with_periodic_consolidation(tiny_llama, tmp_path):
+    h0 = state_dict_hash(tiny_llama)
+    s = run_knowedit(tiny_llama, dataset="zsre", data=KNOWEDIT_DIR / "ZsRE.json", method="memit", n=4,
+                     mode="sequential", batch_size=1, checkpoints=[2, 4], consolidate_every=2, out=tmp_path,
+                     hparams=dict(mom2_n_tokens=300, v_num_grad_steps=4, context_templates=[(3, 2)], layers=[1, 2]), progress=False, generation=False)
+    assert s["bit_exact"] is True and s["consolidate_every"] == 2 and set(s["checkpoints"]) == {"2", "4"}
+    assert (tmp_path / "zsre-memit-sequential-consolidated2.jsonl").exists()
+    assert state_dict_hash(tiny_llama) == h0 and len(tiny_llama.stack) == 0
