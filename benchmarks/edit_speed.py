@@ -1,6 +1,12 @@
 """Edit success and speed per method on the embedded model, single mode (edit -> measure -> pop).
 
     python benchmarks/edit_speed.py --n 50 --methods rome,memit,ft-m,ft-l --out results/edit_speed.json
+    OMP_NUM_THREADS=1 python benchmarks/edit_speed.py --profile rome,memit:10,memit:100,ft-m,alphaedit:10
+
+``--profile``: one edit per ``method[:batch]`` after a warm-up edit (context templates and
+covariance statistics are then cached, as in any run after the first), CPU and wall seconds per
+phase (context templates, covariance, keys, value optimisation, solve, the rest of the method,
+scoring the edited facts), per fact; ``--hparam name=value`` measures a trade-off.
 
 For each of the first N ZsRE records (KnowEdit test sample in ../shared/data/knowedit): compute and
 push the edit, measure the teacher-forced token accuracy of the target (EasyEdit's Edit Succ.) and
@@ -61,6 +67,47 @@ def run_batch(model, facts, size: int) -> dict:
             "pop_bit_exact": state_dict_hash(model) == h0}
 
 
+def profile(model, facts, specs: list[str], hparams: dict) -> list[dict]:
+    """Per-phase CPU/wall seconds of one edit per ``method[:batch]`` (see the module doc)."""
+    from editwrap.ops.profile import phase, profiling
+
+    rows = []
+    for spec in specs:
+        method, _, b = spec.partition(":")
+        batch = facts[:int(b or 1)]
+        hp = {k: v for k, v in hparams.items() if k in model.default_hparams(method).model_fields}
+        warm = model.edit(facts[-1:] if method != "rome" else facts[-1], method=method, **hp)  # caches
+        warm.pop()
+        c0, w0 = time.process_time(), time.perf_counter()
+        with profiling() as times:
+            with phase("method total"):
+                edit = model.edit(batch if method != "rome" else batch[0], method=method, **hp)
+            with phase("scoring"):
+                acc = token_accuracy(model, model.tokenizer, [f.text_prompt for f in batch], [f.target_new for f in batch])
+        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+        edit.pop()
+        known = sum(times[k][0] for k in times if k not in ("method total", "scoring"))
+        times["other (method)"] = [times["method total"][0] - known, 0.0, 1]
+        rows.append({"spec": spec, "facts": len(batch), "cpu_s": cpu, "wall_s": wall, "cpu_s_per_fact": cpu / len(batch),
+                     "edit_succ": statistics.mean(acc), "hparams": hp,
+                     "phases": {k: {"cpu_s": v[0], "wall_s": v[1], "calls": v[2]} for k, v in times.items()}})
+        print(profile_table(rows[-1:]), flush=True)
+    return rows
+
+
+PHASES = ("context templates", "covariance", "keys", "value optimisation", "solve", "other (method)", "scoring")
+
+
+def profile_table(rows: list[dict]) -> str:
+    out = ["| edit | facts | " + " | ".join(PHASES) + " | total CPU-s | CPU-s / fact | wall s | Edit Succ. |",
+           "|---|---:|" + "---:|" * (len(PHASES) + 4)]
+    for r in rows:
+        ph = [f"{r['phases'][p]['cpu_s']:.2f}" if p in r["phases"] else "–" for p in PHASES]
+        out.append(f"| {r['spec']} | {r['facts']} | " + " | ".join(ph) +
+                   f" | {r['cpu_s']:.1f} | {r['cpu_s_per_fact']:.2f} | {r['wall_s']:.1f} | {100 * r['edit_succ']:.1f} |")
+    return "\n".join(out)
+
+
 def table(rows: list[dict]) -> str:
     out = ["| method | n | Edit Succ. | rephrase | s / edit | pop (ms) | bytes / entry | pop bit-exact |",
            "|---|---|---|---|---|---|---|---|"]
@@ -79,8 +126,21 @@ def main() -> None:
     ap.add_argument("--batches", default="10,100", help="MEMIT batch sizes ('' to skip)")
     ap.add_argument("--indices", default="", help="only these record indices (comma-separated), e.g. to re-run a few")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    ap.add_argument("--profile", default="", help="per-phase CPU time of one edit per method[:batch], e.g. rome,memit:10")
+    ap.add_argument("--hparam", action="append", default=[], help="override for --profile: name=value (JSON value)")
     args = ap.parse_args()
     model = EditableModel.from_pretrained()
+    if args.profile:
+        specs = [s for s in args.profile.split(",") if s]
+        n = max(int(s.partition(":")[2] or 1) for s in specs) + 1
+        facts = list(load_dataset("zsre", args.data, n=n))
+        hp = {k: json.loads(v) for k, v in (h.split("=", 1) for h in args.hparam)}
+        rows = profile(model, facts, specs, hp)
+        print(profile_table(rows))
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(rows, indent=2))
+        return
     facts = list(load_dataset("zsre", args.data, n=max([args.n] + [int(b) for b in args.batches.split(",") if b])))
     single = [facts[int(i)] for i in args.indices.split(",")] if args.indices else facts[:args.n]
     rows = []

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from editwrap.ops.fingerprint import state_dict_hash
+from editwrap.ops.norms import delta_norms
 from editwrap.stack import StackError, load_stack_dir, save_stack_dir
 
 from .measure import Scorer, item_fact
@@ -66,6 +67,7 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
     start_hash, start_len = state_dict_hash(model), len(model.stack)
     pre = [scorer.pre(items[i]) for i in range(last_needed)]  # all on the unedited base
     times: list[float] = []
+    norms: dict[str, dict[str, float]] = {}  # checkpoint -> module -> ‖ΣΔW‖/‖W‖
     stack_dir = Path(stack_dir) if stack_dir is not None else None
     saved = _saved_edits(model, stack_dir, items, pending[0])
     n_saved = sum(len(e.facts) for e in saved)
@@ -84,6 +86,7 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
                     model.stack.consolidate(model.stack.edits[start_len:])
                 times += [(time.time() - t0) / len(chunk)] * len(chunk)
                 bar.update(len(chunk))
+            norms[str(c)] = {k: round(v, 5) for k, v in delta_norms(model).items()}
             if stack_dir is not None and c > n_saved:
                 save_stack_dir(model.stack.edits[start_len:], stack_dir, model)
             pushed = c
@@ -104,4 +107,4 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
                       "(the stack did not undo exactly)", RuntimeWarning, stacklevel=2)
     if exact and stack_dir is not None and all(log.has(c, i) for c in cps for i in range(c)):
         shutil.rmtree(stack_dir, ignore_errors=True)  # finished: the JSONL holds the results
-    return {"bit_exact": exact, "edit_times": times, "replayed": replayed, "restored": n_saved}
+    return {"bit_exact": exact, "edit_times": times, "replayed": replayed, "restored": n_saved, "delta_norms": norms}

@@ -29,6 +29,9 @@ class _Shared(HparamsBase):
     v_batch_facts: int = Field(8, ge=1)
     # context templates: (tokens, count) pairs of generated prefixes
     context_templates: list[tuple[int, int]] = Field(default_factory=lambda: [(10, 5)])
+    #: norm control: scale a new edit down so each edited module's summed side-car delta stays within
+    #: this multiple of the base weight's Frobenius norm (None: unbounded; editwrap.ops.norms)
+    max_delta_norm: float | None = Field(None, gt=0)
     # covariance statistics
     mom2_corpus: str = "pydoc"
     mom2_n_tokens: int = Field(20000, ge=100)

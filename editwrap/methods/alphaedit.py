@@ -29,6 +29,7 @@ from ..hparams.arch import arch_of
 from ..hparams.locate import AlphaEditHparams
 from ..ops.covariance import second_moment
 from ..ops.keys import ValueHparams, context_templates, io_at_subject, optimize_values
+from ..ops.norms import bound_parts
 from ..ops.spread import spread_over_layers
 from ..stack import Edit
 from .base import register_method
@@ -94,6 +95,7 @@ class AlphaEdit:
             return torch.linalg.solve(A, P @ K)
 
         parts = spread_over_layers(model, modules, z_module, facts, templates, zs, transform)
+        scales = bound_parts(model, parts, hp.max_delta_norm) if hp.max_delta_norm is not None else None
         aux = {"z": zs.float()}
         key = "alphaedit-keys"
         entry = DeltaEntry(parts)
@@ -105,6 +107,8 @@ class AlphaEdit:
             entry.detach(model, key)
         info = {"protected": sorted({i for m in modules for i in prev[m][1]}),
                 "null_dims": {m: int(torch.trace(projectors[m]).round()) for m in modules}}
+        if scales is not None:
+            info["norm_scale"] = scales
         return Edit(self.name, facts, hp.model_dump(mode="json"), DeltaEntry(parts, aux), info=info)
 
 

@@ -19,6 +19,7 @@ from ..hparams.arch import arch_of
 from ..hparams.locate import MemitHparams
 from ..ops.covariance import second_moment
 from ..ops.keys import ValueHparams, context_templates, optimize_values
+from ..ops.norms import bound_parts
 from ..ops.spread import spread_over_layers
 from ..stack import Edit
 from .base import register_method
@@ -57,7 +58,8 @@ class MEMIT:
             return torch.linalg.solve(lam * covs[module].double() + K @ K.T, K)
 
         parts = spread_over_layers(model, modules, z_module, facts, templates, zs, transform)
-        return Edit(self.name, facts, hp.model_dump(mode="json"), DeltaEntry(parts, {"z": zs.float()}))
+        info = {"norm_scale": bound_parts(model, parts, hp.max_delta_norm)} if hp.max_delta_norm is not None else {}
+        return Edit(self.name, facts, hp.model_dump(mode="json"), DeltaEntry(parts, {"z": zs.float()}), info=info)
 
 
 def _modules(model: Any, hp: MemitHparams) -> tuple[list[str], str]:

@@ -17,6 +17,8 @@ from ..facts import Fact
 from ..hparams.arch import arch_of
 from ..hparams.locate import RomeHparams
 from ..ops.covariance import second_moment
+from ..ops.norms import bound_parts
+from ..ops.profile import phase
 from ..ops.keys import ValueHparams, context_templates, io_at_subject, optimize_value
 from ..stack import Edit
 from .base import register_method
@@ -50,13 +52,17 @@ class ROME:
         templates = context_templates(model, hp.context_templates)
         cov = second_moment(model, [module], corpus=hp.mom2_corpus, n_tokens=hp.mom2_n_tokens)[module]
         k_star, _ = io_at_subject(model, module, [fact], templates)
-        u = ridge_inverse_apply(cov, k_star[0].cpu(), hp.cov_ridge)
+        with phase("solve"):
+            u = ridge_inverse_apply(cov, k_star[0].cpu(), hp.cov_ridge)
         u = u / u.norm()
         v_star, _, info = optimize_value(model, module, fact, templates, ValueHparams(**hp.model_dump()))
         k, v = io_at_subject(model, module, [fact], ("{}",))
         device = k.device
         u = u.to(device)
         r = (v_star.to(device) - v[0]) / torch.dot(k[0], u)
-        entry = DeltaEntry({module: {"U": r[:, None], "V": u[:, None]}})
-        info.update(seconds=round(time.time() - t0, 3), delta_norm=float(r.norm()))
+        parts = {module: {"U": r[:, None], "V": u[:, None]}}
+        if hp.max_delta_norm is not None:
+            info["norm_scale"] = bound_parts(model, parts, hp.max_delta_norm)
+        entry = DeltaEntry(parts)
+        info.update(seconds=round(time.time() - t0, 3), delta_norm=float(parts[module]["U"].norm()))
         return Edit(self.name, facts, hp.model_dump(mode="json"), entry, info=info)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..defaults import cache_dir
 from .corpus import corpus_id, iter_corpus
 from .hooks import capture, stop_after
+from .profile import phase
 
 __all__ = ["second_moment", "stats_path", "sidecars_off"]
 
@@ -45,6 +46,12 @@ def second_moment(host: Any, modules: list[str], *, corpus: str | Path | Iterabl
                   n_tokens: int = 20000, seq_len: int = 128, batch_size: int = 8,
                   progress: bool = True) -> dict[str, torch.Tensor]:
     """Return ``{module: E[k kᵀ]}`` (float32, CPU) over ``n_tokens`` corpus tokens."""
+    with phase("covariance"):
+        return _second_moment(host, modules, corpus, n_tokens, seq_len, batch_size, progress)
+
+
+def _second_moment(host: Any, modules: list[str], corpus: Any, n_tokens: int, seq_len: int, batch_size: int,
+                   progress: bool) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     todo = []
     for m in modules:

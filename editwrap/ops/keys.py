@@ -18,6 +18,7 @@ import torch
 
 from ..facts import Fact
 from .hooks import capture, stop_after
+from .profile import phase
 from .tokens import batch_encode, subject_last_index
 from .values import ValueHparams, fill_template as _fill, logits_at, only_sidecars, optimize_values
 
@@ -32,7 +33,7 @@ def context_templates(host: Any, spec: Sequence[tuple[int, int]] = ((10, 5),), s
         return cache[key]
     starts = ["The", "Therefore", "Because", "I", "You"]
     out = ["{}"]
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    with phase("context templates"), torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         for length, n in spec:
             prompts = [starts[i % len(starts)] for i in range(n)]
@@ -52,8 +53,18 @@ def _reader(host: Any, module: str) -> Any:
     return contextlib.nullcontext(lambda **enc: host(**enc))
 
 
-@torch.no_grad()
 def io_at_subject(host: Any, module: str, facts: Sequence[Fact], templates: Sequence[str] = ("{}",),
+                  batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (over templates) input and output of ``module`` at each fact's last subject token.
+
+    Returns ``(keys [n, d_in], values [n, d_out])`` in float32.
+    """
+    with phase("keys"):
+        return _io_at_subject(host, module, facts, templates, batch_size)
+
+
+@torch.no_grad()
+def _io_at_subject(host: Any, module: str, facts: Sequence[Fact], templates: Sequence[str] = ("{}",),
                   batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (over templates) input and output of ``module`` at each fact's last subject token.
 

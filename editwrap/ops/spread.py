@@ -20,6 +20,7 @@ import torch
 from ..entries.delta import DeltaEntry
 from ..facts import Fact
 from .keys import io_at_subject
+from .profile import phase
 
 __all__ = ["spread_over_layers", "KeyTransform"]
 
@@ -39,7 +40,8 @@ def spread_over_layers(model: Any, modules: Sequence[str], z_module: str, facts:
             ks, _ = io_at_subject(model, module, facts, templates)     # [n, d_in]
             _, cur_z = io_at_subject(model, z_module, facts, ("{}",))  # [n, d]
             resid = (zs.to(cur_z.device) - cur_z).T.double().cpu() / (len(modules) - i)  # [d, n]
-            V = transform(i, module, ks.T.double().cpu())
+            with phase("solve"):
+                V = transform(i, module, ks.T.double().cpu())
             parts[module] = {"U": resid.float(), "V": V.float()}
             temp.detach(model, key)
             temp = DeltaEntry(parts)

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..facts import Fact
 from .hooks import frozen, patch_output
+from .profile import phase
 from .tokens import subject_last_index, target_ids
 
 __all__ = ["ValueHparams", "optimize_values", "logits_at", "fill_template", "only_sidecars"]
@@ -149,6 +150,12 @@ def _reset_cache(cache: Any, keep: int) -> None:
 def optimize_values(host: Any, module: str, facts: Sequence[Fact], templates: Sequence[str], hp: ValueHparams
                     ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, float]]]:
     """v* for each fact at ``module``'s output: ``(v_star [n, d], v_init [n, d], infos)``."""
+    with phase("value optimisation"):
+        return _optimize_all(host, module, facts, templates, hp)
+
+
+def _optimize_all(host: Any, module: str, facts: Sequence[Fact], templates: Sequence[str], hp: ValueHparams
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, float]]]:
     stars, inits, infos = [], [], []
     for i in range(0, len(facts), hp.v_batch_facts):
         s, v0, inf = _optimize_batch(host, module, facts[i:i + hp.v_batch_facts], templates, hp)
