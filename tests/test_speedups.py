@@ -32,9 +32,12 @@ def _values(m, module, facts, **kw):
 def test_prefix_cache_and_fact_batching_equal_the_plain_path(tiny_model, where):
     arch = arch_of(tiny_model)
     module = arch.mlp_out_at(1) if where == "mlp" else arch.block_at(2)
-    plain, init0, info0 = _values(tiny_model, module, FACTS, v_prefix_cache=False, v_batch_facts=1)
-    for cache, batch in [(True, 1), (False, 3), (True, 3), (True, 2)]:
-        got, init, info = _values(tiny_model, module, FACTS, v_prefix_cache=cache, v_batch_facts=batch)
+    plain, init0, info0 = _values(tiny_model, module, FACTS, v_prefix_cache=False, v_batch_facts=1,
+                                  v_replay_lower=False)
+    for cache, batch, replay in [(True, 1, False), (False, 3, False), (False, 1, True), (True, 3, True),
+                                 (True, 2, True)]:
+        got, init, info = _values(tiny_model, module, FACTS, v_prefix_cache=cache, v_batch_facts=batch,
+                                  v_replay_lower=replay)
         torch.testing.assert_close(init, init0, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-4)
         assert [i["steps"] for i in info] == [i["steps"] for i in info0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Arch", "arch_of", "FAMILIES"]
+__all__ = ["Arch", "arch_of", "FAMILIES", "ATTN_OUT"]
 
 
 @dataclass(frozen=True)
@@ -15,12 +15,19 @@ class Arch:
     mlp_out: str      # the MLP output projection ROME/MEMIT/FT edit (its input is the "key")
     final_norm: str
     lm_head: str
+    attn_out: str = ""  # the attention output projection (PMET adds its attention δ there)
 
     def mlp_out_at(self, layer: int) -> str:
         return self.mlp_out.format(layer)
 
     def block_at(self, layer: int) -> str:
         return self.block.format(layer)
+
+    def attn_out_at(self, layer: int) -> str:
+        if not self.attn_out:
+            raise NotImplementedError(f"no attention output module known for the {self.family!r} family; "
+                                      "add one to editwrap.hparams.arch.ATTN_OUT")
+        return self.attn_out.format(layer)
 
 
 # model_type -> (family, block template, mlp out template, final norm)
@@ -31,6 +38,14 @@ FAMILIES: dict[str, tuple[str, str, str, str]] = {
     "gpt2": ("gpt2", "transformer.h.{}", "transformer.h.{}.mlp.c_proj", "transformer.ln_f"),
     "gpt_neo": ("gpt2", "transformer.h.{}", "transformer.h.{}.mlp.c_proj", "transformer.ln_f"),
     "gptj": ("gpt2", "transformer.h.{}", "transformer.h.{}.mlp.fc_out", "transformer.ln_f"),
+}
+
+# model_type -> attention output projection (its output is added to the residual stream)
+ATTN_OUT: dict[str, str] = {
+    **{t: "model.layers.{}.self_attn.o_proj" for t, v in FAMILIES.items() if v[0] == "llama"},
+    "gpt2": "transformer.h.{}.attn.c_proj",
+    "gpt_neo": "transformer.h.{}.attn.attention.out_proj",
+    "gptj": "transformer.h.{}.attn.out_proj",
 }
 
 
@@ -44,4 +59,4 @@ def arch_of(model: Any) -> Arch:
         )
     fam, block, mlp_out, norm = FAMILIES[mt]
     n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
-    return Arch(fam, int(n), block, mlp_out, norm, "lm_head")
+    return Arch(fam, int(n), block, mlp_out, norm, "lm_head", ATTN_OUT.get(mt, ""))

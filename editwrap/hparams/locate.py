@@ -13,7 +13,7 @@ from pydantic import Field
 from .base import HparamsBase
 from .arch import arch_of
 
-__all__ = ["RomeHparams", "MemitHparams", "AlphaEditHparams"]
+__all__ = ["RomeHparams", "MemitHparams", "AlphaEditHparams", "PmetHparams"]
 
 
 class _Shared(HparamsBase):
@@ -27,6 +27,7 @@ class _Shared(HparamsBase):
     #: exact speed-ups of the value optimisation (editwrap.ops.values): a cached prefix, facts batched
     v_prefix_cache: bool = True
     v_batch_facts: int = Field(8, ge=1)
+    v_replay_lower: bool = True
     # context templates: (tokens, count) pairs of generated prefixes
     context_templates: list[tuple[int, int]] = Field(default_factory=lambda: [(10, 5)])
     #: norm control: scale a new edit down so each edited module's summed side-car delta stays within
@@ -86,6 +87,33 @@ class AlphaEditHparams(_Shared):
     @classmethod
     def for_model(cls, model: Any) -> "AlphaEditHparams":
         return cls(layers=MemitHparams.for_model(model).layers)
+
+
+class PmetHparams(_Shared):
+    """PMET (Li et al., AAAI 2024): MEMIT's layers and λ; the value optimisation of its reference
+    configs (Llama-2-7b; GPT-J-6B for the GPT-2 family, the only one it ships), which differ from
+    MEMIT's: a much tighter norm clamp (δ within 1× / 0.75× of each initial output instead of 4×),
+    weight decay 0.5 instead of 1e-3, an NLL weight of 0.1 once the target is the argmax, and the
+    residual shared over layers by ``√(layers left)``."""
+
+    layers: list[int] = Field(default_factory=lambda: [4, 5, 6, 7, 8], min_length=1)
+    mom2_update_weight: float = Field(15000.0, ge=0)
+    v_num_grad_steps: int = Field(20, ge=1)
+    v_weight_decay: float = Field(0.5, ge=0)
+    clamp_norm_factor: float = Field(1.0, gt=0)
+    #: NLL weight once the target is the argmax everywhere, and the weighted KL that then ends the
+    #: optimisation (editwrap.ops.values.ValueHparams)
+    nll_factor_at_argmax: float = Field(0.1, ge=0)
+    stop_kl_at_argmax: float | None = Field(0.01, ge=0)
+    #: layer ``i`` takes ``residual / (layers left) ** residual_share_power`` (reference: √, 0.5)
+    residual_share_power: float = Field(0.5, ge=0)
+
+    @classmethod
+    def for_model(cls, model: Any) -> "PmetHparams":
+        m = MemitHparams.for_model(model)
+        extra = dict(v_num_grad_steps=30, v_lr=0.2, clamp_norm_factor=0.75, kl_factor=1.0) \
+            if arch_of(model).family == "gpt2" else {}
+        return cls(layers=m.layers, mom2_update_weight=m.mom2_update_weight, **extra)
 
 
 def _key_dim(model: Any, module: str) -> int:

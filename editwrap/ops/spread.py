@@ -6,7 +6,9 @@ update ``ΔW = R Vᵀ`` with ``R`` the layer's share of the residual (``d_out ×
 method-specific transform of the layer's keys ``K`` (``d_in × n``):
 
 * MEMIT: ``V = (λC + KKᵀ)⁻¹ K``;
-* AlphaEdit: ``V = (P(KKᵀ + C_prev) + μI)⁻¹ P K`` (null-space projected).
+* AlphaEdit: ``V = (P(KKᵀ + C_prev) + μI)⁻¹ P K`` (null-space projected);
+* PMET: MEMIT's ``V``, with ``z_module`` the last layer's MLP output and the residual divided by
+  ``√(layers left)`` instead of ``layers left`` (``share_power=0.5``, as PMET's reference does).
 
 Each layer's update is applied (as a temporary side-car) before the next layer's keys are read,
 as in MEMIT. The result is kept as the low-rank factors ``U = R``, ``V``.
@@ -29,9 +31,11 @@ KeyTransform = Callable[[int, str, torch.Tensor], torch.Tensor]
 
 
 def spread_over_layers(model: Any, modules: Sequence[str], z_module: str, facts: Sequence[Fact],
-                       templates: Sequence[str], zs: torch.Tensor, transform: KeyTransform
-                       ) -> dict[str, dict[str, torch.Tensor]]:
-    """Low-rank parts ``{module: {"U": R, "V": V}}`` that move each fact's ``z_module`` output to ``zs``."""
+                       templates: Sequence[str], zs: torch.Tensor, transform: KeyTransform,
+                       share_power: float = 1.0) -> dict[str, dict[str, torch.Tensor]]:
+    """Low-rank parts ``{module: {"U": R, "V": V}}`` that move each fact's ``z_module`` output to ``zs``.
+
+    Layer ``i`` takes the residual ``(z* − z) / (layers left) ** share_power``."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
     temp = DeltaEntry({})
     key = "spread-in-progress"
@@ -39,7 +43,8 @@ def spread_over_layers(model: Any, modules: Sequence[str], z_module: str, facts:
         for i, module in enumerate(modules):
             ks, _ = io_at_subject(model, module, facts, templates)     # [n, d_in]
             _, cur_z = io_at_subject(model, z_module, facts, ("{}",))  # [n, d]
-            resid = (zs.to(cur_z.device) - cur_z).T.double().cpu() / (len(modules) - i)  # [d, n]
+            share = (len(modules) - i) ** share_power
+            resid = (zs.to(cur_z.device) - cur_z).T.double().cpu() / share  # [d, n]
             with phase("solve"):
                 V = transform(i, module, ks.T.double().cpu())
             parts[module] = {"U": resid.float(), "V": V.float()}

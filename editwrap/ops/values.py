@@ -6,7 +6,7 @@ teacher-forced prefix) and of one KL prompt ("{subject} is a"); δ is optimised 
 predicts the target (NLL), keeps its next-token distribution on the KL prompt (KL), and stays
 small (weight decay + a norm clamp). The result is ``v* = v_init + δ``.
 
-Two exact speed-ups over running each fact's full prompts through the whole model each step:
+Three exact speed-ups over running each fact's full prompts through the whole model each step:
 
 * **Prefix cache.** Nothing before the subject's last token depends on δ (causal attention), so
   those positions are run once and kept as a KV cache; each step runs only the tail from the
@@ -14,23 +14,34 @@ Two exact speed-ups over running each fact's full prompts through the whole mode
   (explicit ``position_ids`` keep positions what they were). Used when every entry on the stack
   is a weight side-car; activation entries (WISE, GRACE, ...) may read the whole sequence, so
   with them on the stack the full forward runs instead.
+* **Lower blocks replayed.** The blocks below the patched module (and the patched block itself
+  when δ is added to its output, as for MEMIT's z) see the same inputs every step: their outputs
+  are recorded in the first step and returned as they are afterwards.
 * **Facts batched.** The facts' losses are independent and Adam is element-wise, so optimising
   the sum over a batch of facts gives each fact's δ exactly as alone. A fact whose loss falls
   below ``early_stop_loss`` is finished at that step (as alone) and its rows leave the batch.
 
-``v_prefix_cache=False`` / ``v_batch_facts=1`` give the plain path; tests pin both equal.
+``v_prefix_cache=False`` / ``v_replay_lower=False`` / ``v_batch_facts=1`` give the plain path;
+tests pin each combination equal to it.
+
+**Several modules** (PMET: the attention and the MLP output of one layer): ``module`` may be a
+sequence of names; each fact gets one δ per module, all added at the subject's last token and
+optimised jointly (weight decay summed over modules, each δ clamped against its own ``v_init``).
+The prefix cache stays exact because every module is patched only from the subject's last token on.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..facts import Fact
+from ..hparams.arch import arch_of
 from .hooks import frozen, patch_output
 from .profile import phase
 from .tokens import subject_last_index, target_ids
@@ -50,6 +61,13 @@ class ValueHparams(BaseModel):
     v_prefix_cache: bool = True
     #: facts optimised together in one batch (exact; bounds memory: rows = facts × (templates + 1))
     v_batch_facts: int = Field(8, ge=1)
+    #: run the blocks below the patched module once and replay their outputs (exact)
+    v_replay_lower: bool = True
+    #: NLL weight from the step after a fact's target became the argmax at every target position
+    #: (PMET's reference: 0.1, so the KL term then dominates); 1 keeps MEMIT's loss
+    nll_factor_at_argmax: float = Field(1.0, ge=0)
+    #: finish a fact once its target is the argmax and its weighted KL is at most this (PMET: 0.01)
+    stop_kl_at_argmax: float | None = Field(None, ge=0)
 
 
 def fill_template(template: str, prompt: str) -> str:
@@ -131,42 +149,105 @@ def _cache_kwarg(host: Any) -> str:
 
 
 def _reset_cache(cache: Any, keep: int) -> None:
-    """Back to the prefix: drop the step's tokens and cut the kept tensors off the step's graph
-    (a crop leaves views of the step's concatenated, graph-tracked tensors)."""
-    extra = cache.get_seq_length() - keep
-    if extra > 0:
-        cache.crop(-extra)  # negative: remove that many tokens (both transformers 4.x and 5.x)
+    """Back to the prefix, layer by layer (replayed layers never grew), and cut the kept tensors
+    off the step's graph (a slice of the step's concatenated tensors would keep it alive)."""
+    def cut(t: Any) -> Any:
+        return t[..., :keep, :].detach() if isinstance(t, torch.Tensor) and t.dim() >= 2 else t
+
     for layer in getattr(cache, "layers", None) or []:  # transformers 5.x
         for attr in ("keys", "values"):
-            t = getattr(layer, attr, None)
-            if isinstance(t, torch.Tensor):
-                setattr(layer, attr, t.detach())
+            if isinstance(getattr(layer, attr, None), torch.Tensor):
+                setattr(layer, attr, cut(getattr(layer, attr)))
     for attr in ("key_cache", "value_cache"):  # transformers 4.x
         ts = cache.__dict__.get(attr)
         if isinstance(ts, list):
-            ts[:] = [t.detach() for t in ts]
+            ts[:] = [cut(t) for t in ts]
 
 
-def optimize_values(host: Any, module: str, facts: Sequence[Fact], templates: Sequence[str], hp: ValueHparams
-                    ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, float]]]:
-    """v* for each fact at ``module``'s output: ``(v_star [n, d], v_init [n, d], infos)``."""
+class _Replay:
+    """The blocks below the patched module see the same inputs every step (the tokens from the
+    subject on, after a fixed prefix): run them once, then return their recorded outputs.
+
+    ``record()`` captures each block's output in the first step; ``replay(rows)`` makes the
+    blocks return it (the rows still in the batch) without computing. Forward hooks still run,
+    so only side-car stacks qualify (a hook on a block would apply twice)."""
+
+    def __init__(self, host: Any, module: str) -> None:
+        arch = arch_of(host)
+        layer = next((i for i in range(arch.n_layers) if module == arch.block_at(i)
+                      or module.startswith(arch.block_at(i) + ".")), None)
+        # the patched block itself replays too when the patch is on its output (its hooks add δ)
+        n = 0 if layer is None else layer + (module == arch.block_at(layer))
+        self.blocks = [host.get_submodule(arch.block_at(i)) for i in range(n)]
+        self.outputs: list[Any] = []
+
+    @contextlib.contextmanager
+    def record(self) -> Iterator[None]:
+        """Keep what each block's own ``forward`` returns (before any hook, e.g. the δ patch)."""
+        def recording(fwd: Any) -> Any:
+            def run(*a: Any, **k: Any) -> Any:
+                out = fwd(*a, **k)
+                self.outputs.append(tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in out)
+                                    if isinstance(out, tuple) else out.detach())
+                return out
+            return run
+
+        with _forwards(self.blocks, [recording(b.forward) for b in self.blocks]):
+            yield
+
+    @contextlib.contextmanager
+    def replay(self, rows: list[int], all_rows: bool) -> Iterator[None]:
+        def fixed(out: Any) -> Any:
+            if all_rows:
+                return out
+            if isinstance(out, tuple):
+                return (out[0][rows], *out[1:])
+            return out[rows]
+
+        with _forwards(self.blocks, [(lambda o: lambda *_a, **_k: o)(fixed(out)) for out in self.outputs]):
+            yield
+
+
+@contextlib.contextmanager
+def _forwards(modules: list[Any], fns: list[Any]) -> Iterator[None]:
+    """Set ``module.forward`` for a while; restore what was there (accelerate keeps its dispatch
+    hooks as an instance ``forward``, which must survive)."""
+    saved = [m.__dict__.get("forward") for m in modules]
+    try:
+        for m, fn in zip(modules, fns):
+            m.forward = fn
+        yield
+    finally:
+        for m, old in zip(modules, saved):
+            if old is None:
+                m.__dict__.pop("forward", None)
+            else:
+                m.forward = old
+
+
+def optimize_values(host: Any, module: Union[str, Sequence[str]], facts: Sequence[Fact], templates: Sequence[str],
+                    hp: ValueHparams) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, float]]]:
+    """v* for each fact at ``module``'s output: ``(v_star [n, d], v_init [n, d], infos)``; for a
+    sequence of ``m`` module names, one jointly optimised δ per module: ``[m, n, d]`` each."""
+    mods = [module] if isinstance(module, str) else list(module)
+    if not mods or len(set(mods)) < len(mods):
+        raise ValueError(f"optimize_values needs one or more distinct modules, got {module!r}")
+    if len({_out_dim(host, m) for m in mods}) > 1:
+        raise ValueError(f"modules {mods} differ in output width; their values cannot be stacked")
     with phase("value optimisation"):
-        return _optimize_all(host, module, facts, templates, hp)
+        stars, inits, infos = [], [], []
+        for i in range(0, len(facts), hp.v_batch_facts):
+            s, v0, inf = _optimize_batch(host, mods, facts[i:i + hp.v_batch_facts], templates, hp)
+            stars.append(s)
+            inits.append(v0)
+            infos += inf
+        v_star, v_init = torch.cat(stars, 1), torch.cat(inits, 1)
+    return (v_star[0], v_init[0], infos) if isinstance(module, str) else (v_star, v_init, infos)
 
 
-def _optimize_all(host: Any, module: str, facts: Sequence[Fact], templates: Sequence[str], hp: ValueHparams
-                  ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, float]]]:
-    stars, inits, infos = [], [], []
-    for i in range(0, len(facts), hp.v_batch_facts):
-        s, v0, inf = _optimize_batch(host, module, facts[i:i + hp.v_batch_facts], templates, hp)
-        stars.append(s)
-        inits.append(v0)
-        infos += inf
-    return torch.cat(stars), torch.cat(inits), infos
-
-
-def _optimize_batch(host: Any, module: str, facts: Sequence[Fact], templates: Sequence[str], hp: ValueHparams
+def _optimize_batch(host: Any, modules: list[str], facts: Sequence[Fact], templates: Sequence[str], hp: ValueHparams
                     ) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, float]]]:
+    """One batch of facts: ``(v_star [m, n, d], v_init [m, n, d], infos)``."""
     tok = host.tokenizer
     device = next(host.parameters()).device
     assert all(f.subject for f in facts)
@@ -174,8 +255,8 @@ def _optimize_batch(host: Any, module: str, facts: Sequence[Fact], templates: Se
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     use_cache = hp.v_prefix_cache and only_sidecars(host)
     enc, offset, p = _layout(rows, pad, use_cache, device)
-    n_f, per = len(facts), rows.n_rw + 1
-    d = _out_dim(host, module)
+    n_f, per, n_m = len(facts), rows.n_rw + 1, len(modules)
+    d = _out_dim(host, modules[0])
 
     # column of the subject's last token, and of each target-predicting position, per row
     subj_col = offset + torch.tensor(rows.subj)
@@ -189,8 +270,10 @@ def _optimize_batch(host: Any, module: str, facts: Sequence[Fact], templates: Se
             t_owner += [j] * len(tgt)
     kl_rows = [j * per + rows.n_rw for j in range(n_f)]
 
-    delta = torch.zeros(n_f, d, device=device, requires_grad=True)
-    v_init = torch.zeros(n_f, d, device=device)
+    delta = torch.zeros(n_m, n_f, d, device=device, requires_grad=True)
+    v_init = torch.zeros(n_m, n_f, d, device=device)
+    nll_w = [1.0] * n_f  # per-fact NLL weight (changes only with nll_factor_at_argmax != 1)
+    watch_argmax = hp.nll_factor_at_argmax != 1.0 or hp.stop_kl_at_argmax is not None
     v_star: list[torch.Tensor | None] = [None] * n_f
     infos: list[dict[str, float]] = [{} for _ in range(n_f)]
     active = list(range(n_f))  # facts still optimising, in batch order
@@ -213,14 +296,17 @@ def _optimize_batch(host: Any, module: str, facts: Sequence[Fact], templates: Se
             t_owner=torch.tensor([t_owner[i] for i in tk], device=device),
             n_t=len(tk))
 
-    def add_delta(out: torch.Tensor, _inp: Any) -> torch.Tensor:
-        if "init_done" not in state:  # v_init: the output at each fact's first ("{}") row, unpatched
-            first = [j * per for j in range(n_f)]
-            v_init.copy_(out[first, subj_col[first].to(device)].detach().float())
-            state["init_done"] = True
-        out = out.clone()
-        out[state["rows"], state["cols"]] = out[state["rows"], state["cols"]] + delta[state["owner"]].to(out.dtype)
-        return out
+    def add_delta(m: int) -> Any:
+        def add(out: torch.Tensor, _inp: Any) -> torch.Tensor:
+            if m not in state.setdefault("init_done", set()):  # v_init: each fact's "{}" row, unpatched
+                first = [j * per for j in range(n_f)]
+                v_init[m].copy_(out[first, subj_col[first].to(device)].detach().float())
+                state["init_done"].add(m)
+            out = out.clone()
+            at = (state["rows"], state["cols"])
+            out[at] = out[at] + delta[m][state["owner"]].to(out.dtype)
+            return out
+        return add
 
     with frozen(host):
         cache = None
@@ -232,15 +318,27 @@ def _optimize_batch(host: Any, module: str, facts: Sequence[Fact], templates: Se
                    "position_ids": enc["position_ids"][:, p:]}
             subj_col, t_cols = subj_col - p, [c - p for c in t_cols]
         select(active)
+        # the lowest patched module bounds the blocks that may be replayed
+        replay = min((_Replay(host, m) for m in modules), key=lambda r: len(r.blocks)) \
+            if hp.v_replay_lower and only_sidecars(host) else None
         init_kl: torch.Tensor | None = None
         opt = torch.optim.Adam([delta], lr=hp.v_lr)
-        with torch.enable_grad(), patch_output(host, module, add_delta):
+        with torch.enable_grad(), contextlib.ExitStack() as patches:
+            for m, name in enumerate(modules):
+                patches.enter_context(patch_output(host, name, add_delta(m)))
             for step in range(hp.v_num_grad_steps):
                 opt.zero_grad()
                 step_enc: dict[str, Any] = {k: v[state["keep"]] for k, v in enc.items()}
                 if cache is not None:
                     step_enc.update({_cache_kwarg(host): cache, "use_cache": True})
-                logits = logits_at(host, step_enc, state["sel_rows"], state["sel_cols"])
+                if replay is None:
+                    lower = contextlib.nullcontext()
+                elif step == 0:
+                    lower = replay.record()
+                else:
+                    lower = replay.replay(state["keep"], len(state["keep"]) == len(rows.ids))
+                with lower:
+                    logits = logits_at(host, step_enc, state["sel_rows"], state["sel_cols"])
                 if cache is not None:
                     _reset_cache(cache, p)
                 n_t = state["n_t"]
@@ -248,40 +346,45 @@ def _optimize_batch(host: Any, module: str, facts: Sequence[Fact], templates: Se
                 if init_kl is None:
                     init_kl = kl_logp.detach().clone()  # row j = fact j (all active at step 0)
                 tok_lp = torch.log_softmax(logits[:n_t], -1).gather(1, state["t_ids"][:, None]).squeeze(1)
+                hit = logits[:n_t].argmax(-1) == state["t_ids"] if watch_argmax else None
                 losses, parts = [], []
                 for a, j in enumerate(active):
                     n_tgt = len(rows.targets[j])
                     nll = -tok_lp[state["t_owner"] == j].view(rows.n_rw, n_tgt).sum(1).div(n_tgt).mean()
                     kl = hp.kl_factor * F.kl_div(init_kl[j:j + 1], kl_logp[a:a + 1], log_target=True,
                                                  reduction="batchmean")
-                    wd = hp.v_weight_decay * (delta[j].norm() / v_init[j].norm() ** 2)
-                    losses.append(nll + kl + wd)
+                    wd = sum(hp.v_weight_decay * (delta[m, j].norm() / v_init[m, j].norm() ** 2) for m in range(n_m))
+                    losses.append((nll if nll_w[j] == 1.0 else nll_w[j] * nll) + kl + wd)
                     parts.append((nll, kl))
                 still = []
                 for a, j in enumerate(active):
                     loss = losses[a].item()
                     infos[j] = {"loss": loss, "nll": parts[a][0].item(), "kl": parts[a][1].item(), "steps": step + 1,
                                 "target_prob": float(torch.exp(-parts[a][0].detach()))}
-                    if loss < hp.early_stop_loss or step == hp.v_num_grad_steps - 1:
-                        v_star[j] = (v_init[j] + delta[j].detach().float()).cpu()
+                    argmax = hit is not None and bool(hit[state["t_owner"] == j].all())
+                    done_kl = argmax and hp.stop_kl_at_argmax is not None and infos[j]["kl"] <= hp.stop_kl_at_argmax
+                    if loss < hp.early_stop_loss or done_kl or step == hp.v_num_grad_steps - 1:
+                        v_star[j] = (v_init[:, j] + delta[:, j].detach().float()).cpu()
                     else:
                         still.append(a)
+                    nll_w[j] = hp.nll_factor_at_argmax if argmax else 1.0  # from the next step on
                 if not still:
                     break
                 torch.stack([losses[a] for a in still]).sum().backward()
                 opt.step()
                 with torch.no_grad():
                     for j in (active[a] for a in still):
-                        max_norm = hp.clamp_norm_factor * v_init[j].norm()
-                        if delta[j].norm() > max_norm:
-                            delta[j].mul_(max_norm / delta[j].norm())
+                        for m in range(n_m):
+                            max_norm = hp.clamp_norm_factor * v_init[m, j].norm()
+                            if delta[m, j].norm() > max_norm:
+                                delta[m, j].mul_(max_norm / delta[m, j].norm())
                 if len(still) < len(active):  # finished facts leave the batch
                     old = {r: i for i, r in enumerate(state["keep"])}
                     active = [active[a] for a in still]
                     select(active)
                     if cache is not None:
                         cache.batch_select_indices(torch.tensor([old[r] for r in state["keep"]], device=device))
-    return torch.stack([v for v in v_star if v is not None]).float(), v_init.cpu(), infos
+    return torch.stack([v for v in v_star if v is not None], 1).float(), v_init.cpu(), infos
 
 
 def _out_dim(host: Any, module: str) -> int:
