@@ -76,3 +76,16 @@ def test_key_reading_stops_after_the_module_with_the_same_result(tiny_model):
     v_full = cap[module]["output"][rows, idx].view(3, 2, -1).mean(1)
     torch.testing.assert_close(k, k_full)
     torch.testing.assert_close(v, v_full)
+
+
+@pytest.mark.parametrize("method", ["ft-m", "ft-l"])
+def test_fine_tuning_fast_path_equals_the_plain_path(tiny_model, method):
+    """FT with the lower blocks replayed and only target positions projected: same delta."""
+    m = tiny_model
+    kw = dict(num_steps=5, lr=5e-3, early_stop_loss=0.0, norm_constraint=None, layers=[2])
+    plain = m.compute_edit(FACTS[:2], method=method, fast_path=False, **kw)
+    fast = m.compute_edit(FACTS[:2], method=method, fast_path=True, **kw)
+    for mod, part in plain.entry.parts.items():
+        assert part["D"].abs().max() > 0
+        torch.testing.assert_close(fast.entry.parts[mod]["D"], part["D"], rtol=1e-4, atol=1e-6)
+    assert fast.info["loss"] == pytest.approx(plain.info["loss"], rel=1e-4)

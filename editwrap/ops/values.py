@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..facts import Fact
-from ..hparams.arch import arch_of
 from .hooks import frozen, patch_output
+from .replay import ReplayBelow
 from .profile import phase
 from .tokens import subject_last_index, target_ids
 
@@ -164,67 +164,6 @@ def _reset_cache(cache: Any, keep: int) -> None:
             ts[:] = [cut(t) for t in ts]
 
 
-class _Replay:
-    """The blocks below the patched module see the same inputs every step (the tokens from the
-    subject on, after a fixed prefix): run them once, then return their recorded outputs.
-
-    ``record()`` captures each block's output in the first step; ``replay(rows)`` makes the
-    blocks return it (the rows still in the batch) without computing. Forward hooks still run,
-    so only side-car stacks qualify (a hook on a block would apply twice)."""
-
-    def __init__(self, host: Any, module: str) -> None:
-        arch = arch_of(host)
-        layer = next((i for i in range(arch.n_layers) if module == arch.block_at(i)
-                      or module.startswith(arch.block_at(i) + ".")), None)
-        # the patched block itself replays too when the patch is on its output (its hooks add δ)
-        n = 0 if layer is None else layer + (module == arch.block_at(layer))
-        self.blocks = [host.get_submodule(arch.block_at(i)) for i in range(n)]
-        self.outputs: list[Any] = []
-
-    @contextlib.contextmanager
-    def record(self) -> Iterator[None]:
-        """Keep what each block's own ``forward`` returns (before any hook, e.g. the δ patch)."""
-        def recording(fwd: Any) -> Any:
-            def run(*a: Any, **k: Any) -> Any:
-                out = fwd(*a, **k)
-                self.outputs.append(tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in out)
-                                    if isinstance(out, tuple) else out.detach())
-                return out
-            return run
-
-        with _forwards(self.blocks, [recording(b.forward) for b in self.blocks]):
-            yield
-
-    @contextlib.contextmanager
-    def replay(self, rows: list[int], all_rows: bool) -> Iterator[None]:
-        def fixed(out: Any) -> Any:
-            if all_rows:
-                return out
-            if isinstance(out, tuple):
-                return (out[0][rows], *out[1:])
-            return out[rows]
-
-        with _forwards(self.blocks, [(lambda o: lambda *_a, **_k: o)(fixed(out)) for out in self.outputs]):
-            yield
-
-
-@contextlib.contextmanager
-def _forwards(modules: list[Any], fns: list[Any]) -> Iterator[None]:
-    """Set ``module.forward`` for a while; restore what was there (accelerate keeps its dispatch
-    hooks as an instance ``forward``, which must survive)."""
-    saved = [m.__dict__.get("forward") for m in modules]
-    try:
-        for m, fn in zip(modules, fns):
-            m.forward = fn
-        yield
-    finally:
-        for m, old in zip(modules, saved):
-            if old is None:
-                m.__dict__.pop("forward", None)
-            else:
-                m.forward = old
-
-
 def optimize_values(host: Any, module: Union[str, Sequence[str]], facts: Sequence[Fact], templates: Sequence[str],
                     hp: ValueHparams) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, float]]]:
     """v* for each fact at ``module``'s output: ``(v_star [n, d], v_init [n, d], infos)``; for a
@@ -319,7 +258,7 @@ def _optimize_batch(host: Any, modules: list[str], facts: Sequence[Fact], templa
             subj_col, t_cols = subj_col - p, [c - p for c in t_cols]
         select(active)
         # the lowest patched module bounds the blocks that may be replayed
-        replay = min((_Replay(host, m) for m in modules), key=lambda r: len(r.blocks)) \
+        replay = min((ReplayBelow(host, m) for m in modules), key=lambda r: len(r.blocks)) \
             if hp.v_replay_lower and only_sidecars(host) else None
         init_kl: torch.Tensor | None = None
         opt = torch.optim.Adam([delta], lr=hp.v_lr)

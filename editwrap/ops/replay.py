@@ -1,0 +1,78 @@
+"""Run the frozen blocks below an edited module once per edit, then replay their outputs.
+
+Every method that optimises something at one layer (a value vector added to a module's output,
+a weight change of one projection) runs the same inputs through the blocks below that layer at
+every step; their outputs cannot change during the optimisation. :class:`ReplayBelow` records
+them in the first step and makes the blocks return them afterwards (exact, not approximate).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+
+from ..hparams.arch import arch_of
+
+__all__ = ["ReplayBelow"]
+
+
+class ReplayBelow:
+    """The blocks below the patched module see the same inputs every step (the tokens from the
+    subject on, after a fixed prefix): run them once, then return their recorded outputs.
+
+    ``record()`` captures each block's output in the first step; ``replay(rows)`` makes the
+    blocks return it (the rows still in the batch) without computing. Forward hooks still run,
+    so only side-car stacks qualify (a hook on a block would apply twice)."""
+
+    def __init__(self, host: Any, module: str) -> None:
+        arch = arch_of(host)
+        layer = next((i for i in range(arch.n_layers) if module == arch.block_at(i)
+                      or module.startswith(arch.block_at(i) + ".")), None)
+        # the patched block itself replays too when the patch is on its output (its hooks add δ)
+        n = 0 if layer is None else layer + (module == arch.block_at(layer))
+        self.blocks = [host.get_submodule(arch.block_at(i)) for i in range(n)]
+        self.outputs: list[Any] = []
+
+    @contextlib.contextmanager
+    def record(self) -> Iterator[None]:
+        """Keep what each block's own ``forward`` returns (before any hook, e.g. the δ patch)."""
+        def recording(fwd: Any) -> Any:
+            def run(*a: Any, **k: Any) -> Any:
+                out = fwd(*a, **k)
+                self.outputs.append(tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in out)
+                                    if isinstance(out, tuple) else out.detach())
+                return out
+            return run
+
+        with _forwards(self.blocks, [recording(b.forward) for b in self.blocks]):
+            yield
+
+    @contextlib.contextmanager
+    def replay(self, rows: list[int], all_rows: bool) -> Iterator[None]:
+        def fixed(out: Any) -> Any:
+            if all_rows:
+                return out
+            if isinstance(out, tuple):
+                return (out[0][rows], *out[1:])
+            return out[rows]
+
+        with _forwards(self.blocks, [(lambda o: lambda *_a, **_k: o)(fixed(out)) for out in self.outputs]):
+            yield
+
+
+@contextlib.contextmanager
+def _forwards(modules: list[Any], fns: list[Any]) -> Iterator[None]:
+    """Set ``module.forward`` for a while; restore what was there (accelerate keeps its dispatch
+    hooks as an instance ``forward``, which must survive)."""
+    saved = [m.__dict__.get("forward") for m in modules]
+    try:
+        for m, fn in zip(modules, fns):
+            m.forward = fn
+        yield
+    finally:
+        for m, old in zip(modules, saved):
+            if old is None:
+                m.__dict__.pop("forward", None)
+            else:
+                m.forward = old
