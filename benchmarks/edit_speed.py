@@ -24,19 +24,26 @@ from pathlib import Path
 
 from editwrap import EditableModel, state_dict_hash
 from editwrap.evals.datasets import load_dataset
-from editwrap.evals.metrics import token_accuracy
+from editwrap.evals.metrics import answer_tokens, locality_score, token_accuracy
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/knowedit/ZsRE.json"
 
 
-def run_single(model, facts, method: str) -> dict:
+def run_single(model, facts, method: str, hparams: dict | None = None) -> dict:
     h0 = state_dict_hash(model)
-    accs, reph, secs, pops, nbytes, exact = [], [], [], [], [], True
+    accs, reph, secs, cpus, pops, nbytes, locs, exact = [], [], [], [], [], [], [], True
+    hp = {k: v for k, v in (hparams or {}).items() if k in model.default_hparams(method).model_fields}
     for i, f in enumerate(facts):
-        t0 = time.perf_counter()
-        edit = model.edit(f, method=method)
+        probes = [p for ps in f.locality.values() for p in ps]
+        pre = answer_tokens(model, model.tokenizer, [p.prompt for p in probes], [p.answer for p in probes])
+        t0, c0 = time.perf_counter(), time.process_time()
+        edit = model.edit(f, method=method, **hp)
         secs.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
         accs.append(token_accuracy(model, model.tokenizer, [f.text_prompt], [f.target_new])[0])
+        if probes:
+            post = answer_tokens(model, model.tokenizer, [p.prompt for p in probes], [p.answer for p in probes])
+            locs.append(statistics.mean(locality_score(pre, post)))
         if f.rephrase:
             reph.append(token_accuracy(model, model.tokenizer, f.rephrase[:1], [f.target_new])[0])
         nbytes.append(edit.entry.nbytes())
@@ -48,7 +55,8 @@ def run_single(model, facts, method: str) -> dict:
     return {"method": method, "n": len(facts), "edit_succ": statistics.mean(accs),
             "rephrase": statistics.mean(reph) if reph else None,
             "frac_acc_ge_0.9": sum(a >= 0.9 for a in accs) / len(accs),
-            "s_per_edit": statistics.mean(secs), "pop_ms": 1000 * statistics.mean(pops),
+            "s_per_edit": statistics.mean(secs), "cpu_s_per_edit": statistics.mean(cpus),
+            "locality": statistics.mean(locs) if locs else None, "hparams": hp, "pop_ms": 1000 * statistics.mean(pops),
             "bytes_per_entry": int(statistics.mean(nbytes)), "pop_bit_exact": exact, "per_record_acc": accs}
 
 
@@ -109,12 +117,15 @@ def profile_table(rows: list[dict]) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| method | n | Edit Succ. | rephrase | s / edit | pop (ms) | bytes / entry | pop bit-exact |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = ["| method | hparams | n | Edit Succ. | rephrase | locality | s / edit | CPU-s / edit | pop (ms) | bytes / entry "
+           "| pop bit-exact |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         reph = f"{r['rephrase']:.3f}" if r.get("rephrase") is not None else "-"
-        out.append(f"| {r['method']} | {r['n']} | {r['edit_succ']:.3f} | {reph} | {r['s_per_edit']:.2f} | "
-                   f"{r['pop_ms']:.2f} | {r['bytes_per_entry']:,} | {r['pop_bit_exact']} |")
+        loc = f"{r['locality']:.3f}" if r.get("locality") is not None else "-"
+        cpu = f"{r['cpu_s_per_edit']:.2f}" if r.get("cpu_s_per_edit") is not None else "-"
+        hp = ", ".join(f"{k}={v}" for k, v in (r.get("hparams") or {}).items()) or "defaults"
+        out.append(f"| {r['method']} | {hp} | {r['n']} | {r['edit_succ']:.3f} | {reph} | {loc} | {r['s_per_edit']:.2f} | "
+                   f"{cpu} | {r['pop_ms']:.2f} | {r['bytes_per_entry']:,} | {r['pop_bit_exact']} |")
     return "\n".join(out)
 
 
@@ -127,7 +138,8 @@ def main() -> None:
     ap.add_argument("--indices", default="", help="only these record indices (comma-separated), e.g. to re-run a few")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--profile", default="", help="per-phase CPU time of one edit per method[:batch], e.g. rome,memit:10")
-    ap.add_argument("--hparam", action="append", default=[], help="override for --profile: name=value (JSON value)")
+    ap.add_argument("--hparam", action="append", default=[],
+                    help="hyperparameter override (name=JSON value), e.g. v_num_grad_steps=12: a measured trade-off")
     args = ap.parse_args()
     model = EditableModel.from_pretrained()
     if args.profile:
@@ -144,8 +156,9 @@ def main() -> None:
     facts = list(load_dataset("zsre", args.data, n=max([args.n] + [int(b) for b in args.batches.split(",") if b])))
     single = [facts[int(i)] for i in args.indices.split(",")] if args.indices else facts[:args.n]
     rows = []
+    hp = {k: json.loads(v) for k, v in (h.split("=", 1) for h in args.hparam)}
     for m in [x for x in args.methods.split(",") if x]:
-        rows.append(run_single(model, single, m))
+        rows.append(run_single(model, single, m, hp))
         print(table(rows[-1:]), flush=True)
     for b in [int(x) for x in args.batches.split(",") if x]:
         rows.append(run_batch(model, facts, b))

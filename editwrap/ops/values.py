@@ -174,14 +174,25 @@ def optimize_values(host: Any, module: Union[str, Sequence[str]], facts: Sequenc
     if len({_out_dim(host, m) for m in mods}) > 1:
         raise ValueError(f"modules {mods} differ in output width; their values cannot be stacked")
     with phase("value optimisation"):
+        # facts with similar tails (tokens from the subject on) share a batch: less padding
+        order = sorted(range(len(facts)), key=lambda i: _tail_length(host.tokenizer, facts[i]))
         stars, inits, infos = [], [], []
         for i in range(0, len(facts), hp.v_batch_facts):
-            s, v0, inf = _optimize_batch(host, mods, facts[i:i + hp.v_batch_facts], templates, hp)
+            s, v0, inf = _optimize_batch(host, mods, [facts[j] for j in order[i:i + hp.v_batch_facts]], templates, hp)
             stars.append(s)
             inits.append(v0)
             infos += inf
-        v_star, v_init = torch.cat(stars, 1), torch.cat(inits, 1)
+        back = torch.tensor(sorted(range(len(order)), key=order.__getitem__))
+        v_star, v_init = torch.cat(stars, 1)[:, back], torch.cat(inits, 1)[:, back]
+        infos = [infos[k] for k in back.tolist()]
     return (v_star[0], v_init[0], infos) if isinstance(module, str) else (v_star, v_init, infos)
+
+
+def _tail_length(tok: Any, fact: Fact) -> int:
+    """Tokens of the prompt from the subject's last token on, plus the target's."""
+    prompt = fact.text_prompt
+    return len(tok(prompt)["input_ids"]) - subject_last_index(tok, prompt, fact.subject) + \
+        len(target_ids(tok, fact.target_new))
 
 
 def _optimize_batch(host: Any, modules: list[str], facts: Sequence[Fact], templates: Sequence[str], hp: ValueHparams
