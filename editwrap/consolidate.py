@@ -47,6 +47,9 @@ def _check(chosen: Sequence[Edit], method: str) -> None:
     if not chosen:
         raise StackError("nothing to consolidate: no MEMIT/AlphaEdit entries with stored target values on the stack")
     for e in chosen:
+        if e.method not in RESOLVABLE:  # e.g. PMET's z is an MLP-output target, not a block output
+            raise StackError(f"edit {e.id} ({e.method}) cannot be consolidated: only {'/'.join(RESOLVABLE)} entries "
+                             "store block-output target values; pop or remove it instead")
         if "z" not in getattr(e.entry, "aux", {}):
             raise StackError(f"edit {e.id} ({e.method}) stores no target values (aux['z']); only "
                              f"{'/'.join(RESOLVABLE)} entries can be consolidated; pop or remove it instead")

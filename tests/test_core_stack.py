@@ -197,14 +197,25 @@ def test_transactional_on_nonfinite_and_exceptions(tiny_llama, monkeypatch):
         m.push(bad)
     from editwrap.methods import ft
 
-    def boom(*a, **k):
-        raise RuntimeError("simulated failure mid-compute")
+    calls = []
 
-    monkeypatch.setattr(ft, "_loss", boom)
-    with pytest.raises(RuntimeError, match="simulated"):
-        m.edit(FACT, method="ft-m", num_steps=2)
+    def failing_second_call(real):  # the second step fails (on the fast path: while blocks are replayed)
+        def run(*a, **k):
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("simulated failure mid-compute")
+            return real(*a, **k)
+        return run
+
+    monkeypatch.setattr(ft, "edit_loss_at_targets", failing_second_call(ft.edit_loss_at_targets))
+    monkeypatch.setattr(ft, "_loss", failing_second_call(ft._loss))
+    for fast in (True, False):
+        calls.clear()
+        with pytest.raises(RuntimeError, match="simulated"):
+            m.edit(FACT, method="ft-m", num_steps=3, early_stop_loss=0.0, fast_path=fast)
     assert len(m.stack) == 0 and state_dict_hash(m) == h0 and torch.equal(logits(m), l0)
     assert not any(mod._forward_hooks for mod in m.modules())
+    assert not any("forward" in mod.__dict__ for mod in m.modules()), "no replayed forward left behind"
     assert all(p.requires_grad for p in m.parameters()), "requires_grad flags restored"
 
 
