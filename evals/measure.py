@@ -17,6 +17,12 @@ metrics record using only :mod:`editwrap.evals.metrics`:
 
 Prompts go through ``model._route`` (else ``model._prepare_text``) so text-plane edits (IKE prompts,
 SERAC caches routing to a counterfactual model) are seen by the scorer.
+
+``pre_many`` / ``post_many`` give the records of ``pre`` / ``post`` for many items at once: a fact
+record's scoring is a generator of metric requests (:mod:`editwrap.evals.batching`), and the
+requests of all items are merged into full batches. ``pre``/``post`` are the one-item case.
+ConvSent, Sanitation and fluency stay per item (float-valued or long generations; rare in
+sequential runs).
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from typing import Any, Sequence
 
 from editwrap.facts import Fact, Probe
 
+from .batching import RecordGen, Request, drive
 from .datasets import ConvSentRecord
 from .generation import DEFAULT_MARGIN, answer_budget, generate_answers, locality_match, score_answers
 from .metrics import (answer_tokens, continuation_logprob_dists, convsent_success, fluency,
@@ -95,10 +102,30 @@ class Scorer:
                 out[i] = v
         return out
 
+    def _run(self, req: Request) -> list[Any]:
+        """One merged request through :meth:`_on`, rows sorted by length (less padding per batch;
+        each row's result does not depend on its batch); generation time goes to ``gen_seconds``."""
+        order = sorted(range(len(req.texts)), key=lambda i: len(req.texts[i]))
+        t0 = time.time()
+        res = self._on(req.fn, [req.texts[i] for i in order], *[[c[i] for i in order] for c in req.cols], **req.kwargs)
+        if req.fn is generate_answers:
+            self.gen_seconds += time.time() - t0
+        out: list[Any] = [None] * len(order)
+        for i, v in zip(order, res):
+            out[i] = v
+        return out
+
     # ---- before the edit ------------------------------------------------------------------------
     def pre(self, item: Any) -> dict[str, Any]:
         """What ``post`` compares against, measured on the model before the item's edit."""
-        if isinstance(item, ConvSentRecord):
+        return self.pre_many([item])[0]
+
+    def pre_many(self, items: Sequence[Any]) -> list[dict[str, Any]]:
+        """``[pre(x) for x in items]``, with the fact records' forwards and generations merged."""
+        return drive([self._pre(x) for x in items], self._run)
+
+    def _pre(self, item: Any) -> RecordGen:
+        if isinstance(item, ConvSentRecord):  # per record: float results, kept on their own batches
             ctx, rep, _ = item.inner_qa()
             octx, orep = item.outer_qa()
             return {"inner": self._on(token_logprobs, ctx, rep), "outer": self._on(continuation_logprob_dists, octx, orep)}
@@ -107,78 +134,87 @@ class Scorer:
                 self._retain_pre = self._generate([p.prompt for p in self.retain])
             return {}
         probes = [(k, p) for k, ps in item.locality.items() for p in ps]
+        reqs = [Request(answer_tokens, [p.prompt for _, p in probes], ([p.answer for _, p in probes],))]
+        if self.generation:
+            reqs.append(self._answers([item.text_prompt, *(p.prompt for _, p in probes)],
+                                      [item.target_new, *(p.answer for _, p in probes)]))
+        got = yield reqs
         rec: dict[str, Any] = {"locality": {}}
         if self.generation:
-            rec["generation"] = self._generation_pre(item, probes)
-        if not probes:
-            return rec
-        toks = self._on(answer_tokens, [p.prompt for _, p in probes], [p.answer for _, p in probes])
-        for (k, _), t in zip(probes, toks):
+            ans, loc = got[1], {}
+            for (k, _), a in zip(probes, ans[1:]):
+                loc.setdefault(k, []).append(a)
+            rec["generation"] = {"rewrite": ans[0], "locality": loc}
+        for (k, _), t in zip(probes, got[0]):
             rec["locality"].setdefault(k, []).append(t)
         return rec
 
     # ---- after the edit -------------------------------------------------------------------------
     def post(self, item: Any, pre: dict[str, Any]) -> dict[str, Any]:
         """The metrics record (JSON-ready; NaN written as null) for an item whose edit is applied."""
+        return self.post_many([item], [pre])[0]
+
+    def post_many(self, items: Sequence[Any], pres: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``[post(x, p) for x, p in zip(items, pres)]``, with the fact records' forwards and
+        generations merged into full batches (:mod:`editwrap.evals.batching`): the same records."""
+        if len(items) != len(pres):
+            raise ValueError(f"{len(items)} items but {len(pres)} pre records")
+        return drive([self._post(x, p) for x, p in zip(items, pres)], self._run)
+
+    def _post(self, item: Any, pre: dict[str, Any]) -> RecordGen:
         if isinstance(item, ConvSentRecord):
             rec = self._convsent(item, pre)
         elif self.sanitation:
             rec = self._sanitation(item)
         else:
-            rec = self._fact(item, pre)
-        if self.with_fluency:
+            rec = yield from self._fact(item, pre)
+        if self.with_fluency:  # per record: one long generation each
             prompt = item.question if isinstance(item, ConvSentRecord) else item.text_prompt
             text, m = self.model._route(prompt) if hasattr(self.model, "_route") else (prompt, self.model)
             rec["fluency"] = {"ngram_entropy": fluency(m, self.tok, [text], self.fluency_tokens)}
         return _nan_to_none(rec)
 
-    def _fact(self, f: Fact, pre: dict[str, Any]) -> dict[str, Any]:
-        # one batched teacher-forced pass for rewrite, rephrase and portability probes
+    def _fact(self, f: Fact, pre: dict[str, Any]) -> RecordGen:
+        """Rewrite, rephrase and portability accuracies, locality tokens and, with ``generation``,
+        the greedy answers of all those prompts: requested together, so they batch with other records'."""
         rows: list[tuple[str, str | None, str, str]] = [("rewrite_acc", None, f.text_prompt, f.target_new)]
         rows += [("rephrase_acc", None, r, f.target_new) for r in f.rephrase]
         rows += [("portability", k, p.prompt, p.answer) for k, ps in f.portability.items() for p in ps]
-        accs = self._on(token_accuracy, [r[2] for r in rows], [r[3] for r in rows])
+        probes = [(k, p) for k, ps in f.locality.items() for p in ps]
+        gen_pre = pre.get("generation") if self.generation else None
+        loc_probes = probes if gen_pre is not None else []  # no unedited answers: no generated locality
+        reqs = [Request(token_accuracy, [r[2] for r in rows], ([r[3] for r in rows],)),
+                Request(answer_tokens, [p.prompt for _, p in probes], ([p.answer for _, p in probes],))]
+        if self.generation:
+            reqs.append(self._answers([r[2] for r in rows] + [p.prompt for _, p in loc_probes],
+                                      [r[3] for r in rows] + [p.answer for _, p in loc_probes]))
+        got = yield reqs
         rec: dict[str, Any] = {"rewrite_acc": [], "portability": {}, "locality": {}}
-        for (section, key, _, _), a in zip(rows, accs):
+        for (section, key, _, _), a in zip(rows, got[0]):
             if key is None:
                 rec.setdefault(section, []).append(a)
             else:
                 rec[section].setdefault(key, []).append(a)
-        probes = [(k, p) for k, ps in f.locality.items() for p in ps]
         if probes:
-            post = self._on(answer_tokens, [p.prompt for _, p in probes], [p.answer for _, p in probes])
             grouped: dict[str, list] = {}
-            for (k, _), t in zip(probes, post):
+            for (k, _), t in zip(probes, got[1]):
                 grouped.setdefault(k, []).append(t)
             rec["locality"] = {k: locality_score(pre["locality"][k], v) for k, v in grouped.items()}
         if self.generation:
-            rec["generation"] = self._generation_post(f, rows, probes, pre.get("generation"))
+            rec["generation"] = self._generation_post(rows, loc_probes, got[2], gen_pre)
         return rec
 
     # ---- generated answers (editwrap.evals.generation) ------------------------------------------
-    def _answers(self, prompts: Sequence[str], targets: Sequence[str]) -> list[str]:
-        """Greedy answers through ``_on`` (text-plane entries seen); the budget is set per probe
-        from its target, so pre and post answers to one prompt get the same budget."""
+    def _answers(self, prompts: Sequence[str], targets: Sequence[str]) -> Request:
+        """Greedy answers (through ``_on``: text-plane entries seen); the budget is set per probe
+        from its target, so pre and post answers to one prompt get the same budget, and a row's
+        answer does not depend on the other rows of its batch."""
         budgets = [answer_budget(self.tok, p, t, self.gen_margin) for p, t in zip(prompts, targets)]
-        return self._on(generate_answers, prompts, budgets, chat_template=self.chat_template)
+        return Request(generate_answers, list(prompts), (budgets,), {"chat_template": self.chat_template})
 
-    def _generation_pre(self, f: Fact, probes: list[tuple[str, Probe]]) -> dict[str, Any]:
-        t0 = time.time()
-        ans = self._answers([f.text_prompt, *(p.prompt for _, p in probes)],
-                            [f.target_new, *(p.answer for _, p in probes)])
-        loc: dict[str, list[str]] = {}
-        for (k, _), a in zip(probes, ans[1:]):
-            loc.setdefault(k, []).append(a)
-        self.gen_seconds += time.time() - t0
-        return {"rewrite": ans[0], "locality": loc}
-
-    def _generation_post(self, f: Fact, rows: list[tuple[str, str | None, str, str]],
-                         probes: list[tuple[str, Probe]], pre: dict[str, Any] | None) -> dict[str, Any]:
-        """One batched generation for the rewrite, rephrase, portability and locality prompts."""
-        t0 = time.time()
-        loc_probes = probes if pre is not None else []  # no unedited answers: no generated locality
-        ans = self._answers([r[2] for r in rows] + [p.prompt for _, p in loc_probes],
-                            [r[3] for r in rows] + [p.answer for _, p in loc_probes])
+    def _generation_post(self, rows: list[tuple[str, str | None, str, str]], loc_probes: list[tuple[str, Probe]],
+                         ans: list[str], pre: dict[str, Any] | None) -> dict[str, Any]:
+        """The ``generation`` block from the answers to the rows' and locality prompts."""
         scored = score_answers(ans[:len(rows)], [r[3] for r in rows])
         gen: dict[str, Any] = {"rewrite": {}, "portability": {}, "locality": {}}
         for i, (section, key, _, _) in enumerate(rows):
@@ -193,7 +229,6 @@ class Scorer:
         if pre is not None:
             gen["rewrite"]["answer_pre"] = [pre["rewrite"]]
             gen["locality"] = {k: locality_match(pre["locality"][k], v) for k, v in post.items()}
-        self.gen_seconds += time.time() - t0
         self.gen_records += 1
         return gen
 

@@ -136,13 +136,14 @@ def _run_edits(model: Any, scorer: Scorer, items: list, sources: list, method: s
         edit = model.compute_edit([item_fact(items[i]) for i in chunk], method, hparams=hp)
         t_edit = time.time() - t0
         times.append(t_edit)
-        pres = {i: scorer.pre(items[i]) for i in chunk if not log.has(i)}
+        todo = [i for i in chunk if not log.has(i)]
+        pres = scorer.pre_many([items[i] for i in todo])
         model.push(edit)
-        posts = {}
         try:
-            for i, pre in pres.items():
-                t1 = time.time()
-                posts[i] = (scorer.post(items[i], pre), round(time.time() - t1 + t_edit / len(chunk), 3))
+            t1 = time.time()
+            got = scorer.post_many([items[i] for i in todo], pres)  # the chunk's facts in merged batches
+            secs = round((time.time() - t1) / max(1, len(todo)) + t_edit / len(chunk), 3)
+            posts = {i: (post, secs) for i, post in zip(todo, got)}
         finally:
             model.pop()
         exact = state_dict_hash(model) == h0 and torch.equal(_probe_logits(model), probe)
@@ -175,6 +176,19 @@ def _data_sha256(data: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _hparams_differ(method: str, old: dict, new: dict) -> bool:
+    """A field the old run did not record (added to the method since) counts as equal when the
+    new run keeps its default: resuming an older run stays possible after such additions."""
+    fields = get_method(method).Hparams.model_fields
+    for k, v in new.items():
+        if k in old:
+            if old[k] != v:
+                return True
+        elif k not in fields or fields[k].get_default(call_default_factory=True) != v:
+            return True
+    return any(k not in new for k in old)
+
+
 def _check_meta(path: Path, meta: dict, overwrite: bool, results: Path) -> None:
     if path.exists() and not overwrite:
         old = json.loads(path.read_text(encoding="utf-8"))
@@ -186,6 +200,8 @@ def _check_meta(path: Path, meta: dict, overwrite: bool, results: Path) -> None:
                 return False
             if k in _LEGACY and k not in old:
                 return _LEGACY[k] != meta[k]
+            if k == "hparams" and isinstance(old.get(k), dict):
+                return _hparams_differ(meta["method"], old[k], meta[k])
             return old.get(k) != meta[k]
 
         diff = [k for k in meta if differs(k)]

@@ -3,7 +3,9 @@
 Before any edit, the ``pre`` measurements (locality answer tokens) of every record are taken on
 the unedited model, so locality at every checkpoint is "unchanged vs the base model". At a
 checkpoint ``c`` every fact edited so far (records ``0..c-1``) is measured on the current stack
-(retention = rewrite accuracy of old edits). At the end all the run's edits are popped and
+(retention = rewrite accuracy of old edits), :data:`SCORE_CHUNK` records at a time through
+``Scorer.post_many`` (the same records as one by one, in few full batches; a line's ``seconds`` is
+its share of its chunk's time). At the end all the run's edits are popped and
 ``state_dict_hash`` must equal the starting one (``bit_exact`` in the summary; a warning if not).
 
 Resuming: lines are keyed by (checkpoint, index). Measurements already written are skipped. With
@@ -26,7 +28,11 @@ from editwrap.stack import StackError, load_stack_dir, save_stack_dir
 
 from .measure import Scorer, item_fact
 
-__all__ = ["run_sequential"]
+__all__ = ["run_sequential", "SCORE_CHUNK"]
+
+# Records scored together at a checkpoint (Scorer.post_many merges their forwards into full
+# batches); a chunk's lines are written when it is done, so an interruption loses at most one chunk.
+SCORE_CHUNK = 64
 
 
 def _saved_edits(model: Any, stack_dir: Path | None, items: list, limit: int) -> list:
@@ -65,7 +71,7 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
         return {"bit_exact": None, "edit_times": [], "replayed": 0}
 
     start_hash, start_len = state_dict_hash(model), len(model.stack)
-    pre = [scorer.pre(items[i]) for i in range(last_needed)]  # all on the unedited base
+    pre = scorer.pre_many(items[:last_needed])  # all on the unedited base, in merged batches
     times: list[float] = []
     norms: dict[str, dict[str, float]] = {}  # checkpoint -> module -> ‖ΣΔW‖/‖W‖
     stack_dir = Path(stack_dir) if stack_dir is not None else None
@@ -90,14 +96,15 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
             if stack_dir is not None and c > n_saved:
                 save_stack_dir(model.stack.edits[start_len:], stack_dir, model)
             pushed = c
-            for i in range(c):
-                if log.has(c, i):
-                    continue
+            todo = [i for i in range(c) if not log.has(c, i)]
+            for k in range(0, len(todo), SCORE_CHUNK):
+                idx = todo[k:k + SCORE_CHUNK]
                 t1 = time.time()
-                post = scorer.post(items[i], pre[i])
-                log.write(_line(i, items[i], sources[i], post, checkpoint=c, n_edits=c,
-                                seconds=round(time.time() - t1, 3)))
-                bar.update(1)
+                posts = scorer.post_many([items[i] for i in idx], [pre[i] for i in idx])
+                secs = round((time.time() - t1) / len(idx), 3)  # the record's share of its chunk
+                for i, post in zip(idx, posts):
+                    log.write(_line(i, items[i], sources[i], post, checkpoint=c, n_edits=c, seconds=secs))
+                    bar.update(1)
     finally:
         while len(model.stack) > start_len:
             model.pop()

@@ -74,17 +74,23 @@ def test_inexact_pop_is_reported(tiny_llama, tmp_path, monkeypatch):
 
 
 def _interrupt_after(monkeypatch, k):
+    """Interrupt the scoring call that would measure more than ``k`` records in all; sequential
+    checkpoints are scored 2 records at a time (sequential.SCORE_CHUNK), so a checkpoint can be
+    cut in the middle."""
+    from editwrap.evals import sequential
+
     calls = {"n": 0}
-    real = Scorer.post
+    real = Scorer.post_many
+    monkeypatch.setattr(sequential, "SCORE_CHUNK", 2)
 
-    def post(self, item, pre):
-        if calls["n"] >= k:
+    def post_many(self, items, pres):
+        if calls["n"] + len(items) > k:
             raise KeyboardInterrupt("simulated interruption")
-        calls["n"] += 1
-        return real(self, item, pre)
+        calls["n"] += len(items)
+        return real(self, items, pres)
 
-    monkeypatch.setattr(Scorer, "post", post)
-    return lambda: monkeypatch.setattr(Scorer, "post", real)
+    monkeypatch.setattr(Scorer, "post_many", post_many)
+    return lambda: monkeypatch.setattr(Scorer, "post_many", real)
 
 
 @pytest.mark.parametrize("mode", ["single", "batch"])
@@ -401,7 +407,7 @@ def test_readme_results_splices_report_sections():
 
 @pytest.mark.parametrize("mode", ["single", "sequential"])
 def test_generation_metrics_in_lines_summary_and_report(tiny_llama, tmp_path, mode):
-    """Generated-answer scores ride along in every mode (sequential goes through Scorer.pre/post)."""
+    """Generated-answer scores ride along in every mode (sequential goes through Scorer.pre_many/post_many)."""
     s = _run(tiny_llama, tmp_path, n=3, mode=mode, checkpoints=[2])
     lines = _lines(tmp_path / f"zsre-ft-m-{mode}.jsonl")
     assert len(lines) == (3 if mode == "single" else 5)
@@ -461,3 +467,17 @@ def test_sequential_run_with_periodic_consolidation(tiny_llama, tmp_path):
     assert s["bit_exact"] is True and s["consolidate_every"] == 2 and set(s["checkpoints"]) == {"2", "4"}
     assert (tmp_path / "zsre-memit-sequential-consolidated2.jsonl").exists()
     assert state_dict_hash(tiny_llama) == h0 and len(tiny_llama.stack) == 0
+
+
+def test_resume_accepts_hparams_added_since_with_their_defaults(tiny_llama, tmp_path):
+    """A run recorded before a method gained a field resumes when the field keeps its default."""
+    _run(tiny_llama, tmp_path, n=2)
+    meta_path = tmp_path / "zsre-ft-m-single.meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["hparams"].pop("fast_path")
+    meta_path.write_text(json.dumps(meta))
+    assert _run(tiny_llama, tmp_path, n=3)["metrics"]["n"] == 3
+    meta["hparams"]["num_steps"] = 99  # a recorded field that differs is still refused
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="hparams"):
+        _run(tiny_llama, tmp_path, n=3)
