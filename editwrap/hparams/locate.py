@@ -10,24 +10,16 @@ from typing import Any
 
 from pydantic import Field
 
+from ..ops.values import ValueFields
 from .base import HparamsBase
 from .arch import arch_of
 
 __all__ = ["RomeHparams", "MemitHparams", "AlphaEditHparams", "PmetHparams"]
 
 
-class _Shared(HparamsBase):
-    # value (v*) optimisation, see editwrap.ops.keys.optimize_value
-    v_num_grad_steps: int = Field(25, ge=1)
-    v_lr: float = Field(0.5, gt=0)
-    v_weight_decay: float = Field(1e-3, ge=0)
-    kl_factor: float = Field(0.0625, ge=0)
-    clamp_norm_factor: float = Field(4.0, gt=0)
-    early_stop_loss: float = Field(0.05, ge=0)
-    #: exact speed-ups of the value optimisation (editwrap.ops.values): a cached prefix, facts batched
-    v_prefix_cache: bool = True
-    v_batch_facts: int = Field(8, ge=1)
-    v_replay_lower: bool = True
+class _Shared(HparamsBase, ValueFields):
+    # value (v*) optimisation fields (v_lr, v_num_grad_steps, ..., the exact speed-up switches)
+    # come from editwrap.ops.values.ValueFields
     # context templates: (tokens, count) pairs of generated prefixes
     context_templates: list[tuple[int, int]] = Field(default_factory=lambda: [(10, 5)])
     #: norm control: scale a new edit down so each edited module's summed side-car delta stays within

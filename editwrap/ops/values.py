@@ -46,11 +46,13 @@ from .replay import ReplayBelow
 from .profile import phase
 from .tokens import subject_last_index, target_ids
 
-__all__ = ["ValueHparams", "optimize_values", "logits_at", "fill_template", "only_sidecars"]
+__all__ = ["ValueHparams", "ValueFields", "optimize_values", "logits_at", "fill_template", "only_sidecars"]
 
 
-class ValueHparams(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class ValueFields(BaseModel):
+    """The value optimisation's hyperparameters, declared once: the methods' pydantic hparams
+    inherit them (``editwrap.hparams.locate``), :class:`ValueHparams` reads them back."""
+
     v_num_grad_steps: int = Field(25, ge=1)
     v_lr: float = Field(0.5, gt=0)
     v_weight_decay: float = Field(1e-3, ge=0)
@@ -68,6 +70,12 @@ class ValueHparams(BaseModel):
     nll_factor_at_argmax: float = Field(1.0, ge=0)
     #: finish a fact once its target is the argmax and its weighted KL is at most this (PMET: 0.01)
     stop_kl_at_argmax: float | None = Field(None, ge=0)
+
+
+class ValueHparams(ValueFields):
+    """The value fields of any method's hparams (``ValueHparams(**hp.model_dump())``)."""
+
+    model_config = ConfigDict(extra="ignore")
 
 
 def fill_template(template: str, prompt: str) -> str:
