@@ -36,7 +36,8 @@ merged = model.stack.consolidate()  # one joint solve from the stored target val
 print(f"consolidated {merged.info['consolidated']} into {merged.id} holding {len(merged.facts)} facts:",
       acc(BATCH1 + BATCH2))
 model.stack.retract(BATCH2[1])  # re-solved without it
-print(f"after retracting {BATCH2[1].prompt!r}: {len(model.stack[0].facts)} facts left:", acc(BATCH1 + BATCH2[:1]))
+print(f"after retracting {BATCH2[1].prompt!r}: {len(model.stack[0].facts)} facts left:", acc(BATCH1 + BATCH2[:1]),
+      "| the retracted fact:", acc(BATCH2[1:]))
 print(model.generate_text(BATCH1[0].prompt, max_new_tokens=4))
 
 model.stack.save(out)

@@ -164,3 +164,20 @@ def test_rome_edit_generation_metrics_in_jsonl_and_summary(embedded, tmp_path):
     assert s["generation"] == {"margin": 8, "chat_template": False} and s["generation_seconds_per_line"] > 0
     assert "| Edit Succ. (generated) | 100.00 |" in (tmp_path / "zsre-rome-single.md").read_text()
     assert len(embedded.stack) == 0 and state_dict_hash(embedded) == h0
+
+
+@pytest.mark.slow
+def test_lifelong_stack_example(tmp_path):
+    """examples/lifelong_stack.py: two AlphaEdit batches (the second protects the first's keys),
+    a joint re-solve, a retraction, a saved stack reloaded, and the base model back bit-exact."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "lifelong_stack.py"
+    res = subprocess.run([sys.executable, str(script), str(tmp_path / "stack")], capture_output=True, text=True,
+                         timeout=1200)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    out = res.stdout
+    assert "second edit protected the keys of ['" in out and "holding 4 facts" in out
+    assert "3 facts left" in out and "reloaded stack: [('alphaedit', 3)]" in out and "bit-exact = True" in out
