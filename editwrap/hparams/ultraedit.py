@@ -28,6 +28,8 @@ class UltraEditHparams(HparamsBase):
     layers: list[int] = Field(default_factory=lambda: [24, 25, 26, 27], min_length=1)
     #: step size: each answer position asks for an output change ``-lr·‖k̂‖²·ĝ``
     lr: float = Field(2e-3, gt=0)
+    #: norm control: cap each module's summed side-car delta at this multiple of ‖W‖_F (editwrap.ops.norms)
+    max_delta_norm: float | None = Field(None, gt=0)
     #: ridge λ of the least-squares solve ``ΔW = Vᵀ(K M Kᵀ + λI)⁻¹K M`` (the reference: M = I, λ = 1;
     #: raw SmolLM2 keys have ``‖k‖² ≈ 700``, whitened ones ``kᵀS⁻¹k ≈ d_in``, so 1 or 10 barely differ)
     ridge: float = Field(10.0, gt=0)
