@@ -50,7 +50,9 @@ def _fmt(v: Any) -> str:
 
 def _labels(runs: Sequence[dict]) -> list[str]:
     """Column names: the method, plus the model / folder where needed to tell columns apart."""
-    labels = [r["method"] + (f" ({r['trained_on']} ⇒)" if r.get("trained_on") else "") for r in runs]
+    labels = [r["method"] + (f" ({r['trained_on']} ⇒)" if r.get("trained_on") else "")
+              + (f" ×{r['batch_size']}/edit" if r.get("mode") == "sequential" and (r.get("batch_size") or 1) > 1 else "")
+              + (f" +consolidate/{r['consolidate_every']}" if r.get("consolidate_every") else "") for r in runs]
     if len({Path(str(r.get("model") or "")).name for r in runs}) > 1:  # the same model at other paths is one
         labels = [f"{lab} ({Path(str(r.get('model') or '')).name or 'model'})" for lab, r in zip(labels, runs)]
     if len(set(labels)) < len(labels):  # the same method from two folders: name the folders
