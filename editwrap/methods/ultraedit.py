@@ -34,7 +34,6 @@ from ..hparams.ultraedit import UltraEditHparams
 from ..ops.norms import bound_parts
 from ..ops.hooks import frozen, patch_output
 from ..ops.keys import logits_at
-from ..ops.tokens import batch_encode
 from ..stack import Edit
 from .base import register_method
 
