@@ -18,19 +18,17 @@ it exact to remove too (side-cars); they were solved with its keys protected, wh
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Sequence
 
 import torch
 
 from ..entries.delta import DeltaEntry
 from ..facts import Fact
-from ..hparams.arch import arch_of
 from ..hparams.locate import AlphaEditHparams
 from ..ops.covariance import second_moment
-from ..ops.keys import ValueHparams, context_templates, io_at_subject, optimize_values
+from ..ops.keys import context_templates, io_at_subject
 from ..ops.norms import bound_parts
-from ..ops.spread import spread_over_layers
+from ..ops.spread import optimize_then_resolve, spread_modules, spread_over_layers
 from ..stack import Edit
 from .base import register_method
 
@@ -68,19 +66,12 @@ class AlphaEdit:
         return AlphaEditHparams.for_model(model)
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: AlphaEditHparams) -> Edit:
-        t0 = time.time()
-        modules, z_module = _modules(model, hp)
-        templates = context_templates(model, hp.context_templates)
-        zs, _, infos = optimize_values(model, z_module, facts, templates, ValueHparams(**hp.model_dump()))
-        edit = self.resolve(model, facts, zs, hp)
-        edit.info.update(seconds=round(time.time() - t0, 3),
-                         mean_target_prob=sum(x["target_prob"] for x in infos) / len(infos))
-        return edit
+        return optimize_then_resolve(self, model, facts, hp)
 
     def resolve(self, model: Any, facts: Sequence[Fact], zs: torch.Tensor, hp: AlphaEditHparams) -> Edit:
         """The solve stage alone, from given target values ``zs`` (``[n, d]``): what
         ``stack.consolidate`` reruns over many edits' stored values without optimising again."""
-        modules, z_module = _modules(model, hp)
+        modules, z_module = spread_modules(model, hp.layers, "AlphaEdit")
         templates = context_templates(model, hp.context_templates)
         covs = second_moment(model, modules, corpus=hp.mom2_corpus, n_tokens=hp.mom2_n_tokens)
         projectors = _projectors(model, modules, covs, hp.nullspace_threshold)
@@ -110,14 +101,6 @@ class AlphaEdit:
         if scales is not None:
             info["norm_scale"] = scales
         return Edit(self.name, facts, hp.model_dump(mode="json"), DeltaEntry(parts, aux), info=info)
-
-
-def _modules(model: Any, hp: AlphaEditHparams) -> tuple[list[str], str]:
-    arch = arch_of(model)
-    layers = sorted(hp.layers)
-    if layers[-1] >= arch.n_layers:
-        raise ValueError(f"AlphaEdit layers {layers} out of range for a {arch.n_layers}-layer model; set layers=[...]")
-    return [arch.mlp_out_at(l) for l in layers], arch.block_at(layers[-1])
 
 
 def _projectors(model: Any, modules: Sequence[str], covs: dict[str, torch.Tensor], threshold: float

@@ -15,19 +15,44 @@ as in MEMIT. The result is kept as the low-rank factors ``U = R``, ``V``.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Sequence
 
 import torch
 
 from ..entries.delta import DeltaEntry
 from ..facts import Fact
-from .keys import io_at_subject
+from ..hparams.arch import arch_of
+from .keys import ValueHparams, context_templates, io_at_subject, optimize_values
 from .profile import phase
 
-__all__ = ["spread_over_layers", "KeyTransform"]
+__all__ = ["spread_over_layers", "KeyTransform", "spread_modules", "optimize_then_resolve"]
 
 #: ``(layer index i, module name, K [d_in, n] float64 CPU) -> V [d_in, n]``
 KeyTransform = Callable[[int, str, torch.Tensor], torch.Tensor]
+
+
+def spread_modules(model: Any, layers: Sequence[int], method: str) -> tuple[list[str], str]:
+    """The edited MLP output projections of ``layers`` and the block whose output holds ``z``."""
+    arch = arch_of(model)
+    layers = sorted(layers)
+    if layers[-1] >= arch.n_layers:
+        raise ValueError(f"{method} layers {layers} out of range for a {arch.n_layers}-layer model; set layers=[...]")
+    return [arch.mlp_out_at(l) for l in layers], arch.block_at(layers[-1])
+
+
+def optimize_then_resolve(method: Any, model: Any, facts: Sequence[Fact], hp: Any) -> Any:
+    """``compute`` of the layer-spreading methods: optimise each fact's ``z`` at the last layer's
+    block output, then ``method.resolve(model, facts, zs, hp)`` (the solve alone, which
+    ``stack.consolidate`` reuses on stored values)."""
+    t0 = time.time()
+    _, z_module = spread_modules(model, hp.layers, method.name)
+    templates = context_templates(model, hp.context_templates)
+    zs, _, infos = optimize_values(model, z_module, facts, templates, ValueHparams(**hp.model_dump()))  # [n, d]
+    edit = method.resolve(model, facts, zs, hp)
+    edit.info.update(seconds=round(time.time() - t0, 3),
+                     mean_target_prob=sum(x["target_prob"] for x in infos) / len(infos))
+    return edit
 
 
 def spread_over_layers(model: Any, modules: Sequence[str], z_module: str, facts: Sequence[Fact],
