@@ -25,9 +25,9 @@ import torch
 from ..entries.delta import DeltaEntry
 from ..facts import Fact
 from ..hparams.locate import AlphaEditHparams
-from ..ops.covariance import second_moment
+from ..ops.covariance import second_moment, stats_path
 from ..ops.keys import context_templates, io_at_subject
-from ..ops.norms import bound_parts
+from ..ops.norms import norm_info
 from ..ops.spread import optimize_then_resolve, spread_modules, spread_over_layers
 from ..stack import Edit
 from .base import register_method
@@ -74,7 +74,7 @@ class AlphaEdit:
         modules, z_module = spread_modules(model, hp.layers, "AlphaEdit")
         templates = context_templates(model, hp.context_templates)
         covs = second_moment(model, modules, corpus=hp.mom2_corpus, n_tokens=hp.mom2_n_tokens)
-        projectors = _projectors(model, modules, covs, hp.nullspace_threshold)
+        projectors = _projectors(model, modules, covs, hp)
         prev = {m: stack_keys(model, m) if hp.protect_stack_keys else (None, []) for m in modules}
 
         def transform(_i: int, module: str, K: torch.Tensor) -> torch.Tensor:
@@ -86,7 +86,7 @@ class AlphaEdit:
             return torch.linalg.solve(A, P @ K)
 
         parts = spread_over_layers(model, modules, z_module, facts, templates, zs, transform)
-        scales = bound_parts(model, parts, hp.max_delta_norm) if hp.max_delta_norm is not None else None
+        bounded = norm_info(model, parts, hp.max_delta_norm)
         aux = {"z": zs.float()}
         key = "alphaedit-keys"
         entry = DeltaEntry(parts)
@@ -97,20 +97,19 @@ class AlphaEdit:
         finally:
             entry.detach(model, key)
         info = {"protected": sorted({i for m in modules for i in prev[m][1]}),
-                "null_dims": {m: int(torch.trace(projectors[m]).round()) for m in modules}}
-        if scales is not None:
-            info["norm_scale"] = scales
+                "null_dims": {m: int(torch.trace(projectors[m]).round()) for m in modules}, **bounded}
         return Edit(self.name, facts, hp.model_dump(mode="json"), DeltaEntry(parts, aux), info=info)
 
 
-def _projectors(model: Any, modules: Sequence[str], covs: dict[str, torch.Tensor], threshold: float
+def _projectors(model: Any, modules: Sequence[str], covs: dict[str, torch.Tensor], hp: AlphaEditHparams
                 ) -> dict[str, torch.Tensor]:
-    """Null-space projectors, cached on the model per (module, statistics, threshold)."""
+    """Null-space projectors, cached on the model per (statistics file, threshold): the statistics
+    are reloaded from disk for every edit, so only their identity can key the cache."""
     out = {}
     for m in modules:
-        key = ("alphaedit_P", m, covs[m].data_ptr(), float(covs[m].trace()), threshold)
+        key = ("alphaedit_P", str(stats_path(model, m, hp.mom2_corpus, hp.mom2_n_tokens)), hp.nullspace_threshold)
         cache = model._ew_cache
         if key not in cache:
-            cache[key] = null_space_projector(covs[m], threshold)
+            cache[key] = null_space_projector(covs[m], hp.nullspace_threshold)
         out[m] = cache[key]
     return out

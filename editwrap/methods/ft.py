@@ -68,7 +68,6 @@ class _FT:
         entry = DeltaEntry({m: {"D": d.detach()} for m, d in deltas.items()})
         return Edit(self.name, facts, hp.model_dump(mode="json"), entry, info=info)
 
-
     @staticmethod
     def _step_fn(model: Any, enc: dict, target: Any, hp: FTHparams, module: str) -> Any:
         """The loss of one step. ``fast_path``: the blocks below the edited layer run once and are
@@ -80,7 +79,7 @@ class _FT:
 
         def step() -> tuple[torch.Tensor, dict]:
             ctx = contextlib.nullcontext() if replay is None else (
-                replay.record() if steps[0] == 0 else replay.replay([], all_rows=True))
+                replay.record() if steps[0] == 0 else replay.replay())
             steps[0] += 1
             with ctx:
                 return edit_loss_at_targets(model, enc, target, hp.objective), {}

@@ -17,8 +17,8 @@ from ..facts import Fact
 from ..hparams.locate import MemitHparams
 from ..ops.covariance import second_moment
 from ..ops.keys import context_templates
-from ..ops.norms import bound_parts
-from ..ops.spread import optimize_then_resolve, spread_modules, spread_over_layers
+from ..ops.norms import norm_info
+from ..ops.spread import covariance_transform, optimize_then_resolve, spread_modules, spread_over_layers
 from ..stack import Edit
 from .base import register_method
 
@@ -43,13 +43,9 @@ class MEMIT:
         modules, z_module = spread_modules(model, hp.layers, "MEMIT")
         templates = context_templates(model, hp.context_templates)
         covs = second_moment(model, modules, corpus=hp.mom2_corpus, n_tokens=hp.mom2_n_tokens)
-        lam = hp.mom2_update_weight
-
-        def transform(_i: int, module: str, K: torch.Tensor) -> torch.Tensor:
-            return torch.linalg.solve(lam * covs[module].double() + K @ K.T, K)
-
-        parts = spread_over_layers(model, modules, z_module, facts, templates, zs, transform)
-        info = {"norm_scale": bound_parts(model, parts, hp.max_delta_norm)} if hp.max_delta_norm is not None else {}
+        parts = spread_over_layers(model, modules, z_module, facts, templates, zs,
+                                   covariance_transform(covs, hp.mom2_update_weight))
+        info = norm_info(model, parts, hp.max_delta_norm)
         return Edit(self.name, facts, hp.model_dump(mode="json"), DeltaEntry(parts, {"z": zs.float()}), info=info)
 
 

@@ -32,8 +32,8 @@ from ..hparams.arch import arch_of
 from ..hparams.locate import PmetHparams
 from ..ops.covariance import second_moment
 from ..ops.keys import ValueHparams, context_templates, optimize_values
-from ..ops.norms import bound_parts
-from ..ops.spread import spread_over_layers
+from ..ops.norms import norm_info
+from ..ops.spread import covariance_transform, spread_modules, spread_over_layers
 from ..stack import Edit
 from .base import register_method
 
@@ -68,21 +68,15 @@ class PMET:
         modules, _, mlp_module = _modules(model, hp)
         templates = context_templates(model, hp.context_templates)
         covs = second_moment(model, modules, corpus=hp.mom2_corpus, n_tokens=hp.mom2_n_tokens)
-        lam = hp.mom2_update_weight
-
-        def transform(_i: int, module: str, K: torch.Tensor) -> torch.Tensor:
-            return torch.linalg.solve(lam * covs[module].double() + K @ K.T, K)
-
-        parts = spread_over_layers(model, modules, mlp_module, facts, templates, zs, transform,
+        parts = spread_over_layers(model, modules, mlp_module, facts, templates, zs,
+                                   covariance_transform(covs, hp.mom2_update_weight),
                                    share_power=hp.residual_share_power)
-        info = {"norm_scale": bound_parts(model, parts, hp.max_delta_norm)} if hp.max_delta_norm is not None else {}
+        info = norm_info(model, parts, hp.max_delta_norm)
         return Edit(self.name, facts, hp.model_dump(mode="json"), DeltaEntry(parts, {"z": zs.float()}), info=info)
 
 
 def _modules(model: Any, hp: PmetHparams) -> tuple[list[str], str, str]:
     """The MLP outputs of the range, and the attention / MLP outputs of its last layer."""
-    arch = arch_of(model)
-    layers = sorted(hp.layers)
-    if layers[-1] >= arch.n_layers:
-        raise ValueError(f"PMET layers {layers} out of range for a {arch.n_layers}-layer model; set layers=[...]")
-    return [arch.mlp_out_at(l) for l in layers], arch.attn_out_at(layers[-1]), arch.mlp_out_at(layers[-1])
+    modules, _ = spread_modules(model, hp.layers, "PMET")
+    last = max(hp.layers)
+    return modules, arch_of(model).attn_out_at(last), modules[-1]

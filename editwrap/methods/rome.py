@@ -17,7 +17,7 @@ from ..facts import Fact
 from ..hparams.arch import arch_of
 from ..hparams.locate import RomeHparams
 from ..ops.covariance import second_moment
-from ..ops.norms import bound_parts
+from ..ops.norms import norm_info
 from ..ops.profile import phase
 from ..ops.keys import ValueHparams, context_templates, io_at_subject, optimize_value
 from ..stack import Edit
@@ -61,8 +61,7 @@ class ROME:
         u = u.to(device)
         r = (v_star.to(device) - v[0]) / torch.dot(k[0], u)
         parts = {module: {"U": r[:, None], "V": u[:, None]}}
-        if hp.max_delta_norm is not None:
-            info["norm_scale"] = bound_parts(model, parts, hp.max_delta_norm)
+        info.update(norm_info(model, parts, hp.max_delta_norm))
         entry = DeltaEntry(parts)
         info.update(seconds=round(time.time() - t0, 3), delta_norm=float(parts[module]["U"].norm()))
         return Edit(self.name, facts, hp.model_dump(mode="json"), entry, info=info)

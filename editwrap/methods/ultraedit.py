@@ -31,7 +31,7 @@ from ..entries.delta import DeltaEntry
 from ..facts import Fact
 from ..hparams.arch import arch_of
 from ..hparams.ultraedit import UltraEditHparams
-from ..ops.norms import bound_parts
+from ..ops.norms import norm_info
 from ..ops.hooks import frozen, patch_output
 from ..ops.keys import logits_at
 from ..stack import Edit
@@ -215,6 +215,5 @@ class UltraEdit:
         info = {"seconds": round(time.time() - t0, 3), "stats_from": below.id if below is not None else None,
                 "stats_fresh_modules": fresh, "n_positions": n_tok,
                 "norm_count": next(iter(parts.values()))["norm_count"].item(), "nll_before": round(nll / n_tok, 4)}
-        if hp.max_delta_norm is not None:  # norm control, as for the locate-then-edit methods
-            info["norm_scale"] = bound_parts(model, parts, hp.max_delta_norm)
+        info.update(norm_info(model, parts, hp.max_delta_norm))  # norm control, as for locate-then-edit
         return Edit(self.name, facts, hp.model_dump(mode="json"), DeltaEntry(parts), info=info)

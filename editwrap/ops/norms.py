@@ -16,7 +16,7 @@ import torch
 
 from .hooks import get_module
 
-__all__ = ["delta_norms", "bound_parts", "weight_norm"]
+__all__ = ["delta_norms", "bound_parts", "norm_info", "weight_norm"]
 
 
 def weight_norm(host: Any, module: str) -> float:
@@ -68,3 +68,9 @@ def bound_parts(host: Any, parts: dict[str, dict[str, torch.Tensor]], bound: flo
         part["U"] = U * s
         scales[name] = s
     return scales
+
+
+def norm_info(host: Any, parts: dict[str, dict[str, torch.Tensor]], bound: float | None) -> dict[str, Any]:
+    """Apply ``max_delta_norm`` (when set) to a new edit's parts; the ``Edit.info`` entry saying
+    which scales were used (``{}`` when unbounded)."""
+    return {} if bound is None else {"norm_scale": bound_parts(host, parts, bound)}

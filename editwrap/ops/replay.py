@@ -22,7 +22,8 @@ class ReplayBelow:
     subject on, after a fixed prefix): run them once, then return their recorded outputs.
 
     ``record()`` captures each block's output in the first step; ``replay(rows)`` makes the
-    blocks return it (the rows still in the batch) without computing. Forward hooks still run,
+    blocks return it (only ``rows`` of it when some rows have left the batch; all when None)
+    without computing. Forward hooks still run,
     so only side-car stacks qualify (a hook on a block would apply twice)."""
 
     def __init__(self, host: Any, module: str) -> None:
@@ -49,9 +50,9 @@ class ReplayBelow:
             yield
 
     @contextlib.contextmanager
-    def replay(self, rows: list[int], all_rows: bool) -> Iterator[None]:
+    def replay(self, rows: list[int] | None = None) -> Iterator[None]:
         def fixed(out: Any) -> Any:
-            if all_rows:
+            if rows is None:
                 return out
             if isinstance(out, tuple):
                 return (out[0][rows], *out[1:])

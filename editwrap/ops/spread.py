@@ -26,10 +26,17 @@ from ..hparams.arch import arch_of
 from .keys import ValueHparams, context_templates, io_at_subject, optimize_values
 from .profile import phase
 
-__all__ = ["spread_over_layers", "KeyTransform", "spread_modules", "optimize_then_resolve"]
+__all__ = ["spread_over_layers", "KeyTransform", "covariance_transform", "spread_modules", "optimize_then_resolve"]
 
 #: ``(layer index i, module name, K [d_in, n] float64 CPU) -> V [d_in, n]``
 KeyTransform = Callable[[int, str, torch.Tensor], torch.Tensor]
+
+
+def covariance_transform(covs: dict[str, torch.Tensor], lam: float) -> KeyTransform:
+    """MEMIT's key transform ``V = (λC + KKᵀ)⁻¹ K`` (C: each module's key second moment)."""
+    def transform(_i: int, module: str, K: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.solve(lam * covs[module].double() + K @ K.T, K)
+    return transform
 
 
 def spread_modules(model: Any, layers: Sequence[int], method: str) -> tuple[list[str], str]:

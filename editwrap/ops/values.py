@@ -280,21 +280,20 @@ def _optimize_batch(host: Any, modules: list[str], facts: Sequence[Fact], templa
         replay = min((ReplayBelow(host, m) for m in modules), key=lambda r: len(r.blocks)) \
             if hp.v_replay_lower and only_sidecars(host) else None
         init_kl: torch.Tensor | None = None
+        cache_kw = {_cache_kwarg(host): cache, "use_cache": True} if cache is not None else {}
         opt = torch.optim.Adam([delta], lr=hp.v_lr)
         with torch.enable_grad(), contextlib.ExitStack() as patches:
             for m, name in enumerate(modules):
                 patches.enter_context(patch_output(host, name, add_delta(m)))
             for step in range(hp.v_num_grad_steps):
                 opt.zero_grad()
-                step_enc: dict[str, Any] = {k: v[state["keep"]] for k, v in enc.items()}
-                if cache is not None:
-                    step_enc.update({_cache_kwarg(host): cache, "use_cache": True})
+                step_enc: dict[str, Any] = {**{k: v[state["keep"]] for k, v in enc.items()}, **cache_kw}
                 if replay is None:
                     lower = contextlib.nullcontext()
                 elif step == 0:
                     lower = replay.record()
                 else:
-                    lower = replay.replay(state["keep"], len(state["keep"]) == len(rows.ids))
+                    lower = replay.replay(state["keep"] if len(state["keep"]) < len(rows.ids) else None)
                 with lower:
                     logits = logits_at(host, step_enc, state["sel_rows"], state["sel_cols"])
                 if cache is not None:
