@@ -87,8 +87,8 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
                 chunk = [item_fact(items[j]) for j in range(i, min(i + batch_size, c))]
                 t0 = time.time()
                 model.push(model.compute_edit(chunk, method, hparams=hp))
-                done = i + len(chunk)
-                if consolidate_every and done % consolidate_every == 0 and len(model.stack) - start_len > 1:
+                crossed = consolidate_every and (i + len(chunk)) // consolidate_every > i // consolidate_every
+                if crossed and len(model.stack) - start_len > 1:
                     model.stack.consolidate(model.stack.edits[start_len:])
                 times += [(time.time() - t0) / len(chunk)] * len(chunk)
                 bar.update(len(chunk))

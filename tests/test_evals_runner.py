@@ -481,3 +481,17 @@ def test_resume_accepts_hparams_added_since_with_their_defaults(tiny_llama, tmp_
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="hparams"):
         _run(tiny_llama, tmp_path, n=3)
+
+
+def test_consolidation_period_counts_facts_across_batch_boundaries(tiny_llama, tmp_path, monkeypatch):
+    """--consolidate-every N re-solves whenever the facts pushed cross a multiple of N, also when
+    the batch size does not divide N (batches of 3, every 4 facts: after facts 6 and 9)."""
+    from editwrap.stack import EditStack
+
+    calls = []
+    real = EditStack.consolidate
+    monkeypatch.setattr(EditStack, "consolidate", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    s = _run(tiny_llama, tmp_path, method="memit", n=9, mode="sequential", batch_size=3, checkpoints=[9],
+             consolidate_every=4, generation=False,
+             hparams=dict(mom2_n_tokens=300, v_num_grad_steps=2, context_templates=[(3, 2)], layers=[1, 2]))
+    assert len(calls) == 2 and s["bit_exact"] is True
