@@ -279,6 +279,11 @@ def test_argument_errors(tiny_llama, tmp_path):
         _run(tiny_llama, tmp_path, method="rome", mode="batch")
     with pytest.raises(ValueError, match="unknown mode"):
         _run(tiny_llama, tmp_path, mode="parallel")
+    with pytest.raises(ValueError, match="--batch-size 1 in sequential mode"):
+        _run(tiny_llama, tmp_path, method="rome", mode="sequential", batch_size=2)
+    with pytest.raises(ValueError, match="--consolidate-every applies to --mode sequential only"):
+        _run(tiny_llama, tmp_path, consolidate_every=5)
+    assert len(tiny_llama.stack) == 0
 
 
 def test_cli_errors_are_clear(capsys):
