@@ -95,6 +95,10 @@ class EditableModel:
         d["_sidecars"] = {}
         d["_merged"] = None
         d["_ew_cache"] = {}
+        if _is_quantized(self):  # the base weights must never change: no in-place 4-bit repacking
+            from .integrations.quant import pin_cpu_4bit_layout
+
+            pin_cpu_4bit_layout(self)
 
     def unwrap(self) -> Any:
         """Return the plain transformers model (stack cleared first)."""
