@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from .errors import error_section
+
 __all__ = ["paper_rows", "run_table", "case_tables", "write_run", "build_report", "load_summaries", "partial_summary", "plot_sequential",
            "general_ability_table", "cross_domain_table", "paper_comparison_table"]
 
@@ -367,6 +369,9 @@ def build_report(folders: Sequence[str | Path], out: str | Path, title: str = "K
         table = case_tables(runs, cases)
         if table:
             parts += ["## Cases: generated answers across methods", "", table, ""]
+    errors = error_section(runs, out, _labels(runs))
+    if errors:
+        parts += ["## Why generated answers fail", "", errors, ""]
     cross = cross_domain_table(runs)
     if cross:
         parts += [cross, ""]

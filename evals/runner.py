@@ -116,8 +116,10 @@ def load_records(dataset: str, data: str | Path, n: int | None = None, *, seed: 
 
 def _line(index: int, item: Any, source: str, post: dict, **extra: Any) -> dict:
     f = item_fact(item)
-    return {"index": index, "dataset": source, "prompt": f.text_prompt, "target_new": f.target_new,
-            **extra, "post": post}
+    line = {"index": index, "dataset": source, "prompt": f.text_prompt, "target_new": f.target_new}
+    if f.ground_truth is not None:  # the original answer: error analysis tells partial replacements by it
+        line["ground_truth"] = f.ground_truth
+    return {**line, **extra, "post": post}
 
 
 def _run_edits(model: Any, scorer: Scorer, items: list, sources: list, method: str, hp: Any,

@@ -23,11 +23,19 @@ def training_records(paths: Sequence[str | Path], n: int | None = None,
     Each path is a dataset file in any supported format (detected) or a file of editwrap Facts;
     ``n`` keeps the first n of each. ``exclude``: evaluation files whose records must not leak into
     training — a training record is dropped when its subject or prompt (case/space-insensitive)
-    occurs in the first ``exclude_n`` records of any of them. Returns (records, "path1,path2").
+    occurs in the first ``exclude_n`` records of any of them. An ``exclude`` *directory* stands for
+    ``--dataset mixed`` drawn from it (seed 0): the first ``exclude_n`` records of that draw, i.e.
+    exactly the facts of a mixed run with ``--n exclude_n``. Returns (records, "path1,path2").
     """
     banned: set[str] = set()
     for e in exclude:
-        for f in load_dataset(None, e, n=exclude_n, skip_malformed=True):
+        if Path(e).is_dir():
+            from .runner import load_records
+
+            held = load_records("mixed", e, n=exclude_n)[0]
+        else:
+            held = load_dataset(None, e, n=exclude_n, skip_malformed=True)
+        for f in held:
             if isinstance(f, Fact):
                 banned.update(x for x in (_norm(f.subject), _norm(f.prompt)) if x)
     records: list[Fact] = []

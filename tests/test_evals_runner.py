@@ -500,3 +500,16 @@ def test_consolidation_period_counts_facts_across_batch_boundaries(tiny_llama, t
              consolidate_every=4, generation=False,
              hparams=dict(mom2_n_tokens=300, v_num_grad_steps=2, context_templates=[(3, 2)], layers=[1, 2]))
     assert len(calls) == 2 and s["bit_exact"] is True
+
+
+def test_training_pool_excludes_a_mixed_run(tmp_path):
+    """--exclude DIR holds out exactly the facts of a `--dataset mixed --n N` run drawn from DIR."""
+    from editwrap.evals.splits import training_records
+
+    run, _, _ = load_records("mixed", KNOWEDIT_DIR, 30, seed=0)
+    pool = [KNOWEDIT_DIR / "ZsRE.json", KNOWEDIT_DIR / "WikiData_recent.json"]
+    got, _ = training_records(pool, exclude=[KNOWEDIT_DIR], exclude_n=30)
+    everything, _ = training_records(pool)
+    held = {f.subject.lower() for f in run} | {" ".join(f.prompt.lower().split()) for f in run}
+    assert len(got) < len(everything)
+    assert all(f.subject.lower() not in held and " ".join(f.prompt.lower().split()) not in held for f in got)

@@ -169,3 +169,22 @@ def test_cross_domain_run_and_report(artifact, tiny_llama, tmp_path):
     with pytest.raises(ValueError, match="takes no trained artifact"):
         run_knowedit(tiny_llama, "recent", KNOWEDIT_DIR / "WikiData_recent.json", "ft-m", n=1, out=tmp_path / "r2",
                      trained_on=src, progress=False)
+
+
+def test_routing_over_many_entries_picks_the_right_row(artifact, tiny_llama):
+    """One embedding and one classifier call over all entries' keys: the best key's own entry and
+    row answer, whichever entry (and position in a batched entry) holds it."""
+    out, _ = artifact
+    m = tiny_llama
+    facts = [Fact(prompt=f"Where was {who} born?", target_new="Paris") for who, _, _ in PEOPLE[:5]]
+    m.edit(facts[:3], method="serac", artifact=str(out))  # one entry, three rows
+    for f in facts[3:]:
+        m.edit(f, method="serac", artifact=str(out))
+    art = load_artifact(out)
+    for who, _, _ in PEOPLE[:5]:
+        q = f"In which town was {who} born?"
+        p = art.classifier.matrix(art.embed([f.text_prompt for f in facts]), art.embed([q]))[0]
+        text, routed = m._route(q)
+        assert routed is not m and text == cf_text(f"{facts[int(p.argmax())].text_prompt} Paris", q)
+    assert m._route("Which ocean is the largest?")[1] is m
+    m.clear()

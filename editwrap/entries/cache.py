@@ -62,12 +62,21 @@ class CacheEntry(Entry):
         caches = [e.entry for e in host._edits if isinstance(e.entry, CacheEntry)]
         if not caches or caches[-1] is not self:
             return None  # the top-most cache entry routes for all of them
+        groups: dict[tuple[str, str], list[CacheEntry]] = {}
+        for c in caches:  # one query embedding and one classifier call per artifact, not per entry
+            groups.setdefault((c.artifact_path, c.artifact_id), []).append(c)
         best: tuple[float, CacheEntry, int] | None = None
-        for c in caches:
-            p = c.scores([text])[0]
-            i = int(p.argmax())
-            if best is None or float(p[i]) > best[0]:
-                best = (float(p[i]), c, i)
+        for group in groups.values():
+            art = group[0].artifact()
+            p = art.classifier.matrix(torch.cat([c.keys for c in group]), art.embed([text]))[0]
+            j = int(p.argmax())
+            prob = float(p[j])
+            if best is None or prob > best[0]:
+                for c in group:  # the entry and row of the j-th key
+                    if j < len(c.facts):
+                        best = (prob, c, j)
+                        break
+                    j -= len(c.facts)
         prob, c, i = best  # type: ignore[misc]
         art = c.artifact()
         thr = c.threshold if c.threshold is not None else art.threshold

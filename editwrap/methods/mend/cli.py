@@ -42,8 +42,9 @@ def register(subparsers: Any, model_args: Any) -> None:
     m.add_argument("--data", action="append", required=True, help="training records (JSON/JSONL; repeatable)")
     m.add_argument("--out", required=True, help="output directory (editor + checkpoint)")
     m.add_argument("--n", type=int, default=None, help="use the first N records of each file (after --exclude)")
-    m.add_argument("--exclude", action="append", default=[], metavar="FILE",
-                   help="evaluation file whose subjects/prompts are held out of training (repeatable)")
+    m.add_argument("--exclude", action="append", default=[], metavar="PATH",
+                   help="evaluation file whose subjects/prompts are held out of training (repeatable); a "
+                        "directory holds out the facts of a --dataset mixed run drawn from it")
     m.add_argument("--exclude-n", type=int, default=None, help="only the first N records of each --exclude file")
     m.add_argument("--steps", type=int, default=300)
     m.add_argument("--batch-size", type=int, default=4)

@@ -46,8 +46,9 @@ def register(subparsers: Any, model_args: Any) -> None:
     s.add_argument("--data", action="append", required=True, help="training records (JSON/JSONL; repeatable)")
     s.add_argument("--out", required=True, help="output directory (serac.safetensors + serac.json)")
     s.add_argument("--n", type=int, default=None, help="use the first N records of each file (after --exclude)")
-    s.add_argument("--exclude", action="append", default=[], metavar="FILE",
-                   help="evaluation file whose subjects/prompts are held out of training (repeatable)")
+    s.add_argument("--exclude", action="append", default=[], metavar="PATH",
+                   help="evaluation file whose subjects/prompts are held out of training (repeatable); a "
+                        "directory holds out the facts of a --dataset mixed run drawn from it")
     s.add_argument("--exclude-n", type=int, default=None, help="only the first N records of each --exclude file")
     s.add_argument("--hidden", type=int, default=64, help="scope classifier MLP width")
     s.add_argument("--cls-steps", type=int, default=400)
