@@ -59,9 +59,10 @@ class CacheEntry(Entry):
         return art.classifier.matrix(self.keys, art.embed(list(texts)))
 
     def route_text(self, host: Any, text: str) -> tuple[str, Any] | None:
+        top = next((e.entry for e in reversed(host._edits) if isinstance(e.entry, CacheEntry)), None)
+        if top is not self:
+            return None  # the top-most cache entry routes for all of them (found from the top: O(1) per entry)
         caches = [e.entry for e in host._edits if isinstance(e.entry, CacheEntry)]
-        if not caches or caches[-1] is not self:
-            return None  # the top-most cache entry routes for all of them
         groups: dict[tuple[str, str], list[CacheEntry]] = {}
         for c in caches:  # one query embedding and one classifier call per artifact, not per entry
             groups.setdefault((c.artifact_path, c.artifact_id), []).append(c)

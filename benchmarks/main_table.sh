@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The README's headline table: ZsRE, 50 records, single mode, teacher-forced (EasyEdit) and
+# generated-answer metrics side by side, for every method; WikiData_recent / WikiData_counterfact
+# 50 for ROME, MEMIT, FT-M and GRACE; SERAC and MEND trained here with the evaluated records held out.
+# Runs resume where they stopped; wall time per run goes to $OUT/walltimes.tsv.
+# Then: editwrap report $OUT --out docs/results/main --cases 5   (or python benchmarks/readme_results.py)
+# Usage: bash benchmarks/main_table.sh [methods]   (default: all of them, cheapest first)
+set -u
+K=${EDITWRAP_KNOWEDIT_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data/knowedit}
+OUT=${OUT:-results/main}
+ART=${ART:-art}
+N=${N:-50}
+METHODS=${1:-ft-m,ft-l,lora,rome,memit,grace,adalora,melo,t-patcher,wise,ike,serac,mend}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+mkdir -p "$OUT"
+run() {  # label, command...
+  local label=$1; shift
+  local t0=$(date +%s)
+  "$@" >> "$OUT/$label.log" 2>&1
+  echo -e "$label\t$?\t$(( $(date +%s) - t0 ))\t$(date -Is)" >> "$OUT/walltimes.tsv"
+}
+ev() { editwrap eval knowedit --n "$N" --out "$OUT" --no-progress "$@"; }
+for m in ${METHODS//,/ }; do
+  case $m in
+    ike)   run zsre-ike ev --dataset zsre --data "$K/ZsRE.json" --method ike --hparam pool="$K/full/zsre_mend_train.json" ;;
+    serac|mend)
+      [ -f "$ART/$m-zsre/serac.json" ] || [ -f "$ART/$m-zsre/editor.json" ] || \
+        run train-$m editwrap train $m --data "$K/full/ZsRE.json" --exclude "$K/ZsRE.json" --out "$ART/$m-zsre" \
+            $([ $m = mend ] && echo --steps 300)
+      run zsre-$m ev --dataset zsre --data "$K/ZsRE.json" --method $m --trained-on "$ART/$m-zsre" ;;
+    *)     run zsre-$m ev --dataset zsre --data "$K/ZsRE.json" --method $m ;;
+  esac
+done
+for m in rome memit ft-m grace; do
+  case ",$METHODS," in *",$m,"*) ;; *) continue ;; esac
+  run recent-$m ev --dataset recent --data "$K/WikiData_recent.json" --method $m
+  run counterfact-$m ev --dataset counterfact --data "$K/WikiData_counterfact.json" --method $m
+done
