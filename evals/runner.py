@@ -353,18 +353,21 @@ def _artifact_field(m: Any) -> str:
 
 def trained_source(path: str | Path) -> str:
     """The dataset a trained editor / artifact was trained on (from its JSON ``data`` field), as a
-    dataset name when recognised (``zsre``, ``recent``, ``counterfact``…), else the file stem."""
+    dataset name when recognised (``zsre``, ``recent``, ``counterfact``…), else the file stem; several
+    files give their names joined by ``+`` (ZsRE + recent + counterfact: ``mixed``)."""
     p = Path(path)
     meta = next((json.loads(f.read_text(encoding="utf-8")) for f in (p / "editor.json", p / "serac.json")
                  if f.is_file()), None)
     if meta is None:
         raise FileNotFoundError(f"--trained-on {p}: no editor.json (MEND) or serac.json (SERAC) there")
-    data = str(meta.get("info", {}).get("data") or meta.get("data") or p.name).split(",")[0]
-    stem = Path(data).stem.lower()
-    for key, name in (("zsre", "zsre"), ("recent", "recent"), ("counterfact", "counterfact"), ("wikibio", "wikibio")):
-        if key in stem:
-            return name
-    return stem or p.name
+    names: list[str] = []
+    for data in str(meta.get("info", {}).get("data") or meta.get("data") or p.name).split(","):
+        stem = Path(data).stem.lower()
+        name = next((n for k, n in (("zsre", "zsre"), ("recent", "recent"), ("counterfact", "counterfact"),
+                                    ("wikibio", "wikibio")) if k in stem), stem or p.name)
+        if name not in names:
+            names.append(name)
+    return "mixed" if set(names) == set(MIXED_SOURCES) else "+".join(names)
 
 
 def _by_source(lines: list[dict]) -> dict[str, Any]:

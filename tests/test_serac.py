@@ -160,6 +160,12 @@ def test_cross_domain_run_and_report(artifact, tiny_llama, tmp_path):
             data = json.dumps(meta).encode()
         (src / f).write_bytes(data)
     assert trained_source(src) == "zsre"
+    for data, name in (("/x/ZsRE.json,/x/WikiData_recent.json,/x/WikiData_counterfact.json", "mixed"),
+                       ("/x/ZsRE.json,/x/zsre_mend_train.json,/x/WikiData_recent.json", "zsre+recent")):
+        other = tmp_path / name
+        other.mkdir()
+        (other / "serac.json").write_text(json.dumps({"info": {"data": data}}))
+        assert trained_source(other) == name
     s = run_knowedit(tiny_llama, "recent", KNOWEDIT_DIR / "WikiData_recent.json", "serac", n=2, out=tmp_path / "r",
                      trained_on=src, progress=False)
     assert s["trained_on"] == "zsre" and s["metrics"]["n"] == 2
