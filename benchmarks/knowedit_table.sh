@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The KnowEdit table of the README: ROME, MEMIT, FT-L, FT-M on 50 records of each fact dataset
+# The KnowEdit table of docs/RESULTS.md: ROME, MEMIT, FT-L, FT-M on 50 records of each fact dataset
 # (WikiData_recent, ZsRE, WikiBio, WikiData_counterfact) and of the ConvSent and Sanitation
 # samples, single mode, with fluency; then the 100-edit sequential mixed run for ROME and FT-L.
 # Every run resumes where it stopped, so rerunning this script after an interruption finishes it.

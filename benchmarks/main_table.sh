@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's headline table: ZsRE, 50 records, single mode, teacher-forced (EasyEdit) and
+# The headline table of docs/RESULTS.md: ZsRE, 50 records, single mode, teacher-forced (EasyEdit) and
 # generated-answer metrics side by side, for every method; WikiData_recent / WikiData_counterfact
 # 50 for ROME, MEMIT, FT-M and GRACE; SERAC and MEND trained here with the evaluated records held out.
 # Runs resume where they stopped; wall time per run goes to $OUT/walltimes.tsv.

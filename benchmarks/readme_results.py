@@ -1,78 +1,211 @@
-"""Regenerate the result tables of README.md from the run folders.
+"""Regenerate the result tables of docs/RESULTS.md from the committed result files.
 
-The README's KnowEdit, mixed-sequential and adapter-sequential tables are sections of the reports
-that ``editwrap report`` writes; this script builds the reports into ``docs/results/`` and copies each
-section between its ``<!-- begin:NAME -->`` / ``<!-- end:NAME -->`` markers in the README, so the
-README never drifts from the per-record JSONL it cites.  Hand-written prose around the markers is
-left alone.
+Every table of docs/RESULTS.md that comes from a run sits between ``<!-- begin:NAME -->`` and
+``<!-- end:NAME -->`` markers; this script computes each of them from the per-record JSONL and
+summaries under ``docs/results/`` (with the table functions of ``editwrap report``) and writes them
+between their markers, so the document never drifts from the files it cites. Hand-written prose
+and tables outside the markers, and marked sections this script does not know, are left alone.
 
-    python benchmarks/readme_results.py            # rewrite README.md in place
-    python benchmarks/readme_results.py --check    # exit 1 if README.md is out of date
+    python benchmarks/readme_results.py            # rewrite docs/RESULTS.md (and its curve PNGs)
+    python benchmarks/readme_results.py --check    # write nothing; exit 1 if docs/RESULTS.md is out of date
+
+It reads committed folders only, so it gives the same document on a fresh clone; tests/test_results_doc.py
+runs the check.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
+from typing import Callable
 
-from editwrap.evals.report import build_report
+from editwrap.evals.metrics import summarize
+from editwrap.evals.reference import reference
+from editwrap.evals.report import NAMES as DATASETS
+from editwrap.evals.report import (_curve_tables, _fmt, load_summaries, paper_comparison_table, paper_rows,
+                                   plot_sequential, run_table)
+from editwrap.evals.runner import read_result_lines
 
 ROOT = Path(__file__).resolve().parents[1]
+DOC = "docs/RESULTS.md"
+RES = "docs/results"
+NAMES = {"rome": "ROME", "memit": "MEMIT", "ft-m": "FT-M", "ft-l": "FT-L", "lora": "LoRA", "ike": "IKE",
+         "serac": "SERAC", "mend": "MEND", "zsre": "ZsRE", "recent": "WikiData_recent"}
+METRICS = ("Edit Succ.", "Rephrase", "Portability", "Locality")
 
-# report folder -> (result folders, build_report keywords, {marker: section heading prefix})
-REPORTS: dict[str, tuple[list[str], dict, dict[str, str]]] = {
-    "docs/results/report": (
-        ["results/knowedit", "results/gpu/knowedit"],
-        {"paper": True, "title": "KnowEdit on SmolLM2-135M-Instruct"},
-        {"knowedit-paper": "## Ours beside", "mixed-sequential": "## Mixed"},
-    ),
-    "docs/results/report_adapters": (
-        ["results/adapters", "results/gpu/adapters"],
-        {"title": "Adapters and activation entries on SmolLM2-135M-Instruct"},
-        {"adapters-sequential": "## ZsRE — sequential"},
-    ),
+
+def _runs(root: Path, *folders: str, mode: str | None = None, dataset: str | None = None) -> list[dict]:
+    """Runs (finished or partial) under ``docs/results/<folder>``, in a stable order."""
+    runs = load_summaries([root / RES / f for f in folders])
+    runs = [r for r in runs if "/superseded/" not in r.get("_file", "").replace("\\", "/")
+            and (mode is None or r.get("mode") == mode) and (dataset is None or r.get("dataset") == dataset)]
+    return sorted(runs, key=lambda r: (r["method"], r.get("_file", "")))
+
+
+def _relabel(text: str, names: dict[str, str]) -> str:
+    """Column labels in plain words: folder tags -> hardware, partial runs -> records done of requested."""
+    for old, new in names.items():
+        text = text.replace(old, new)
+    text = re.sub(r" \[in progress: (\d+)/(\d+)\]", r" (\1 of \2)", text).replace(") (", ", ")
+    return text.replace(" (last resume)", " †")  # † = the last process of a resumed run (see the document)
+
+
+def _sequential(root: Path, folders: tuple[str, ...], dataset: str, png: str, names: dict[str, str],
+                plots: bool) -> str:
+    """A sequential run table, its curve tables and the plot (written only when ``plots``)."""
+    runs = _runs(root, *folders, mode="sequential", dataset=dataset)
+    if plots:
+        plot_sequential(runs, root / RES / png, f"{DATASETS.get(dataset, dataset)}: sequential editing")
+    body = run_table(runs) + "\n\n" + _curve_tables(runs).rstrip("\n")
+    return _relabel(body, names) + f"\n\n![{dataset} sequential](results/{png})"
+
+
+def knowedit_paper(root: Path, plots: bool) -> str:
+    body = paper_comparison_table(_runs(root, "knowedit", "gpu/knowedit", mode="single"))
+    body = body.split("\n\n", 2)[2]  # drop the report's own heading and note: the document has them
+    return re.sub(r"^#### ", "### ", body, flags=re.M)
+
+
+def mixed_sequential(root: Path, plots: bool) -> str:
+    return _sequential(root, ("knowedit",), "mixed", "report/sequential-mixed.png", {}, plots)
+
+
+def lifelong(root: Path, plots: bool) -> str:
+    return _sequential(root, ("lifelong",), "mixed", "lifelong/report/sequential-mixed.png",
+                       {" [lifelong]": "", " [normcap]": ", max_delta_norm=0.3"}, plots)
+
+
+def adapters_single(root: Path, plots: bool) -> str:
+    return _relabel(run_table(_runs(root, "adapters", mode="single", dataset="zsre")), {})
+
+
+def adapters_sequential(root: Path, plots: bool) -> str:
+    names = {" [results/adapters_new_defaults]": " (CPU, default loc_corpus)", " [results/adapters]": " (CPU)",
+             " [gpu/adapters]": " (H200)"}
+    return _sequential(root, ("adapters", "adapters_new_defaults", "gpu/adapters"), "zsre",
+                       "report_adapters/sequential-zsre.png", names, plots)
+
+
+def trained_editors(root: Path, plots: bool) -> str:
+    """IKE, SERAC and MEND in and across domains, beside the paper's in-domain Llama-2-7b-chat numbers."""
+    order = {"ike": 0, "serac": 1, "mend": 2}
+    runs = sorted(_runs(root, "trained_editors", mode="single"),
+                  key=lambda r: (order.get(r["method"], 9), r.get("trained_on") != "zsre",
+                                 r["dataset"] != r.get("trained_on"), r["dataset"]))
+    lines = ["| method | trained on ⇒ evaluated on | " + " | ".join(METRICS) + " | n | paper, Llama-2-7b-chat (Edit / Port. / Loc.) |",
+             "|---|---|" + "---:|" * (len(METRICS) + 1) + "---|"]
+    for r in runs:
+        rows, ds, src = paper_rows(r), r["dataset"], r.get("trained_on")
+        name = NAMES.get(r["method"], r["method"]) + (f" (k={r['hparams']['k']})" if r.get("hparams", {}).get("k") else "")
+        ref_method = "ice" if r["method"] == "ike" else r["method"]
+        ref = [reference(ds, m, ref_method) for m in ("Edit Succ.", "Portability", "Locality")]
+        paper = ""
+        if (src is None or src == ds) and all(v is not None for v in ref):
+            paper = ("ICE: " if ref_method == "ice" else "") + " / ".join(f"{v:.2f}" for v in ref)
+        lines.append(f"| {name} | {NAMES.get(src, src) if src else '–'} ⇒ {NAMES.get(ds, ds)} | "
+                     + " | ".join(_fmt(rows[m]) for m in METRICS) + f" | {r.get('n', '–')} | {paper} |")
+    return "\n".join(lines)
+
+
+def quant(root: Path, plots: bool) -> str:
+    """int8 runs beside fp32 on the records both have (fp32: gpu/quant/fp32, else the KnowEdit ZsRE run)."""
+    order = ("rome", "memit", "ft-m", "lora")
+    int8 = {r["method"]: r for r in _runs(root, "gpu/quant/int8", mode="single", dataset="zsre")}
+    lines = ["| method | records | " + " | ".join(f"{m} fp32 → int8" if m == "Edit Succ." else m for m in METRICS)
+             + " | pops bit-exact (int8) | CUDA peak MB fp32 → int8 |", "|---|---:|" + "---|" * (len(METRICS) + 2)]
+    for method in sorted(int8, key=lambda m: (order.index(m) if m in order else 9, m)):
+        stem = f"zsre-{method}-single"
+        fp32_dir = next(d for d in (root / RES / "gpu/quant/fp32", root / RES / "gpu/knowedit", None)
+                        if d is None or (d / f"{stem}.jsonl").exists())
+        if fp32_dir is None:
+            continue
+        lo = read_result_lines(root / RES / "gpu/quant/int8" / f"{stem}.jsonl", ("index",))[0]
+        hi = read_result_lines(fp32_dir / f"{stem}.jsonl", ("index",))[0]
+        idx = sorted(set(lo) & set(hi))
+        a, b = (paper_rows({"dataset": "zsre"}, summarize([d[i] for i in idx])) for d in (hi, lo))
+        exact = sum(bool(lo[i].get("pop_exact")) for i in idx)
+        peaks = []
+        for d in (fp32_dir, root / RES / "gpu/quant/int8"):
+            p = d / f"{stem}.summary.json"
+            peaks.append(json.loads(p.read_text()).get("peak_memory_mb", {}).get("cuda_peak_allocated_mb") if p.exists() else None)
+        peak = " → ".join(f"{v:.0f}" for v in peaks) if all(v is not None for v in peaks) else "–"
+        lines.append(f"| {NAMES.get(method, method)} | {len(idx)} | "
+                     + " | ".join(f"{_fmt(a[m])} → {_fmt(b[m])}" for m in METRICS) + f" | {exact}/{len(idx)} | {peak} |")
+    return "\n".join(lines)
+
+
+def speed(root: Path, plots: bool) -> str:
+    """Per-phase CPU seconds of one edit (``benchmarks/edit_speed.py --profile``)."""
+    phases = ("covariance", "keys", "value optimisation", "solve", "other (method)", "scoring")
+    rows = json.loads((root / RES / "speed/profile.json").read_text())
+    lines = ["| edit | facts | " + " | ".join(p.replace(" (method)", "") for p in phases) + " | CPU-s / fact | Edit Succ. |",
+             "|---|---:|" + "---:|" * (len(phases) + 2)]
+    for r in rows:
+        method, _, batch = r["spec"].partition(":")
+        name = NAMES.get(method, method) + (f", batch of {batch}" if batch else "")
+        cells = [f"{r['phases'][p]['cpu_s']:.2f}" if p in r["phases"] else "–" for p in phases]
+        lines.append(f"| {name} | {r['facts']} | " + " | ".join(cells)
+                     + f" | {r['cpu_s_per_fact']:.2f} | {100 * r['edit_succ']:.1f} |")
+    return "\n".join(lines)
+
+
+# marker name -> section builder(root, plots) -> markdown body
+SECTIONS: dict[str, Callable[[Path, bool], str]] = {
+    "knowedit-paper": knowedit_paper,
+    "mixed-sequential": mixed_sequential,
+    "lifelong": lifelong,
+    "adapters-single": adapters_single,
+    "adapters-sequential": adapters_sequential,
+    "trained-editors": trained_editors,
+    "quant": quant,
+    "speed": speed,
 }
 
 
-def section(report: str, heading: str, folder: str) -> str:
-    """Body of the ``## `` section whose heading starts with ``heading``, README-ready."""
-    lines = report.splitlines()
-    start = next((i for i, l in enumerate(lines) if l.startswith(heading)), None)
-    if start is None:
-        raise SystemExit(f"section {heading!r} not found in {folder}/report.md: was the run made?")
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    body = "\n".join(lines[start + 1:end]).strip("\n")
-    body = re.sub(r"^#### (.+)$", r"**\1**", body, flags=re.M)  # README nests them under ###
-    return re.sub(r"\]\((?!https?:|/)([^)]+\.png)\)", rf"]({folder}/\1)", body)
+def bodies(root: Path = ROOT, plots: bool = False) -> dict[str, str]:
+    """Every generated section's body; ``plots`` also writes the sequential-curve PNGs."""
+    return {name: build(root, plots).strip("\n") for name, build in SECTIONS.items()}
 
 
-def splice(readme: str, name: str, body: str) -> str:
-    pattern = re.compile(rf"(<!-- begin:{name} -->\n).*?(\n<!-- end:{name} -->)", re.S)
-    new, found = pattern.subn(lambda m: m.group(1) + body + m.group(2), readme)
-    if not found:
-        raise SystemExit(f"README.md has no <!-- begin:{name} --> / <!-- end:{name} --> markers")
-    return new
+def _pattern(name: str) -> re.Pattern:
+    """A marked section; group 1 is its text (empty for ``begin``, newline, ``end``)."""
+    return re.compile(rf"<!-- begin:{re.escape(name)} -->\n(.*?)\n?<!-- end:{re.escape(name)} -->", re.S)
+
+
+def render(doc: str, new: dict[str, str]) -> str:
+    """``doc`` with each named section's text between its markers replaced."""
+    for name, body in new.items():
+        marked = f"<!-- begin:{name} -->\n{body}\n<!-- end:{name} -->"
+        doc, found = _pattern(name).subn(lambda m: marked, doc)
+        if found != 1:
+            raise SystemExit(f"{DOC} needs exactly one <!-- begin:{name} --> / <!-- end:{name} --> pair (found {found})")
+    return doc
+
+
+def stale(doc: str, new: dict[str, str]) -> list[str]:
+    """Names of the sections whose text in ``doc`` differs from the generated one."""
+    render(doc, new)  # missing markers fail here
+    return [name for name, body in new.items() if _pattern(name).search(doc).group(1) != body]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="do not write; exit 1 if out of date")
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if the document is out of date")
+    ap.add_argument("--doc", default=str(ROOT / DOC), help=f"the document (default: {DOC})")
     args = ap.parse_args(argv)
-    readme_path = ROOT / "README.md"
-    readme = old = readme_path.read_text()
-    for folder, (results, kw, sections) in REPORTS.items():
-        missing = [r for r in results if not (ROOT / r).is_dir()]
-        if missing:
-            raise SystemExit(f"no such results folder: {', '.join(missing)} (run the benchmarks first)")
-        report = build_report([ROOT / r for r in results], ROOT / folder, **kw)
-        for name, heading in sections.items():
-            readme = splice(readme, name, section(report, heading, folder))
+    path = Path(args.doc)
+    doc = path.read_text(encoding="utf-8")
+    new = bodies(ROOT, plots=not args.check)
     if args.check:
-        print("README.md is up to date" if readme == old else "README.md is out of date")
-        return int(readme != old)
-    readme_path.write_text(readme)
-    print("README.md updated" if readme != old else "README.md already up to date")
+        out = stale(doc, new)
+        print(f"{path.name} is out of date: {', '.join(out)} (run python benchmarks/readme_results.py)"
+              if out else f"{path.name} is up to date")
+        return int(bool(out))
+    text = render(doc, new)
+    path.write_text(text, encoding="utf-8")
+    print(f"{path.name} updated" if text != doc else f"{path.name} already up to date")
     return 0
 
 

@@ -94,8 +94,9 @@ def classify_error(answer: str, target: str, original: str | None = None) -> str
 
 def _rewrite(line: Mapping[str, Any]) -> tuple[str, str | None] | None:
     """(answer, original) of a JSONL line's rewrite prompt, or None without a generated answer."""
-    gen = ((line.get("post") or {}).get("generation") or {}).get("rewrite") or {}
-    if not gen.get("answer"):
+    gen = (line.get("post") or {}).get("generation")
+    gen = gen.get("rewrite") if isinstance(gen, dict) else None  # Sanitation lines keep a plain string
+    if not isinstance(gen, dict) or not gen.get("answer"):
         return None
     return gen["answer"][0], line.get("ground_truth") or (gen.get("answer_pre") or [None])[0]
 

@@ -69,7 +69,8 @@ def _line(i: int, answer: str | None, target: str = "Tom Hanks", **extra) -> dic
 
 def test_error_counts_prefers_ground_truth_and_skips_old_lines():
     lines = [_line(0, "Tom Hanks"), _line(1, "Karl Hanks"), _line(2, "Karl Marx"),
-             _line(3, "John Hanks", ground_truth="John Smith"), _line(4, None), _line(5, "x", target="...")]
+             _line(3, "John Hanks", ground_truth="John Smith"), _line(4, None), _line(5, "x", target="..."),
+             {"index": 6, "target_new": "x", "post": {"generation": "a Sanitation generation is a string"}}]
     c = error_counts(lines)
     assert c["n"] == 4 and c["ok"] == 1
     assert c["partial_replacement"] == 2 and c["unchanged"] == 1

@@ -10,7 +10,7 @@ question of a MEND zsRE training record, edit ``i`` gets record ``i``), never ag
 the benchmark scores. ``loc_corpus`` picks the pool (any ``editwrap.ops.corpus`` source: the
 default prose corpus, or e.g. ``zsre_mend_train.json`` for EasyEdit's setting); edit number ``t``
 of the side memory uses text ``t`` of the pool. ``"fact"`` uses the fact's own first locality
-probe (editwrap ≤ session 4; it trains on what KnowEdit's locality then measures).
+probe (the behaviour before ``loc_corpus`` existed; it trains on what KnowEdit's locality then measures).
 """
 from __future__ import annotations
 
