@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench bench-gpu clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ test-fast: install
 
 bench: install
 	$(PY) benchmarks/edit_speed.py --n 50
+
+# the GPU benchmark suite on a CUDA machine (docs/GPU.md); resumable, e.g. make bench-gpu SUITE="knowedit quant"
+bench-gpu: install
+	bash benchmarks/gpu/run.sh --python $(PY) $(SUITE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -53,7 +53,9 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
     s = run_knowedit(model, args.dataset, args.data, args.method, n=args.n, mode=args.mode,
                      batch_size=args.batch_size, checkpoints=args.checkpoints,
                      consolidate_every=args.consolidate_every, hparams=hp, out=args.out,
-                     with_fluency=args.fluency, gen_tokens=args.gen_tokens, retain_n=args.retain_n,
+                     with_fluency=args.fluency or args.fluency_mode is not None,
+                     fluency_mode=args.fluency_mode or "greedy", gen_tokens=args.gen_tokens,
+                     retain_n=args.retain_n,
                      seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress,
                      trained_on=args.trained_on, save_stacks=not args.no_save_stacks,
                      generation=not args.no_generation, gen_margin=args.gen_margin, chat_template=args.chat_template)
@@ -96,6 +98,10 @@ def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], No
                    help="sequential mode: measure after this many edits (comma-separated; the last record always)")
     k.add_argument("--hparam", action="append", default=[], help="override a hyperparameter: name=value (repeatable)")
     k.add_argument("--fluency", action="store_true", help="also score fluency (n-gram entropy of 100 generated tokens; slow)")
+    k.add_argument("--fluency-mode", choices=("greedy", "easyedit"), default=None,  # = metrics.FLUENCY_MODES
+                   help="fluency decoding (implies --fluency): greedy (default: 100 new tokens, stop at EOS) or "
+                        "easyedit (EasyEdit's test_generation_quality: top-5 sampling to 100 tokens including the "
+                        "prompt, no EOS stop, seeded with --seed; comparable with EasyEdit/KnowEdit tables)")
     k.add_argument("--no-generation", action="store_true",
                    help="skip the generated-answer metrics (greedy answers, prefix match / F1; on by default for fact datasets)")
     k.add_argument("--gen-margin", type=_nonnegative, default=8,  # = generation.DEFAULT_MARGIN (not imported: torch)
@@ -104,7 +110,8 @@ def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], No
                    help="generated answers: wrap prompts in the tokenizer's chat template (teacher-forced metrics unchanged)")
     k.add_argument("--gen-tokens", type=_positive, default=20, help="tokens generated for Sanitation answers")
     k.add_argument("--retain-n", type=_positive, default=None, help="Sanitation retain probes for locality (default all)")
-    k.add_argument("--seed", type=int, default=0, help="ConvSent draws / mixed-dataset shuffle")
+    k.add_argument("--seed", type=int, default=0,
+                   help="ConvSent draws / mixed-dataset shuffle / --fluency-mode easyedit sampling")
     k.add_argument("--out", default="results", help="results folder (default results/)")
     k.add_argument("--trained-on", default=None, metavar="DIR",
                    help="cross-domain: a MEND editor / SERAC artifact trained on another dataset's train split "

@@ -5,7 +5,10 @@
 metrics record using only :mod:`editwrap.evals.metrics`:
 
 * Fact: ``rewrite_acc``, ``rephrase_acc``, ``portability[key]`` (token accuracy), ``locality[key]``
-  (share of answer-position argmax tokens unchanged vs ``pre``), optional ``fluency``.
+  (share of answer-position argmax tokens unchanged vs ``pre``), optional ``fluency`` (``fluency_mode``:
+  ``"greedy"`` :func:`~editwrap.evals.metrics.fluency`, or ``"easyedit"``
+  :func:`~editwrap.evals.metrics.fluency_easyedit`, EasyEdit's sampled generation, seeded with
+  ``fluency_seed``).
 * ConvSent: ``es`` (:func:`convsent_success`) and ``dd`` (:func:`kl_divergence_locality`).
 * Sanitation: ``success`` (the generation contains the target "I don't know.") and
   ``locality["retain"]`` (retain-set generations unchanged vs the starting model).
@@ -35,9 +38,9 @@ from editwrap.facts import Fact, Probe
 from .batching import RecordGen, Request, drive
 from .datasets import ConvSentRecord
 from .generation import DEFAULT_MARGIN, answer_budget, generate_answers, locality_match, score_answers
-from .metrics import (answer_tokens, continuation_logprob_dists, convsent_success, fluency,
-                      generate_tokens, kl_divergence_locality, locality_score, sanitation_locality,
-                      sanitation_success, token_accuracy, token_logprobs)
+from .metrics import (FLUENCY_MODES, answer_tokens, continuation_logprob_dists, convsent_success, fluency,
+                      fluency_easyedit, generate_tokens, kl_divergence_locality, locality_score,
+                      sanitation_locality, sanitation_success, token_accuracy, token_logprobs)
 
 __all__ = ["Scorer", "item_fact"]
 
@@ -68,12 +71,16 @@ class Scorer:
     """
 
     def __init__(self, model: Any, *, with_fluency: bool = False, fluency_tokens: int = 100,
-                 gen_tokens: int = 20, sanitation: bool = False, retain: Sequence[Probe] = (),
+                 fluency_mode: str = "greedy", fluency_seed: int = 0, gen_tokens: int = 20,
+                 sanitation: bool = False, retain: Sequence[Probe] = (),
                  batch_size: int = 16, generation: bool = True, gen_margin: int = DEFAULT_MARGIN,
                  chat_template: bool = False):
         self.model, self.tok = model, model.tokenizer
         self.sanitation = sanitation
+        if fluency_mode not in FLUENCY_MODES:
+            raise ValueError(f"fluency_mode must be one of {', '.join(FLUENCY_MODES)}, got {fluency_mode!r}")
         self.with_fluency, self.fluency_tokens = with_fluency, fluency_tokens
+        self.fluency_mode, self.fluency_seed = fluency_mode, fluency_seed
         self.gen_tokens, self.batch_size = gen_tokens, batch_size
         self.generation, self.gen_margin, self.chat_template = generation, gen_margin, chat_template
         self.gen_seconds, self.gen_records = 0.0, 0  # generation time (pre + post) and posts scored
@@ -171,7 +178,11 @@ class Scorer:
         if self.with_fluency:  # per record: one long generation each
             prompt = item.question if isinstance(item, ConvSentRecord) else item.text_prompt
             text, m = self.model._route(prompt) if hasattr(self.model, "_route") else (prompt, self.model)
-            rec["fluency"] = {"ngram_entropy": fluency(m, self.tok, [text], self.fluency_tokens)}
+            if self.fluency_mode == "easyedit":  # fluency_tokens = max_out_len, prompt included
+                val = fluency_easyedit(m, self.tok, [text], self.fluency_tokens, seed=self.fluency_seed)
+            else:
+                val = fluency(m, self.tok, [text], self.fluency_tokens)
+            rec["fluency"] = {"ngram_entropy": val}
         return _nan_to_none(rec)
 
     def _fact(self, f: Fact, pre: dict[str, Any]) -> RecordGen:

@@ -170,6 +170,9 @@ def write_run(summary: dict, out: str | Path, stem: str) -> None:
     (out / f"{stem}.summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     title = f"{NAMES.get(summary['dataset'], summary['dataset'])} — {summary['mode']} ({summary.get('model') or 'model'})"
     parts = [run_table([summary], title), "", _breakdown(summary)]
+    if summary.get("fluency") == "easyedit":
+        parts += ["", f"Fluency: EasyEdit mode (top-5 sampling to 100 tokens including the prompt, seed "
+                      f"{summary.get('seed', 0)}), comparable with EasyEdit's tables."]
     if summary.get("checkpoints"):
         parts += ["", _curve_tables([summary])]
         plot_sequential([summary], out / f"{stem}.png", title)

@@ -32,7 +32,7 @@ from editwrap.ops.memory import device_name, peak_memory_mb
 from .datasets import DATASETS, DEFAULT_FILES, load_dataset
 from .generation import DEFAULT_MARGIN
 from .measure import Scorer, item_fact
-from .metrics import summarize
+from .metrics import FLUENCY_MODES, summarize
 
 __all__ = ["run_knowedit", "ResultLog", "read_result_lines", "load_records", "MODES", "MIXED_SOURCES", "DEFAULT_CHECKPOINTS"]
 
@@ -219,8 +219,8 @@ def _check_meta(path: Path, meta: dict, overwrite: bool, results: Path) -> None:
 def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | None = None, method: str = "rome", *,
                  n: int | None = None, mode: str = "single", batch_size: int | None = None,
                  checkpoints: Sequence[int] = DEFAULT_CHECKPOINTS, hparams: dict[str, Any] | None = None,
-                 out: str | Path = "results", with_fluency: bool = False, gen_tokens: int = 20,
-                 retain_n: int | None = None, seed: int = 0, overwrite: bool = False,
+                 out: str | Path = "results", with_fluency: bool = False, fluency_mode: str = "greedy",
+                 gen_tokens: int = 20, retain_n: int | None = None, seed: int = 0, overwrite: bool = False,
                  progress: bool = True, trained_on: str | Path | None = None,
                  save_stacks: bool = True, generation: bool = True, gen_margin: int = DEFAULT_MARGIN,
                  chat_template: bool = False, consolidate_every: int | None = None) -> dict[str, Any]:
@@ -234,7 +234,10 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     locality (None = all). ``trained_on``: a trained editor directory (MEND editor / SERAC artifact)
     made on another dataset's train split; it is passed as the method's ``editor``/``artifact``
     hparam, the stem gets ``-from-<source>`` and the summary records ``trained_on`` (source ⇒
-    target, see :func:`trained_source`). ``generation``: also score greedy answers of fact records
+    target, see :func:`trained_source`). ``with_fluency``: also score fluency, with ``fluency_mode``
+    ``"greedy"`` (greedy, 100 new tokens, stop at EOS) or ``"easyedit"`` (EasyEdit's top-5 sampling to
+    100 tokens including the prompt, seeded with ``seed``); recorded in the meta as ``fluency``:
+    False, True (greedy) or ``"easyedit"``. ``generation``: also score greedy answers of fact records
     (:mod:`editwrap.evals.generation`; budget = target tokens + ``gen_margin``; ``chat_template``
     wraps those prompts in the tokenizer's chat template); recorded in the meta as
     ``{"margin", "chat_template"}`` or False. Writes ``<dataset>-<method>-<mode>.{jsonl,meta.json,summary.json,md}``
@@ -249,6 +252,8 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
 
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if fluency_mode not in FLUENCY_MODES:
+        raise ValueError(f"unknown fluency mode {fluency_mode!r}; choose one of {', '.join(FLUENCY_MODES)}")
     m = get_method(method)  # unknown method -> ValueError listing the available ones
     if mode == "batch" and m.name in SINGLE_FACT_METHODS:
         raise ValueError(f"method {m.name!r} edits one fact at a time; use --mode single or sequential, "
@@ -287,7 +292,8 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     meta = dict(dataset=dataset, data=str(Path(data).resolve()), method=m.name, mode=mode, n=len(items),
                  batch_size=batch_size if mode in ("batch", "sequential") else 1, seed=seed, model=model.name_or_path,
                  data_sha256=_data_sha256(data), model_fingerprint=model.fingerprint(),
-                 base_stack=len(model.stack), hparams=hp.model_dump(mode="json"), fluency=with_fluency,
+                 base_stack=len(model.stack), hparams=hp.model_dump(mode="json"),
+                 fluency=(fluency_mode if fluency_mode != "greedy" else True) if with_fluency else False,
                  gen_tokens=gen_tokens, retain_n=retain_n)
     if consolidate_every:
         if mode != "sequential":
@@ -304,9 +310,9 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
         shutil.rmtree(out / f"{stem}.stack", ignore_errors=True)
     _check_meta(out / f"{stem}.meta.json", meta, overwrite, jsonl)
     log = ResultLog(jsonl, ("checkpoint", "index") if mode == "sequential" else ("index",))
-    scorer = Scorer(model, with_fluency=with_fluency, gen_tokens=gen_tokens,
-                    sanitation=dataset == "sanitation", retain=retain, generation=generation,
-                    gen_margin=gen_margin, chat_template=chat_template)
+    scorer = Scorer(model, with_fluency=with_fluency, fluency_mode=fluency_mode, fluency_seed=seed,
+                    gen_tokens=gen_tokens, sanitation=dataset == "sanitation", retain=retain,
+                    generation=generation, gen_margin=gen_margin, chat_template=chat_template)
     extra: dict[str, Any] = {"resumed_lines": len(log.done)}  # > 0: wall_seconds covers the last resume only
     try:
         if mode == "sequential":

@@ -51,7 +51,7 @@ def build_tiny(kind: str, tokenizer, seed: int = 0):
     else:
         raise ValueError(kind)
     model.eval()
-    # EDITWRAP_TEST_DEVICE=cuda runs the logic tests on a GPU (the device check of benchmarks/gpu/).
+    # EDITWRAP_TEST_DEVICE=cuda runs the logic tests on a GPU (`bash benchmarks/gpu/run.sh smoke`).
     return EditableModel.wrap(model.to(os.environ.get("EDITWRAP_TEST_DEVICE", "cpu")), tokenizer)
 
 

@@ -12,8 +12,8 @@ import torch
 
 from editwrap.evals.metrics import (
     answer_tokens, compute_n_gram_entropy, continuation_logprob_dists, convsent_success, fluency,
-    generate_tokens, kl_divergence_locality, locality_score, n_gram_entropy, sanitation_locality,
-    sanitation_success, sequence_logprob, summarize, token_accuracy, token_logprobs, word_tokenize,
+    fluency_easyedit, generate_fast, generate_tokens, kl_divergence_locality, locality_score, n_gram_entropy,
+    sanitation_locality, sanitation_success, sequence_logprob, summarize, token_accuracy, token_logprobs, word_tokenize,
 )
 
 WORDS = ["<pad>", "<eos>", "<bos>", "the", "capital", "of", "France", "is", "Paris", "Rome"]
@@ -176,6 +176,62 @@ def test_generation_and_fluency():
     sampled = generate_tokens(model, tok, [PROMPT] * 8, max_new_tokens=1, top_k=2, seed=3)
     assert sampled == generate_tokens(model, tok, [PROMPT] * 8, max_new_tokens=1, top_k=2, seed=3)
     assert {t[0] for t in sampled} <= {ID["Paris"], ID["Rome"]}
+
+
+def test_easyedit_fluency_by_hand():
+    """EasyEdit generate_fast: max_out_len counts the prompt (and BOS), EOS does not stop it, the
+    decoded text skips special tokens. The chain is deterministic (other tokens sit at e^-30)."""
+    model, tok = Bigram(bigram_table({**CHAIN, "is": {"Paris": 1.0}})), WordTok(bos=True)
+    # <bos> + 5 prompt words + Paris, <eos>, Rome, Rome = 10 tokens; text "... is Paris Rome Rome"
+    ids = generate_fast(model, tok, [PROMPT], 10, return_ids=True)[0]
+    assert ids == [ID[w] for w in ("<bos>", *PROMPT.split(), "Paris", "<eos>", "Rome", "Rome")]
+    assert generate_fast(model, tok, [PROMPT], 10) == [PROMPT + " Paris Rome Rome"]
+    # 8 words: 7 distinct bigrams, 6 distinct trigrams
+    exact = (2 / 3 * math.log2(7) + 4 / 3 * math.log2(6)) / 2
+    assert fluency_easyedit(model, tok, [PROMPT], 10) == pytest.approx(exact, abs=1e-12)
+    # 11 words "... is Paris Rome Rome Rome Rome Rome": bigrams 6 x1 + (Rome,Rome) x4 of 10;
+    # trigrams 6 x1 + (Rome,Rome,Rome) x3 of 9
+    h2 = -(6 * 0.1 * math.log2(0.1) + 0.4 * math.log2(0.4))
+    h3 = -(6 / 9 * math.log2(1 / 9) + 3 / 9 * math.log2(3 / 9))
+    assert fluency_easyedit(model, tok, [PROMPT], 13) == pytest.approx((2 / 3 * h2 + 4 / 3 * h3) / 2, abs=1e-12)
+    # a prompt already max_out_len long gets no new token: 4 bigrams, 3 trigrams
+    assert generate_fast(model, tok, [PROMPT], 3) == [PROMPT]
+    assert fluency_easyedit(model, tok, [PROMPT], 3) == pytest.approx((2 / 3 * 2 + 4 / 3 * math.log2(3)) / 2)
+
+
+def test_easyedit_sampling_renormalises_top_k():
+    """Top-k renormalised sampling: "is" -> Paris 0.75 / Rome 0.25; seeded per (seed, prompt)."""
+    model, tok = Bigram(bigram_table(CHAIN)), WordTok()
+    draws = [generate_fast(model, tok, [PROMPT], 6, seed=s, return_ids=True)[0][-1] for s in range(300)]
+    assert set(draws) == {ID["Paris"], ID["Rome"]}
+    assert draws.count(ID["Paris"]) / 300 == pytest.approx(0.75, abs=0.1)
+    # top_k=1 is greedy
+    assert {generate_fast(model, tok, [PROMPT], 6, top_k=1, seed=s)[0] for s in range(5)} == {PROMPT + " Paris"}
+
+
+def test_easyedit_sampling_seeded_on_a_tiny_model(tiny_tokenizer):
+    from .conftest import build_tiny
+
+    model = build_tiny("llama", tiny_tokenizer)
+    tok = model.tokenizer
+    prompts = ["The Eiffel Tower is located in the city of", "The capital of France is"]
+    ids = generate_fast(model, tok, prompts, 40, seed=7, return_ids=True)
+    assert ids == generate_fast(model, tok, prompts, 40, seed=7, return_ids=True)  # reproducible
+    assert ids != generate_fast(model, tok, prompts, 40, seed=8, return_ids=True)
+    # per prompt: the same sample alone or in another order
+    assert generate_fast(model, tok, prompts[::-1], 40, seed=7, return_ids=True) == ids[::-1]
+    dev = next(model.parameters()).device
+    for p, seq in zip(prompts, ids):
+        n = len(tok(p)["input_ids"])
+        assert len(seq) == 40 and seq[:n] == tok(p)["input_ids"]
+        # every new token is among the 5 most likely after its prefix (KV-cache logits = full forward)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([seq], device=dev)).logits[0].float()
+        for t in range(n, len(seq)):
+            assert seq[t] in logits[t - 1].topk(5).indices.tolist()
+    texts = generate_fast(model, tok, prompts, 40, seed=7)
+    assert texts == [tok.decode(s, skip_special_tokens=True).replace("\n\n", " ") for s in ids]
+    assert fluency_easyedit(model, tok, prompts, 40, seed=7) == pytest.approx(n_gram_entropy(texts))
 
 
 def test_convsent_success_by_hand():

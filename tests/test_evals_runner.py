@@ -366,6 +366,24 @@ def test_fluency_flag_and_eval_lm_mounted(tiny_llama, tmp_path):
     assert args.func.__name__ == "cmd_lm_eval" and args.stack == "some/dir"
 
 
+def test_easyedit_fluency_mode(tiny_llama, tmp_path):
+    from editwrap.cli import build_parser
+
+    s = _run(tiny_llama, tmp_path, n=1, with_fluency=True, fluency_mode="easyedit", seed=3)
+    assert s["fluency"] == "easyedit" and s["metrics"]["Fluency"] > 0
+    assert "Fluency: EasyEdit mode" in (tmp_path / "zsre-ft-m-single.md").read_text()
+    # same seed, same sample: a rerun in another folder gives the same line
+    again = _run(tiny_llama, tmp_path / "again", n=1, with_fluency=True, fluency_mode="easyedit", seed=3)
+    assert again["metrics"]["Fluency"] == s["metrics"]["Fluency"]
+    with pytest.raises(ValueError, match="fluency"):  # resuming with the other mode is refused
+        _run(tiny_llama, tmp_path, n=1, with_fluency=True)
+    with pytest.raises(ValueError, match="fluency mode"):
+        _run(tiny_llama, tmp_path, n=1, with_fluency=True, fluency_mode="beam")
+    args = build_parser().parse_args(["eval", "knowedit", "--dataset", "zsre", "--data", "x.json", "--method", "rome",
+                                      "--fluency-mode", "easyedit"])
+    assert args.fluency_mode == "easyedit" and not args.fluency  # cmd_knowedit: the mode implies --fluency
+
+
 def test_report_shows_runs_in_progress(tiny_llama, tmp_path, monkeypatch):
     from editwrap.evals.report import load_summaries
 
@@ -386,28 +404,6 @@ def test_report_shows_runs_in_progress(tiny_llama, tmp_path, monkeypatch):
     assert "ft-m [in progress: 3/6]" in text and "ft-m [in progress: 2/6]" in text
     _run(tiny_llama, tmp_path, n=6)  # finished: the summary replaces the partial one
     assert not next(r for r in load_summaries([tmp_path]) if r["mode"] == "single").get("in_progress")
-
-
-def test_readme_results_splices_report_sections():
-    """benchmarks/readme_results.py copies one report section between its README markers."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "readme_results.py"
-    spec = importlib.util.spec_from_file_location("readme_results", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    report = ("# T\n\n## Mixed (ZsRE) — sequential\n\n| a |\n\n![p](seq.png)\n\n## Ours beside X\n\n"
-              "#### ZsRE (ours: m)\n\n| b |\n")
-    body = mod.section(report, "## Mixed", "docs/r")
-    assert body == "| a |\n\n![p](docs/r/seq.png)"
-    assert mod.section(report, "## Ours beside", "docs/r") == "**ZsRE (ours: m)**\n\n| b |"
-    readme = "intro\n<!-- begin:m -->\nold\n<!-- end:m -->\noutro\n"
-    assert mod.splice(readme, "m", body) == f"intro\n<!-- begin:m -->\n{body}\n<!-- end:m -->\noutro\n"
-    with pytest.raises(SystemExit, match="begin:other"):
-        mod.splice(readme, "other", body)
-    with pytest.raises(SystemExit, match="not found"):
-        mod.section(report, "## WikiBio", "docs/r")
 
 
 @pytest.mark.parametrize("mode", ["single", "sequential"])
