@@ -4,13 +4,14 @@
 # 50 for ROME, MEMIT, FT-M and GRACE; SERAC and MEND trained here with the evaluated records held out.
 # Runs resume where they stopped; wall time per run goes to $OUT/walltimes.tsv.
 # Then: editwrap report $OUT --out docs/results/main --cases 5   (or python benchmarks/readme_results.py)
-# Usage: bash benchmarks/main_table.sh [methods]   (default: all of them, cheapest first)
+# Usage: [OTHER_METHODS=m1,m2] bash benchmarks/main_table.sh [methods]   (default: all of them, cheapest first)
 set -u
 K=${EDITWRAP_KNOWEDIT_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data/knowedit}
 OUT=${OUT:-results/main}
 ART=${ART:-art}
 N=${N:-50}
 METHODS=${1:-ft-m,ft-l,lora,rome,memit,grace,adalora,melo,t-patcher,wise,ike,serac,mend}
+OTHER_METHODS=${OTHER_METHODS-rome,memit,ft-m,grace}   # also on WikiData_recent / counterfact ("" = none)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"
 run() {  # label, command...
@@ -31,8 +32,7 @@ for m in ${METHODS//,/ }; do
     *)     run zsre-$m ev --dataset zsre --data "$K/ZsRE.json" --method $m ;;
   esac
 done
-for m in rome memit ft-m grace; do
-  case ",$METHODS," in *",$m,"*) ;; *) continue ;; esac
+for m in ${OTHER_METHODS//,/ }; do
   run recent-$m ev --dataset recent --data "$K/WikiData_recent.json" --method $m
   run counterfact-$m ev --dataset counterfact --data "$K/WikiData_counterfact.json" --method $m
 done

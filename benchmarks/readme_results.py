@@ -24,7 +24,8 @@ from typing import Callable
 from editwrap.evals.metrics import summarize
 from editwrap.evals.reference import reference
 from editwrap.evals.report import NAMES as DATASETS
-from editwrap.evals.report import (_curve_tables, _fmt, load_summaries, paper_comparison_table, paper_rows,
+from editwrap.evals.errors import error_section
+from editwrap.evals.report import (_curve_tables, _fmt, _labels, load_summaries, paper_comparison_table, paper_rows,
                                    plot_sequential, run_table)
 from editwrap.evals.runner import read_result_lines
 
@@ -151,8 +152,27 @@ def speed(root: Path, plots: bool) -> str:
     return "\n".join(lines)
 
 
+def main_table(root: Path, plots: bool) -> str:
+    """The headline: every method on ZsRE (then WikiData_recent / counterfact), single edits,
+    EasyEdit's teacher-forced rows above the generated-answer rows, then why generated answers fail
+    (counts; the histogram PNG is written next to the runs when ``plots``)."""
+    parts = []
+    for ds in ("zsre", "recent", "counterfact"):
+        runs = _runs(root, "main", mode="single", dataset=ds)
+        if runs:
+            n = max(r.get("n") or 0 for r in runs)
+            parts.append(f"**{DATASETS.get(ds, ds)}**, first {n} records\n\n" + run_table(runs))
+    runs = _runs(root, "main", mode="single")
+    if runs:
+        errors = error_section(runs, root / RES / "main", _labels(runs), plot=plots)
+        parts.append("**Why generated answers fail** (rewrite prompts)\n\n"
+                     + errors.replace("](errors-", "](results/main/errors-"))
+    return _relabel("\n\n".join(parts), {}) if parts else "(no runs under docs/results/main yet)"
+
+
 # marker name -> section builder(root, plots) -> markdown body
 SECTIONS: dict[str, Callable[[Path, bool], str]] = {
+    "main-table": main_table,
     "knowedit-paper": knowedit_paper,
     "mixed-sequential": mixed_sequential,
     "lifelong": lifelong,

@@ -2,17 +2,18 @@
 
 The KnowEdit study sorts failed edits into four types: *meaningless tokens*, *missing tokens*,
 *knowledge-irrelevant* answers and *partial token replacement*. It gives examples, not rules; these
-are ours. They look at three strings, all compared as :func:`~editwrap.evals.generation.normalize_answer`
-words: the generated **answer** (after the edit), the **target** of the edit and the **original**
-answer (the record's ``ground_truth`` when the dataset has one, else the unedited model's generated
-answer). Content words are the words outside :data:`FUNCTION_WORDS`. The first rule that holds wins:
+are ours. They look at four strings, all compared as :func:`~editwrap.evals.generation.normalize_answer`
+words: the generated **answer** (after the edit), the **target** of the edit, the **unedited**
+model's generated answer to the same prompt and the **original** answer (the record's
+``ground_truth`` when the dataset has one, else the unedited answer). Content words are the words
+outside :data:`FUNCTION_WORDS`. The first rule that holds wins:
 
-1. ``meaningless`` — nothing readable: the answer normalises to no words; or under half of its
+1. ``unchanged`` — the answer equals the unedited model's answer, empty answers included (the edit
+   did not reach generation). The study counts these as knowledge-irrelevant; they are split out
+   because the fix differs (a stronger edit, not a cleaner one).
+2. ``meaningless`` — nothing readable: the answer normalises to no words; or under half of its
    non-space characters are letters or digits (symbol soup); or it degenerates into repetition (one
    word three times in a row, or one word making up at least half of four or more words).
-2. ``unchanged`` — the answer equals the original answer (the edit did not reach generation). The
-   study counts these as knowledge-irrelevant; they are split out because the fix differs (a stronger
-   edit, not a cleaner one).
 3. ``target_late`` — every target word appears, in order and contiguous, but not at the start
    ("He studied at Harvard University" for "Harvard University"): the knowledge is there and the
    prefix rule fails it. Also outside the study's four; counted apart so it does not inflate them.
@@ -64,23 +65,24 @@ def _contains(words: list[str], part: list[str]) -> bool:
     return any(words[i:i + n] == part for i in range(len(words) - n + 1))
 
 
-def classify_error(answer: str, target: str, original: str | None = None) -> str | None:
+def classify_error(answer: str, target: str, original: str | None = None,
+                   unedited: str | None = None) -> str | None:
     """The error type of one generated ``answer`` for ``target`` (None if it starts with the target).
 
-    ``original`` is the answer before the edit (dataset ground truth or the unedited model's
-    generation); without one, ``unchanged`` and ``partial_replacement`` cannot be told apart from
-    ``irrelevant`` and ``missing``.
+    ``original``: the answer before the edit (dataset ground truth, else the unedited generation);
+    ``unedited``: the unedited model's generation. Without them, ``unchanged`` and
+    ``partial_replacement`` cannot be told apart from the other types.
     """
     words, tgt = normalize_answer(answer).split(), normalize_answer(target).split()
     if not tgt:
         raise ValueError("target normalises to no words: nothing to classify against (field 'target')")
     if words[:len(tgt)] == tgt:
         return None
+    if unedited is not None and words == normalize_answer(unedited).split():
+        return "unchanged"
     if _meaningless(answer, words):
         return "meaningless"
     orig = normalize_answer(original or "").split()
-    if orig and words == orig:
-        return "unchanged"
     if _contains(words, tgt):
         return "target_late"
     hit_t = _content(words) & _content(tgt)
@@ -92,13 +94,14 @@ def classify_error(answer: str, target: str, original: str | None = None) -> str
     return "irrelevant"
 
 
-def _rewrite(line: Mapping[str, Any]) -> tuple[str, str | None] | None:
-    """(answer, original) of a JSONL line's rewrite prompt, or None without a generated answer."""
+def _rewrite(line: Mapping[str, Any]) -> tuple[str, str | None, str | None] | None:
+    """(answer, original, unedited) of a JSONL line's rewrite prompt, or None without a generated answer."""
     gen = (line.get("post") or {}).get("generation")
     gen = gen.get("rewrite") if isinstance(gen, dict) else None  # Sanitation lines keep a plain string
     if not isinstance(gen, dict) or not gen.get("answer"):
         return None
-    return gen["answer"][0], line.get("ground_truth") or (gen.get("answer_pre") or [None])[0]
+    pre = (gen.get("answer_pre") or [None])[0]
+    return gen["answer"][0], line.get("ground_truth") or pre, pre
 
 
 def error_counts(lines: Iterable[Mapping[str, Any]]) -> dict[str, int]:
@@ -108,8 +111,8 @@ def error_counts(lines: Iterable[Mapping[str, Any]]) -> dict[str, int]:
         got = _rewrite(line)
         if got is None or not normalize_answer(line.get("target_new") or ""):
             continue
-        answer, original = got
-        kind = classify_error(answer, line["target_new"], original)
+        answer, original, unedited = got
+        kind = classify_error(answer, line["target_new"], original, unedited)
         out["n"] += 1
         out["ok" if kind is None else kind] += 1
     return out
@@ -160,9 +163,10 @@ def plot_error_histogram(rows: Mapping[str, Mapping[str, int]], path: Any, title
     return path
 
 
-def error_section(runs: Sequence[Mapping[str, Any]], out: Any, labels: Sequence[str]) -> str:
+def error_section(runs: Sequence[Mapping[str, Any]], out: Any, labels: Sequence[str], plot: bool = True) -> str:
     """Markdown: per run, how many rewrite answers succeeded and why the others failed, plus one
-    histogram PNG per dataset (``errors-<dataset>.png`` in ``out``); "" when no run generated."""
+    histogram PNG per dataset (``errors-<dataset>.png`` in ``out``, written when ``plot``); "" when
+    no run generated."""
     from pathlib import Path
 
     rows: dict[str, list[tuple[str, dict[str, int]]]] = {}
@@ -179,6 +183,8 @@ def error_section(runs: Sequence[Mapping[str, Any]], out: Any, labels: Sequence[
                   "|---" * (3 + len(ERROR_TYPES)) + "|"]
         lines += [f"| {lab} | {c['n']} | {c['ok']} | " + " | ".join(str(c[t]) for t in ERROR_TYPES) + " |"
                   for lab, c in rs]
-        png = plot_error_histogram(dict(rs), Path(out) / f"errors-{ds}.png", f"{ds}: why generated answers fail")
-        lines += ["", f"![{ds} error types]({Path(png).name})", ""]
+        png = Path(out) / f"errors-{ds}.png"
+        if plot:
+            plot_error_histogram(dict(rs), png, f"{ds}: why generated answers fail")
+        lines += ["", f"![{ds} error types]({png.name})", ""]
     return "\n".join(lines)

@@ -10,36 +10,39 @@ from editwrap.evals.metrics import summarize
 from editwrap.evals.report import build_report
 
 
-@pytest.mark.parametrize("answer,target,original,kind", [
+@pytest.mark.parametrize("answer,target,original,unedited,kind", [
     # successes get no type (the prefix rule of the generation metric)
-    ("Tom Hanks, the actor", "Tom Hanks", "Karl Marx", None),
-    ("the Rome.", "Rome", None, None),
+    ("Tom Hanks, the actor", "Tom Hanks", "Karl Marx", None, None),
+    ("the Rome.", "Rome", None, None, None),
+    # unchanged: the unedited model's answer, whatever it is (checked before anything else)
+    ("Paris.", "Rome", "Paris", "Paris", "unchanged"),
+    ("Karl Marx", "Tom Hanks", "Karl Marx", "Karl Marx!", "unchanged"),
+    ("", "Rome", "Paris", "", "unchanged"),
+    ("Rome Rome Rome no", "Tom Hanks", None, "rome rome rome no", "unchanged"),
     # meaningless: empty, symbol soup, stuttering, one word dominating
-    ("", "Rome", "Paris", "meaningless"),
-    ("?!... --", "Rome", "Paris", "meaningless"),
-    ("%%$# a1 ##", "Rome", "Paris", "meaningless"),
-    ("Rome Rome Rome", "Tom Hanks", None, "meaningless"),
-    ("city city of city", "Rome", None, "meaningless"),
-    # unchanged: the original answer, whatever its words
-    ("Paris.", "Rome", "Paris", "unchanged"),
-    ("Karl Marx", "Tom Hanks", "Karl Marx", "unchanged"),
+    ("", "Rome", "Paris", "Paris", "meaningless"),
+    ("?!... --", "Rome", "Paris", None, "meaningless"),
+    ("%%$# a1 ##", "Rome", "Paris", None, "meaningless"),
+    ("Rome Rome Rome", "Tom Hanks", None, None, "meaningless"),
+    ("city city of city", "Rome", None, None, "meaningless"),
     # target late: the whole target, contiguous, after other words
-    ("He studied at Harvard University", "Harvard University", "Yale", "target_late"),
-    ("in Rome", "Rome", None, "target_late"),
+    ("He studied at Harvard University", "Harvard University", "Yale", None, "target_late"),
+    ("in Rome", "Rome", None, None, "target_late"),
     # partial replacement: target words mixed with the original's
-    ("Karl Hanks", "Tom Hanks", "Karl Marx", "partial_replacement"),
-    ("Hanks Marx", "Tom Hanks", "Karl Marx", "partial_replacement"),
+    ("Karl Hanks", "Tom Hanks", "Karl Marx", None, "partial_replacement"),
+    ("Hanks Marx", "Tom Hanks", "Karl Marx", "Karl Marx", "partial_replacement"),
     # missing: some target content words, none of the original's
-    ("Tom", "Tom Hanks", "Karl Marx", "missing"),
-    ("Bennington", "Bennington College", None, "missing"),
-    ("Hanks Tom", "Tom Hanks", "Karl Marx", "missing"),  # all words, wrong order: not target_late
+    ("Tom", "Tom Hanks", "Karl Marx", None, "missing"),
+    ("Bennington", "Bennington College", None, None, "missing"),
+    ("Hanks Tom", "Tom Hanks", "Karl Marx", None, "missing"),  # all words, wrong order: not target_late
     # irrelevant: no target content word
-    ("Berlin", "Rome", "Paris", "irrelevant"),
-    ("Paris is a big city", "Rome", "Paris", "irrelevant"),  # the original inside longer text
-    ("of the city", "Rome of Italy", None, "irrelevant"),  # function words do not count as hits
+    ("Berlin", "Rome", "Paris", "Paris", "irrelevant"),
+    ("Paris is a big city", "Rome", "Paris", "Paris", "irrelevant"),  # the original inside longer text
+    ("Karl Marx", "Tom Hanks", "Karl Marx", "Karl", "irrelevant"),  # the ground truth, not the unedited answer
+    ("of the city", "Rome of Italy", None, None, "irrelevant"),  # function words do not count as hits
 ])
-def test_classify_error_rules(answer, target, original, kind):
-    assert classify_error(answer, target, original) == kind
+def test_classify_error_rules(answer, target, original, unedited, kind):
+    assert classify_error(answer, target, original, unedited) == kind
 
 
 def test_boundaries():
