@@ -47,6 +47,9 @@ class Fact(BaseModel):
     prompt: str
     target_new: str
     subject: str | None = None
+    #: what the prompt asks about the subject (a Wikidata id such as "P36" or a name): with
+    #: ``subject`` it identifies the fact's slot for conflict checks (editwrap.conflicts)
+    relation: str | None = None
     ground_truth: str | None = None
     rephrase: list[str] = Field(default_factory=list)
     locality: dict[str, list[Probe]] = Field(default_factory=dict)

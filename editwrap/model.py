@@ -129,6 +129,10 @@ class EditableModel:
     def compute_edit(self, facts: Fact | dict | Sequence[Fact | dict], method: str = "rome",
                      hparams: HparamsBase | dict | None = None, **overrides: Any) -> Edit:
         """Compute an edit on the model as it is now, without applying it."""
+        return self._compute(*self._checked(facts, method, hparams, overrides))
+
+    def _checked(self, facts: Any, method: str, hparams: Any, overrides: dict[str, Any]) -> tuple[Any, list[Fact], Any]:
+        """(method, facts, hparams) after every input check: errors here change nothing."""
         m = get_method(method)
         facts = _as_facts(facts)
         hp = self._resolve_hparams(m, hparams, overrides)
@@ -140,18 +144,27 @@ class EditableModel:
             raise StackError(f"method '{m.name}' cannot edit a quantized (8-/4-bit) model: "
                              f"{getattr(m, 'quantized_reason', 'it needs float weights')}. Load the model without "
                              "quantization_config, or use a side-car method (rome, memit, ft-l, ft-m, lora)")
+        return m, facts, hp
+
+    def _compute(self, m: Any, facts: list[Fact], hp: Any) -> Edit:
         edit = m.compute(self, facts, hp)
         edit.entry.check_finite()
         return edit
 
     def edit(self, facts: Fact | dict | Sequence[Fact | dict], method: str = "rome",
-             hparams: HparamsBase | dict | None = None, **overrides: Any) -> Edit:
+             hparams: HparamsBase | dict | None = None, *, on_conflict: str = "replace", **overrides: Any) -> Edit:
         """Compute an edit for ``facts`` with ``method`` and push it; returns the pushed Edit.
 
         Keyword arguments override the method's hyperparameters (validated; unknown names error).
+        A fact on the same subject and relation as one already on the stack is handled by
+        ``on_conflict``: ``"replace"`` the old edit, ``"refuse"``, or ``"stack"`` on top of it
+        (:mod:`editwrap.conflicts`; reported in ``edit.info["conflicts"]``).
         A rejected fact, a failed computation or a non-finite result leaves the model untouched.
         """
-        return self.push(self.compute_edit(facts, method, hparams, **overrides))
+        from .conflicts import edit_with_policy
+
+        m, facts, hp = self._checked(facts, method, hparams, overrides)
+        return edit_with_policy(self, facts, lambda: self._compute(m, facts, hp), on_conflict)
 
     def _resolve_hparams(self, m: Any, hparams: HparamsBase | dict | None, overrides: dict[str, Any]) -> HparamsBase:
         base = hparams if isinstance(hparams, HparamsBase) else m.default_hparams(self)

@@ -306,7 +306,7 @@ def _cell(text: Any) -> str:
 
 
 def case_tables(runs: Sequence[dict], n: int) -> str:
-    """The seed's "one case across methods" table per dataset: for the first ``n`` records of the
+    """The KnowEdit study's "one case across methods" table per dataset: for the first ``n`` records of the
     single-mode runs, the prompt, target, the unedited model's generated answer and each method's
     (✓ = starts with the target); – where a run has no generated answer for the record."""
     from .runner import read_result_lines

@@ -77,7 +77,7 @@ def test_several_adapters_remove_middle_save_load(tiny_llama, tmp_path):
     e1 = m.edit(FACT, method="lora", **FAST)
     one = _logits(m)
     e2 = m.edit(FACT2, method="adalora", **FAST)
-    e3 = m.edit(FACT2, method="ft-m", num_steps=2)
+    e3 = m.edit(FACT2, method="ft-m", num_steps=2, on_conflict="stack")
     both = _logits(m)
     assert e2.depends_on == [e1.id] and e3.depends_on == [e1.id, e2.id]
     m.stack.save(tmp_path / "s")

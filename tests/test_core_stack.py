@@ -183,7 +183,9 @@ def test_bad_inputs_leave_model_untouched(tiny_llama):
     with pytest.raises(ValueError, match="layers"):
         m.edit(FACT, method="memit", layers=[99])
     with pytest.raises(ValueError, match="one fact at a time"):
-        m.edit([FACT, FACT], method="rome")
+        m.edit([FACT, Fact(prompt="The Colosseum is in", subject="Colosseum", target_new="Paris")], method="rome")
+    with pytest.raises(StackError, match="same slot"):
+        m.edit([FACT, FACT], method="ft-m")
     assert state_dict_hash(m) == h0 and len(m.stack) == 0
     assert not any(mod._forward_hooks for mod in m.modules())
 

@@ -69,7 +69,7 @@ def test_sequential_split_order_dependence_and_save_load(tiny_llama, tmp_path, t
     base = _logits(m)
     e1 = m.edit(FACT, method="grace", n_iter=20, eps=1e-3)
     l1 = _logits(m)
-    e2 = m.edit(FACT_OTHER, method="grace", n_iter=20, eps=1e-3)  # same key, other answer: split
+    e2 = m.edit(FACT_OTHER, method="grace", n_iter=20, eps=1e-3, on_conflict="stack")  # same key, other answer: split
     assert len(e2.entry.upd_labels) == 1 and e2.entry.base_rows == 1
     e3 = m.edit(FACT2, method="grace", n_iter=20, eps=1e-3)
     assert e3.depends_on == [e1.id, e2.id]

@@ -125,7 +125,7 @@ def test_demonstrations_exceeding_context_window_error(tiny_llama, pool):
     assert len(m.stack) == 0
     # stacking prompt entries until the combined context overflows: rewriting refuses
     m.edit(FACT, method="ike", pool=pool, k=1, answer_budget=0)
-    m.edit(FACT, method="ike", pool=pool, k=1, answer_budget=0)
+    m.edit(FACT, method="ike", pool=pool, k=1, answer_budget=0, on_conflict="stack")
     with pytest.raises(ContextOverflowError):
         m.generate_text("word " * 60, max_new_tokens=1)
     m.clear()

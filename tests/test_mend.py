@@ -83,7 +83,7 @@ def test_train_edit_pop_save_load(tiny_model, tmp_path):
     ll1 = m.loglikelihood(FACT.prompt, " Rome")
     assert ll1 != ll0
     # composes with a prompt entry and an FT entry, saves and reloads
-    m.edit(FACT, method="ice")
+    m.edit(FACT, method="ice", on_conflict="stack")
     m.stack.save(tmp_path / "stack")
     m.clear()
     assert state_dict_hash(m) == h0 and m.loglikelihood(FACT.prompt, " Rome") == ll0

@@ -31,7 +31,7 @@ def _edits(m):
            method="rome", mom2_n_tokens=300, v_num_grad_steps=3, context_templates=[(3, 2)])
     m.edit({"prompt": "The capital of France is", "target_new": "Berlin"}, method="lora", num_steps=3, lr=5e-2)
     m.edit({"prompt": "Apple Microsoft", "target_new": "Google"}, method="grace", n_iter=5, eps=1e-3)
-    m.edit({"prompt": "The capital of France is", "target_new": "London"}, method="wise", n_iter=3,
+    m.edit({"prompt": "The capital of France is", "target_new": "London"}, method="wise", on_conflict="stack", n_iter=3,
            alpha=0.05, beta=0.5, gamma=0.2)
 
 

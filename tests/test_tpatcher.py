@@ -38,7 +38,7 @@ def test_edit_patches_last_layer_pop_remove_save_load(tiny_model, tmp_path, tiny
     # trained to stay silent off-target (memory loss): most positions of an unrelated text are untouched
     changed = ((_logits(m, "Apple Microsoft Google") - other).abs().amax(-1) > 0).float().mean()
     assert not torch.equal(one, base) and changed <= 0.5
-    m.edit(FACTS[1], method="t-patcher", **FAST)
+    m.edit(FACTS[1], method="t-patcher", on_conflict="stack", **FAST)
     m.stack.save(tmp_path / "s")
     both = _logits(m)
     with pytest.warns(UserWarning):
