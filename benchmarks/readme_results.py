@@ -23,9 +23,9 @@ from typing import Callable
 
 from editwrap.evals.metrics import summarize
 from editwrap.evals.reference import reference
-from editwrap.evals.report import NAMES as DATASETS
 from editwrap.evals.errors import error_section
-from editwrap.evals.report import (_curve_tables, _fmt, _labels, load_summaries, paper_comparison_table, paper_rows,
+from editwrap.evals.report import NAMES as DATASETS
+from editwrap.evals.report import (GEN, _curve_tables, _fmt, _labels, load_summaries, paper_comparison_table, paper_rows,
                                    plot_sequential, run_table)
 from editwrap.evals.runner import read_result_lines
 
@@ -170,6 +170,25 @@ def main_table(root: Path, plots: bool) -> str:
     return _relabel("\n\n".join(parts), {}) if parts else "(no runs under docs/results/main yet)"
 
 
+ORDER = ("rome", "memit", "ft-l", "ft-m", "lora", "adalora", "grace", "wise", "melo", "t-patcher", "ike", "serac",
+         "mend")
+
+
+def headline(root: Path, plots: bool) -> str:
+    """README's headline: one row per method on ZsRE 50, teacher-forced beside generated."""
+    runs = sorted(_runs(root, "main", mode="single", dataset="zsre"),
+                  key=lambda r: ORDER.index(r["method"]) if r["method"] in ORDER else len(ORDER))
+    cols = ("Edit Succ.", "Rephrase", "Locality")
+    lines = ["| method | " + " | ".join(f"{c} TF / gen." for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for r in runs:
+        rows = paper_rows(r)
+        lines.append(f"| {NAMES.get(r['method'], r['method'])} | "
+                     + " | ".join(f"{_fmt(rows[c])} / {_fmt(rows[c + GEN])}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+README_SECTIONS: dict[str, Callable[[Path, bool], str]] = {"headline": headline}
+
 # marker name -> section builder(root, plots) -> markdown body
 SECTIONS: dict[str, Callable[[Path, bool], str]] = {
     "main-table": main_table,
@@ -184,9 +203,9 @@ SECTIONS: dict[str, Callable[[Path, bool], str]] = {
 }
 
 
-def bodies(root: Path = ROOT, plots: bool = False) -> dict[str, str]:
+def bodies(root: Path = ROOT, plots: bool = False, sections: dict | None = None) -> dict[str, str]:
     """Every generated section's body; ``plots`` also writes the sequential-curve PNGs."""
-    return {name: build(root, plots).strip("\n") for name, build in SECTIONS.items()}
+    return {name: build(root, plots).strip("\n") for name, build in (sections or SECTIONS).items()}
 
 
 def _pattern(name: str) -> re.Pattern:
@@ -200,7 +219,7 @@ def render(doc: str, new: dict[str, str]) -> str:
         marked = f"<!-- begin:{name} -->\n{body}\n<!-- end:{name} -->"
         doc, found = _pattern(name).subn(lambda m: marked, doc)
         if found != 1:
-            raise SystemExit(f"{DOC} needs exactly one <!-- begin:{name} --> / <!-- end:{name} --> pair (found {found})")
+            raise SystemExit(f"the document needs exactly one <!-- begin:{name} --> / <!-- end:{name} --> pair (found {found})")
     return doc
 
 
@@ -212,21 +231,27 @@ def stale(doc: str, new: dict[str, str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if the document is out of date")
-    ap.add_argument("--doc", default=str(ROOT / DOC), help=f"the document (default: {DOC})")
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if a document is out of date")
+    ap.add_argument("--doc", default=None, help=f"only this document (default: {DOC} and README.md)")
     args = ap.parse_args(argv)
-    path = Path(args.doc)
-    doc = path.read_text(encoding="utf-8")
-    new = bodies(ROOT, plots=not args.check)
-    if args.check:
-        out = stale(doc, new)
-        print(f"{path.name} is out of date: {', '.join(out)} (run python benchmarks/readme_results.py)"
-              if out else f"{path.name} is up to date")
-        return int(bool(out))
-    text = render(doc, new)
-    path.write_text(text, encoding="utf-8")
-    print(f"{path.name} updated" if text != doc else f"{path.name} already up to date")
-    return 0
+    docs = {str(ROOT / DOC): SECTIONS, str(ROOT / "README.md"): README_SECTIONS}
+    if args.doc is not None:
+        docs = {args.doc: README_SECTIONS if Path(args.doc).name == "README.md" else SECTIONS}
+    bad = 0
+    for doc_path, sections in docs.items():
+        path = Path(doc_path)
+        doc = path.read_text(encoding="utf-8")
+        new = bodies(ROOT, plots=not args.check, sections=sections)
+        if args.check:
+            out = stale(doc, new)
+            print(f"{path.name} is out of date: {', '.join(out)} (run python benchmarks/readme_results.py)"
+                  if out else f"{path.name} is up to date")
+            bad += bool(out)
+            continue
+        text = render(doc, new)
+        path.write_text(text, encoding="utf-8")
+        print(f"{path.name} updated" if text != doc else f"{path.name} already up to date")
+    return int(bool(bad))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ PLUGINS = [
     "editwrap.integrations.cli",
     "editwrap.methods.mend.cli",
     "editwrap.methods.serac.cli",
+    "editwrap.analysis.cli",
 ]
 
 

@@ -61,3 +61,8 @@ def test_missing_markers_are_an_error(rr, generated):
     doc = DOC.read_text(encoding="utf-8").replace("<!-- end:lifelong -->", "")
     with pytest.raises(SystemExit, match="lifelong"):
         rr.stale(doc, generated)
+
+
+def test_readme_headline_is_up_to_date(rr):
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert rr.stale(readme, rr.bodies(ROOT, sections=rr.README_SECTIONS)) == []
