@@ -1,4 +1,5 @@
-"""Edit a fact with ROME, check the answer, undo it bit-exactly, then batch-edit with MEMIT.
+"""Edit a fact with ROME, check the answer, undo it bit-exactly, batch-edit with MEMIT, and
+correct an edit by editing the same fact again (the old edit is replaced, not stacked).
 
     python examples/quickstart.py
 """
@@ -25,3 +26,12 @@ with model.edit(facts, method="memit"):
     for f in facts:
         print(f"{f.prompt!r} -> {model.generate_text(f.prompt, max_new_tokens=4)!r}")
 print("stack after the with-block:", len(model.stack), "entries")
+
+# Editing the same subject + relation again replaces the old edit (on_conflict="replace", the default;
+# "refuse" raises, "stack" keeps both): the new edit is computed without the old one present.
+model.edit(fact, method="rome")
+fixed = model.edit(fact.model_copy(update={"target_new": "Berlin"}), method="rome")
+print("corrected:", model.generate_text(fact.prompt, max_new_tokens=6), "| replaced:", fixed.info["conflicts"]["with"])
+assert len(model.stack) == 1
+model.clear()
+assert state_dict_hash(model) == original
