@@ -62,7 +62,7 @@ def test_mixed_stack_of_20_popped_in_random_order(embedded):
         s, c = subjects[i % 5], cities[(i * 3) % 5]
         f = Fact(prompt=f"The {s} is located in the city of", subject=s, target_new=c)
         meth = methods[i % 4]
-        m.edit(f, method=meth, **fast[meth])
+        m.edit(f, method=meth, on_conflict="stack", **fast[meth])
     assert len(m.stack) == 20
     rng = random.Random(0)
     with warnings.catch_warnings():
