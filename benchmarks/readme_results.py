@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = "docs/RESULTS.md"
 RES = "docs/results"
 NAMES = {"rome": "ROME", "memit": "MEMIT", "ft-m": "FT-M", "ft-l": "FT-L", "lora": "LoRA", "ike": "IKE",
-         "serac": "SERAC", "mend": "MEND", "zsre": "ZsRE", "recent": "WikiData_recent"}
+         "serac": "SERAC", "mend": "MEND", "zsre": "ZsRE", "recent": "WikiData_recent", "adalora": "AdaLoRA",
+         "grace": "GRACE", "wise": "WISE", "melo": "MELO", "t-patcher": "T-Patcher"}
 METRICS = ("Edit Succ.", "Rephrase", "Portability", "Locality")
 
 
