@@ -9,6 +9,8 @@ from typing import Any
 ANALYSES = [
     "editwrap.analysis.trace",
     "editwrap.analysis.delta",
+    "editwrap.analysis.rsim",
+    "editwrap.analysis.recover",
 ]
 
 
