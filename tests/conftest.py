@@ -97,3 +97,22 @@ def pytest_collection_modifyitems(config, items):
         src = (inspect.getsource(fn) if fn else "") + (inspect.getsource(mod) if mod else "")
         if "KNOWEDIT_DIR" in src:
             item.add_marker(skip)
+
+
+def _saved_tiny(arch: str, tmp_path_factory) -> Path:
+    """A tiny random model and its tokenizer saved to a directory (for loaders and CLIs that take a path)."""
+    tok = _tiny_tokenizer()
+    d = tmp_path_factory.mktemp(f"tiny_{arch}")
+    build_tiny(arch, tok).unwrap().save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    return _saved_tiny("llama", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory) -> Path:
+    return _saved_tiny("gpt2", tmp_path_factory)

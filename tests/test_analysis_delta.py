@@ -14,7 +14,6 @@ from editwrap.analysis.delta import (delta_report, effective_rank, numerical_ran
                                      stack_localities)
 from editwrap.entries.delta import DeltaEntry
 
-from .conftest import build_tiny
 
 E = torch.eye(4)  # e_i in the 4-dim output space; e_i[:3] in the 3-dim input space
 
@@ -98,21 +97,10 @@ FACTS = [Fact(prompt="The Eiffel Tower is located in the city of", subject="Eiff
          Fact(prompt="The capital of France is", subject="France", target_new="London")]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from .conftest import _tiny_tokenizer
-
-    tok = _tiny_tokenizer()
-    d = tmp_path_factory.mktemp("tiny_llama")
-    build_tiny("llama", tok).unwrap().save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
-def test_cli_on_a_saved_stack_with_its_results(tiny_dir, tmp_path):
+def test_cli_on_a_saved_stack_with_its_results(tiny_llama_dir, tmp_path):
     from editwrap.cli import main
 
-    m = EditableModel.from_pretrained(tiny_dir)
+    m = EditableModel.from_pretrained(tiny_llama_dir)
     m.edit(FACTS[0], method="rome", **FAST["rome"])
     m.edit(FACTS[1], method="ft-l", **FAST["ft-l"])
     stack = m.stack.save(tmp_path / "tiny-run.stack")
@@ -123,7 +111,7 @@ def test_cli_on_a_saved_stack_with_its_results(tiny_dir, tmp_path):
     assert stack_localities(stack, m.stack.edits)[0] == [{"locality": 0.75, "rewrite_acc": 1.0},
                                                         {"locality": 0.5, "rewrite_acc": 1.0}]
     out = tmp_path / "out"
-    assert main(["analyze", "delta", str(stack), "--model", str(tiny_dir), "--out", str(out)]) == 0
+    assert main(["analyze", "delta", str(stack), "--model", str(tiny_llama_dir), "--out", str(out)]) == 0
     rep = json.loads((out / "delta.json").read_text())
     rome, ft = rep["edits"]
     assert rome["method"] == "rome" and rome["label"] == "tiny-run" and rome["locality"] == 0.75
@@ -134,7 +122,7 @@ def test_cli_on_a_saved_stack_with_its_results(tiny_dir, tmp_path):
     assert (out / "delta.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_cli_facts_mode_edits_scores_and_pops(tiny_dir, tmp_path):
+def test_cli_facts_mode_edits_scores_and_pops(tiny_llama_dir, tmp_path):
     from editwrap.cli import main
 
     facts = tmp_path / "facts.jsonl"
@@ -142,7 +130,7 @@ def test_cli_facts_mode_edits_scores_and_pops(tiny_dir, tmp_path):
     rows = [dict(f.model_dump(exclude_defaults=True), locality={"R": [probe]}) for f in FACTS]
     facts.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "out"
-    args = ["analyze", "delta", "--model", str(tiny_dir), "--facts", str(facts), "--method", "rome", "--n", "2",
+    args = ["analyze", "delta", "--model", str(tiny_llama_dir), "--facts", str(facts), "--method", "rome", "--n", "2",
             "--out", str(out)] + [x for k, v in FAST["rome"].items() for x in ("--hparam", f"{k}={json.dumps(v)}")]
     assert main(args) == 0
     rep = json.loads((out / "delta.json").read_text())

@@ -73,18 +73,7 @@ def test_pop_is_exact_and_editing_back_is_not(tiny_tokenizer, method, hp):
     json.dumps(res)
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from .conftest import _tiny_tokenizer
-
-    tok = _tiny_tokenizer()
-    d = tmp_path_factory.mktemp("tiny_llama")
-    build_tiny("llama", tok).unwrap().save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
-def test_cli_writes_json_and_png(tiny_dir, tmp_path, capsys):
+def test_cli_writes_json_and_png(tiny_llama_dir, tmp_path, capsys):
     from editwrap.cli import main
 
     recs = [{"subject": s, "prompt": f"The capital of {s} is", "target_new": "Rome", "ground_truth": ["Paris"],
@@ -94,7 +83,7 @@ def test_cli_writes_json_and_png(tiny_dir, tmp_path, capsys):
     data = tmp_path / "knowedit.json"
     data.write_text(json.dumps(recs))
     out = tmp_path / "recover"
-    assert main(["analyze", "recover", "--model", str(tiny_dir), "--data", str(data), "--n", "2", "--n-kl", "3",
+    assert main(["analyze", "recover", "--model", str(tiny_llama_dir), "--data", str(data), "--n", "2", "--n-kl", "3",
                  "--method", "ft-m", "--hparam", "num_steps=2", "--back-to", "truth", "--out", str(out)]) == 0
     res = json.loads((out / "recover.json").read_text())
     assert res["n_facts"] == 2 and res["kl_prompts"] == ["Google is in", "Google and", "Apple is in"]

@@ -102,18 +102,7 @@ def test_attribution_is_the_first_order_ablation_effect(tiny_tokenizer):
     assert len(top) == arch.n_layers and tok == tiny_tokenizer.decode([int(m(input_ids=ids[:, :n]).logits[0, -1].argmax())])
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from .conftest import _tiny_tokenizer
-
-    tok = _tiny_tokenizer()
-    d = tmp_path_factory.mktemp("tiny_gpt2")
-    build_tiny("gpt2", tok).unwrap().save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
-def test_cli_writes_json_and_png(tiny_dir, tmp_path, capsys):
+def test_cli_writes_json_and_png(tiny_gpt2_dir, tmp_path, capsys):
     from editwrap.cli import main
 
     recs = [{"subject": s, "prompt": f"The capital of {s} is", "target_new": "Rome", "ground_truth": ["Paris"],
@@ -123,7 +112,7 @@ def test_cli_writes_json_and_png(tiny_dir, tmp_path, capsys):
     data = tmp_path / "knowedit.json"
     data.write_text(json.dumps(recs))
     out = tmp_path / "rsim"
-    assert main(["analyze", "rsim", "--model", str(tiny_dir), "--data", str(data), "--n", "3", "--out", str(out)]) == 0
+    assert main(["analyze", "rsim", "--model", str(tiny_gpt2_dir), "--data", str(data), "--n", "3", "--out", str(out)]) == 0
     res = json.loads((out / "rsim.json").read_text())
     c = res["curve"]
     assert c["k"] == [1, 2, 3] and res["items"] == 9 and res["all_pairs"] == 27  # 36 pairs minus 3 × 3 within records

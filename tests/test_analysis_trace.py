@@ -78,22 +78,11 @@ def test_subject_range_and_errors(tiny_tokenizer):
         causal_trace(m, PROMPT, SUBJECT, kinds=("mlp", "neurons"))
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from .conftest import _tiny_tokenizer
-
-    tok = _tiny_tokenizer()
-    d = tmp_path_factory.mktemp("tiny_gpt2")
-    build_tiny("gpt2", tok).unwrap().save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
-def test_cli_writes_json_and_png(tiny_dir, tmp_path, capsys):
+def test_cli_writes_json_and_png(tiny_gpt2_dir, tmp_path, capsys):
     from editwrap.cli import main
 
     out = tmp_path / "trace"
-    rc = main(["analyze", "trace", "--model", str(tiny_dir), "--prompt", PROMPT, "--subject", "capital",
+    rc = main(["analyze", "trace", "--model", str(tiny_gpt2_dir), "--prompt", PROMPT, "--subject", "capital",
                "--samples", "2", "--window", "3", "--out", str(out)])
     assert rc == 0
     res = json.loads((out / "trace.json").read_text())

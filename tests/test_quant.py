@@ -22,22 +22,11 @@ FACT = {"prompt": "The Eiffel Tower is located in the city of", "subject": "Eiff
 FAST = {"mom2_n_tokens": 500, "v_num_grad_steps": 3, "context_templates": [[4, 1]]}
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from .conftest import _tiny_tokenizer
-
-    tok = _tiny_tokenizer()
-    d = tmp_path_factory.mktemp("tiny_llama")
-    build_tiny("llama", tok).unwrap().save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
 @pytest.fixture
-def q8(tiny_dir):
+def q8(tiny_llama_dir):
     from editwrap.integrations.quant import load_quantized
 
-    return load_quantized(tiny_dir, bits=8)
+    return load_quantized(tiny_llama_dir, bits=8)
 
 
 def _logits(m):
@@ -115,10 +104,10 @@ def test_method_that_cannot_run_quantized_is_refused(q8, monkeypatch):
     assert len(q8.stack) == 0 and state_dict_hash(q8) == s0
 
 
-def test_float_stack_loads_onto_int8_same_checkpoint(tiny_dir, q8, tmp_path, tiny_tokenizer):
+def test_float_stack_loads_onto_int8_same_checkpoint(tiny_llama_dir, q8, tmp_path, tiny_tokenizer):
     from editwrap import EditableModel
 
-    f32 = EditableModel.from_pretrained(tiny_dir, dtype=torch.float32)
+    f32 = EditableModel.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     assert f32.fingerprint() != q8.fingerprint()
     f32.edit(FACT, method="ft-m", num_steps=3)
     f32.stack.save(tmp_path / "s")
@@ -135,11 +124,11 @@ def test_float_stack_loads_onto_int8_same_checkpoint(tiny_dir, q8, tmp_path, tin
         f32.compose(tmp_path / "s")
 
 
-def test_covariance_through_int8_layers(q8, tiny_dir):
+def test_covariance_through_int8_layers(q8, tiny_llama_dir):
     from editwrap import EditableModel
     from editwrap.ops.covariance import second_moment, stats_path
 
-    f32 = EditableModel.from_pretrained(tiny_dir, dtype=torch.float32)
+    f32 = EditableModel.from_pretrained(tiny_llama_dir, dtype=torch.float32)
     mod = "model.layers.1.mlp.down_proj"
     c8 = second_moment(q8, [mod], n_tokens=500, progress=False)[mod]
     c32 = second_moment(f32, [mod], n_tokens=500, progress=False)[mod]
@@ -148,10 +137,10 @@ def test_covariance_through_int8_layers(q8, tiny_dir):
     assert 0 < rel < 0.1
 
 
-def test_nf4_rome_pop_exact(tiny_dir):
+def test_nf4_rome_pop_exact(tiny_llama_dir):
     from editwrap.integrations.quant import int8_state, load_quantized
 
-    q4 = load_quantized(tiny_dir, bits=4)
+    q4 = load_quantized(tiny_llama_dir, bits=4)
     before, s0, h0 = _logits(q4), state_dict_hash(q4), int8_state(q4)
     q4.edit(FACT, method="rome", **FAST)
     assert not torch.equal(_logits(q4), before)
@@ -203,10 +192,10 @@ def test_embedded_int8_rome_pop_exact():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_int8_rome_pop_exact(tiny_dir):
+def test_cuda_int8_rome_pop_exact(tiny_llama_dir):
     from editwrap.integrations.quant import int8_state, load_quantized
 
-    m = load_quantized(tiny_dir, bits=8, device_map={"": 0})
+    m = load_quantized(tiny_llama_dir, bits=8, device_map={"": 0})
     assert next(m.parameters()).device.type == "cuda"
     before, h0, s0 = _logits(m), int8_state(m), state_dict_hash(m)
     m.edit(FACT, method="rome", **FAST)
