@@ -10,7 +10,7 @@ K=${EDITWRAP_KNOWEDIT_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data/know
 OUT=${OUT:-results/main}
 ART=${ART:-art}
 N=${N:-50}
-METHODS=${1:-ft-m,ft-l,lora,rome,memit,grace,adalora,melo,t-patcher,wise,ike,serac,mend}
+METHODS=${1:-ft-m,ft-l,lora,rome,memit,kn,grace,adalora,melo,t-patcher,wise,ike,serac,mend}
 OTHER_METHODS=${OTHER_METHODS-rome,memit,ft-m,grace}   # also on WikiData_recent / counterfact ("" = none)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"

@@ -32,7 +32,6 @@ The prefix cache stays exact because every module is patched only from the subje
 from __future__ import annotations
 
 import contextlib
-import inspect
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
@@ -42,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..facts import Fact
 from .hooks import frozen, patch_output
+from .kvcache import cache_kwarg, reset_cache
 from .replay import ReplayBelow
 from .profile import phase
 from .tokens import subject_last_index, target_ids
@@ -148,28 +148,6 @@ def _layout(rows: _Rows, pad_id: int, align: bool, device: torch.device) -> tupl
     pos = (mask.cumsum(1) - 1).clamp(min=0)
     enc = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "position_ids": pos.to(device)}
     return enc, torch.tensor(offset), p
-
-
-def _cache_kwarg(host: Any) -> str:
-    """transformers 5 names a forward's KV cache ``cache``; 4.x ``past_key_values``."""
-    params = inspect.signature(host.base_model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _reset_cache(cache: Any, keep: int) -> None:
-    """Back to the prefix, layer by layer (replayed layers never grew), and cut the kept tensors
-    off the step's graph (a slice of the step's concatenated tensors would keep it alive)."""
-    def cut(t: Any) -> Any:
-        return t[..., :keep, :].detach() if isinstance(t, torch.Tensor) and t.dim() >= 2 else t
-
-    for layer in getattr(cache, "layers", None) or []:  # transformers 5.x
-        for attr in ("keys", "values"):
-            if isinstance(getattr(layer, attr, None), torch.Tensor):
-                setattr(layer, attr, cut(getattr(layer, attr)))
-    for attr in ("key_cache", "value_cache"):  # transformers 4.x
-        ts = cache.__dict__.get(attr)
-        if isinstance(ts, list):
-            ts[:] = [cut(t) for t in ts]
 
 
 def optimize_values(host: Any, module: Union[str, Sequence[str]], facts: Sequence[Fact], templates: Sequence[str],
@@ -280,7 +258,7 @@ def _optimize_batch(host: Any, modules: list[str], facts: Sequence[Fact], templa
         replay = min((ReplayBelow(host, m) for m in modules), key=lambda r: len(r.blocks)) \
             if hp.v_replay_lower and only_sidecars(host) else None
         init_kl: torch.Tensor | None = None
-        cache_kw = {_cache_kwarg(host): cache, "use_cache": True} if cache is not None else {}
+        cache_kw = {cache_kwarg(host): cache, "use_cache": True} if cache is not None else {}
         opt = torch.optim.Adam([delta], lr=hp.v_lr)
         with torch.enable_grad(), contextlib.ExitStack() as patches:
             for m, name in enumerate(modules):
@@ -297,7 +275,7 @@ def _optimize_batch(host: Any, modules: list[str], facts: Sequence[Fact], templa
                 with lower:
                     logits = logits_at(host, step_enc, state["sel_rows"], state["sel_cols"])
                 if cache is not None:
-                    _reset_cache(cache, p)
+                    reset_cache(cache, p)
                 n_t = state["n_t"]
                 kl_logp = torch.log_softmax(logits[n_t:], -1)
                 if init_kl is None:

@@ -1,0 +1,109 @@
+"""Knowledge neurons on tiny random models: the cached attribution equals a plain full-sequence
+integrated gradient, the edit is the rank-one column update it claims, pop is bit-exact."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editwrap import Fact, state_dict_hash
+from editwrap.hparams.arch import arch_of
+from editwrap.methods.kn import attribution_scores, greedy_tokens
+from editwrap.ops.hooks import get_module
+from editwrap.ops.tokens import target_ids
+
+F1 = Fact(prompt="The Eiffel Tower is located in the city of", target_new="Rome London", ground_truth="Paris")
+
+
+def _plain_ig(m, prompt_ids, answer, layer, steps):
+    """Integrated gradients the long way: whole sequences, one layer at a time, no cache."""
+    module = get_module(m, arch_of(m).mlp_out_at(layer))
+    total = 0
+    for i, token in enumerate(answer):
+        seq = torch.tensor([prompt_ids + answer[:i]])
+        store = {}
+
+        def keep(_m, args, _out):
+            store["a"] = args[0][0, -1].detach().clone()
+        h = module.register_forward_hook(keep)
+        with torch.no_grad():
+            m(input_ids=seq)
+        h.remove()
+        base = store["a"]
+        scaled = (torch.linspace(0, 1, steps)[:, None] * base).requires_grad_(True)
+
+        def pre(_m, args):
+            x = args[0].clone()
+            x[:, -1] = scaled
+            return (x,)
+        h = module.register_forward_pre_hook(pre)
+        probs = torch.softmax(m(input_ids=seq.repeat(steps, 1)).logits[:, -1], -1)[:, token]
+        h.remove()
+        (g,) = torch.autograd.grad(probs.sum(), scaled)
+        total = total + g.sum(0) * base / steps
+    return total / len(answer)
+
+
+def test_cached_attribution_equals_plain_integrated_gradients(tiny_model):
+    m = tiny_model
+    ids = m.tokenizer(F1.prompt)["input_ids"]
+    answer = target_ids(m.tokenizer, "Paris London")
+    layers = [0, 2, 3]
+    fast, _ = attribution_scores(m, ids, answer, layers, steps=6, batch_rows=12)  # two layers per pass
+    for k, layer in enumerate(layers):
+        ref = _plain_ig(m, ids, answer, layer, steps=6)
+        torch.testing.assert_close(fast[k], ref, rtol=1e-4, atol=1e-7)
+
+
+def test_edit_is_a_column_update_and_pop_is_exact(tiny_model):
+    m = tiny_model
+    h0 = state_dict_hash(m)
+    prompt = m.tokenizer(F1.prompt)["input_ids"]
+    new = target_ids(m.tokenizer, F1.target_new)
+    original = greedy_tokens(m, prompt, len(new))
+    e = m.edit(F1, method="kn", steps=4, adaptive_threshold=0.5, follow_sign=False)  # the reference rule
+    neurons = e.info["neurons"]
+    assert neurons and e.info["n_neurons"] == len(neurons)
+    emb = m.get_input_embeddings().weight.detach().float()
+    c = emb[new].sum(0) - emb[original].sum(0)  # two tokens: scale 1 per token, as the reference
+    for module, part in e.entry.parts.items():
+        dW = part["U"] @ part["V"].T
+        layer = next(i for i in range(arch_of(m).n_layers) if arch_of(m).mlp_out_at(i) == module)
+        cols = sorted(p for l_, p in neurons if l_ == layer)
+        assert torch.nonzero(dW.abs().sum(0)).squeeze(1).tolist() == cols
+        for p in cols:
+            torch.testing.assert_close(dW[:, p], c)
+    m.pop()
+    assert state_dict_hash(m) == h0
+    # follow_sign: the same neurons, each column ±c by the sign of its activation at the prompt
+    layers = list(range(arch_of(m).n_layers))
+    _, acts = attribution_scores(m, prompt, target_ids(m.tokenizer, "Paris"), layers, steps=4)
+    e = m.edit(F1, method="kn", steps=4, adaptive_threshold=0.5)
+    assert e.info["neurons"] == neurons
+    for module, part in e.entry.parts.items():
+        dW = part["U"] @ part["V"].T
+        layer = next(i for i in layers if arch_of(m).mlp_out_at(i) == module)
+        for l_, p in neurons:
+            if l_ == layer:
+                torch.testing.assert_close(dW[:, p], c * (1 if acts[layer, p] >= 0 else -1))
+    m.pop()
+    assert state_dict_hash(m) == h0
+
+
+def test_bad_layers_named_and_model_untouched(tiny_llama):
+    m = tiny_llama
+    h0 = state_dict_hash(m)
+    with pytest.raises(ValueError, match="layers"):
+        m.edit(F1, method="kn", layers=[99])
+    assert len(m.stack) == 0 and state_dict_hash(m) == h0
+
+
+@pytest.mark.slow
+def test_kn_on_embedded_model_moves_the_answer_and_pops_exactly(embedded):
+    m = embedded
+    fact = Fact(prompt="The Eiffel Tower is located in the city of", target_new="Rome", ground_truth="Paris")
+    h0, before = state_dict_hash(m), m.generate_text(fact.text_prompt, max_new_tokens=4)
+    assert before.strip().startswith("Paris")
+    with m.edit(fact, method="kn") as e:
+        assert e.info["n_neurons"] > 0
+        assert m.generate_text(fact.text_prompt, max_new_tokens=4).strip().startswith("Rome")
+    assert state_dict_hash(m) == h0 and m.generate_text(fact.text_prompt, max_new_tokens=4) == before
