@@ -65,8 +65,10 @@ def _take_out(host: "EditableModel", gone: Sequence[Edit]) -> Callable[[], None]
     return undo
 
 
-def edit_with_policy(host: "EditableModel", facts: list[Fact], compute: Callable[[], Edit], policy: str) -> Edit:
-    """Push ``compute()`` under the conflict ``policy``; see the module docstring."""
+def edit_with_policy(host: "EditableModel", facts: list[Fact], compute: Callable[[], Edit], policy: str,
+                     edit_set: str | None = None) -> Edit:
+    """Push ``compute()`` under the conflict ``policy``; see the module docstring. Only edits of the
+    same edit set conflict (two tenants may hold different answers to one question)."""
     if policy not in POLICIES:
         raise ValueError(f"on_conflict must be one of {', '.join(POLICIES)}, got {policy!r}")
     slots = [fact_slot(f) for f in facts]
@@ -74,7 +76,7 @@ def edit_with_policy(host: "EditableModel", facts: list[Fact], compute: Callable
         twice = next(f.text_prompt for f, s in zip(facts, slots) if slots.count(s) > 1)
         raise StackError(f"two facts of this edit fill the same slot ({twice!r}); edit them separately or pass "
                          "on_conflict='stack'")
-    found = find_conflicts(host._edits, facts)
+    found = find_conflicts([e for e in host._edits if e.edit_set == edit_set], facts)
     report: dict[str, Any] = {"policy": policy, "with": [
         {"edit": e.id, "method": e.method, "prompt": old.text_prompt, "target_new": old.target_new,
          "new_target": new.target_new} for new, e, old in found]}

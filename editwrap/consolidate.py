@@ -46,6 +46,9 @@ def _pick(host: "EditableModel", edits: Any) -> list[Edit]:
 def _check(chosen: Sequence[Edit], method: str) -> None:
     if not chosen:
         raise StackError("nothing to consolidate: no MEMIT/AlphaEdit entries with stored target values on the stack")
+    if len({e.edit_set for e in chosen}) > 1:
+        raise StackError(f"the chosen edits belong to different edit sets {sorted({str(e.edit_set) for e in chosen})}; "
+                         "consolidate each set separately (pass its edits)")
     for e in chosen:
         if e.method not in RESOLVABLE:  # e.g. PMET's z is an MLP-output target, not a block output
             raise StackError(f"edit {e.id} ({e.method}) cannot be consolidated: only {'/'.join(RESOLVABLE)} entries "
@@ -100,6 +103,7 @@ def consolidate(host: "EditableModel", edits: Any = None, method: str | None = N
         _restore(host, original)
         raise
     new.info.update(consolidated=[e.id for e in chosen], n_facts=len(facts))
+    new.edit_set = chosen[0].edit_set
     return host.push(new)
 
 

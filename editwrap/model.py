@@ -8,6 +8,7 @@ original architecture name). The object *is* the transformers model — ``genera
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -16,6 +17,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from . import sets as _sets
 from .entries.delta import is_conv1d
 from .facts import Fact, check_facts
 from .methods.base import HparamsBase, get_method
@@ -152,19 +154,31 @@ class EditableModel:
         return edit
 
     def edit(self, facts: Fact | dict | Sequence[Fact | dict], method: str = "rome",
-             hparams: HparamsBase | dict | None = None, *, on_conflict: str = "replace", **overrides: Any) -> Edit:
+             hparams: HparamsBase | dict | None = None, *, on_conflict: str = "replace",
+             edit_set: str | None = None, **overrides: Any) -> Edit:
         """Compute an edit for ``facts`` with ``method`` and push it; returns the pushed Edit.
 
         Keyword arguments override the method's hyperparameters (validated; unknown names error).
         A fact on the same subject and relation as one already on the stack is handled by
         ``on_conflict``: ``"replace"`` the old edit, ``"refuse"``, or ``"stack"`` on top of it
         (:mod:`editwrap.conflicts`; reported in ``edit.info["conflicts"]``).
+        ``edit_set``: the edit applies only where that set is selected (:mod:`editwrap.sets`); it is
+        computed on the model as that set sees it (untagged edits and the set's own).
         A rejected fact, a failed computation or a non-finite result leaves the model untouched.
         """
         from .conflicts import edit_with_policy
 
+        if edit_set is not None and (not isinstance(edit_set, str) or not edit_set.strip()):
+            raise ValueError(f"edit_set must be a non-empty string or None, got {edit_set!r}")
         m, facts, hp = self._checked(facts, method, hparams, overrides)
-        return edit_with_policy(self, facts, lambda: self._compute(m, facts, hp), on_conflict)
+
+        def compute() -> Edit:
+            view = _sets.select_call([edit_set] if edit_set else []) if self.edit_sets else contextlib.nullcontext()
+            with view:
+                edit = self._compute(m, facts, hp)
+            edit.edit_set = edit_set
+            return edit
+        return edit_with_policy(self, facts, compute, on_conflict, edit_set)
 
     def _resolve_hparams(self, m: Any, hparams: HparamsBase | dict | None, overrides: dict[str, Any]) -> HparamsBase:
         base = hparams if isinstance(hparams, HparamsBase) else m.default_hparams(self)
@@ -181,12 +195,15 @@ class EditableModel:
         if any(e is edit or e.id == edit.id for e in self._edits):
             raise StackError(f"edit {edit.id} is already on the stack")
         edit.entry.check_finite()
+        _sets.check_taggable(edit.entry, edit.edit_set)
         if not edit.depends_on:
             edit.depends_on = [e.id for e in self._edits]
+        self._ew_cache.setdefault("edit_sets", {})[edit.id] = edit.edit_set
         try:
             edit.entry.attach(self, edit.id)
         except BaseException:
             edit.entry.detach(self, edit.id)
+            self._ew_cache["edit_sets"].pop(edit.id, None)
             raise
         self._edits.append(edit)
         edit._host = weakref.ref(self)
@@ -224,6 +241,7 @@ class EditableModel:
         if self._merged is not None:
             raise StackError("the stack is merged into the weights; call model.unmerge() before popping")
         e.entry.detach(self, e.id)
+        self._ew_cache.get("edit_sets", {}).pop(e.id, None)
         self._edits.remove(e)
         e._host = None
         self._ew_cache.pop("text_plane", None)
@@ -323,17 +341,66 @@ class EditableModel:
     # ---------------------------------------------------------------- text helpers
     def _prepare_text(self, text: str) -> str:
         """Text-plane entries (in-context prompts, retrieval caches) rewrite inputs here."""
-        for e in self._edits:
+        for e in self._active_edits():
             rewrite = getattr(e.entry, "rewrite_text", None)
             if rewrite is not None:
                 text = rewrite(self, text)
         return text
 
+    # ---------------------------------------------------------------- edit sets
+    @property
+    def edit_sets(self) -> list[str]:
+        """Names of the edit sets on the stack."""
+        return sorted({e.edit_set for e in self._edits if e.edit_set is not None})
+
+    def using(self, *names: str) -> Any:
+        """Select edit sets for everything run inside the ``with`` block (this thread only):
+        untagged edits and those of ``names`` apply; ``using()`` leaves only the untagged ones."""
+        _sets.validate(set(self.edit_sets), names)
+        self._no_merged_sets()
+        return _sets.select_call(names)
+
+    def using_rows(self, edit_sets: Sequence[Sequence[str]]) -> Any:
+        """Select edit sets per batch row (one list of names per row) for forward passes inside
+        the ``with`` block; side-car edits are gated row by row in the same pass."""
+        rows = self._row_sets(edit_sets, None)
+        assert rows is not None
+        return _sets.select_rows(rows)
+
+    def generate(self, *args: Any, edit_sets: Sequence[Sequence[str]] | None = None, **kwargs: Any) -> Any:
+        """transformers' ``generate``; ``edit_sets`` selects the edit sets of each batch row."""
+        rows = self._row_sets(edit_sets, None)
+        if rows is None:
+            return super().generate(*args, **kwargs)
+        with _sets.select_rows(rows):
+            return super().generate(*args, **kwargs)
+
+    def _row_sets(self, edit_sets: Sequence[Sequence[str]] | None, n: int | None) -> list[list[str]] | None:
+        if edit_sets is None:
+            return None
+        rows = [[r] if isinstance(r, str) else list(r) for r in edit_sets]
+        if n is not None and len(rows) != n:
+            raise ValueError(f"edit_sets has {len(rows)} entries for {n} prompts; give one list of set names per prompt")
+        _sets.validate(set(self.edit_sets), [name for r in rows for name in r])
+        self._no_merged_sets()
+        return rows
+
+    def _no_merged_sets(self) -> None:
+        if self._merged is not None and self.edit_sets:
+            raise StackError("the stack is merged into the weights, so edit sets cannot be selected; call "
+                             "model.unmerge() first")
+
+    def _active_edits(self) -> list[Edit]:
+        """The edits the current selection applies (all of them outside any selection)."""
+        if not _sets.selecting():
+            return self._edits
+        return [e for e in self._edits if _sets.active(e.edit_set)]
+
     def _route(self, text: str) -> tuple[str, Any]:
         """(text, model to run it on): the first entry, top of the stack first, whose
         ``route_text(host, text)`` routes the input (e.g. a SERAC cache sending in-scope inputs to its
         counterfactual model); otherwise ``(self._prepare_text(text), self)``."""
-        for e in reversed(self._edits):
+        for e in reversed(self._active_edits()):
             route = getattr(e.entry, "route_text", None)
             if route is not None:
                 got = route(self, text)
@@ -342,12 +409,21 @@ class EditableModel:
         return self._prepare_text(text), self
 
     @torch.no_grad()
-    def generate_text(self, prompt: str | list[str], max_new_tokens: int = 20, **kwargs: Any) -> str | list[str]:
-        """Greedy continuation of ``prompt`` (only the new text), honouring text-plane entries."""
+    def generate_text(self, prompt: str | list[str], max_new_tokens: int = 20, *,
+                      edit_sets: Sequence[Sequence[str]] | None = None, **kwargs: Any) -> str | list[str]:
+        """Greedy continuation of ``prompt`` (only the new text), honouring text-plane entries.
+        ``edit_sets``: the edit sets each prompt sees (one list of names per prompt)."""
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
         tok = self.tokenizer
-        routed = [self._route(p) for p in prompts]
+        rows = self._row_sets(edit_sets, len(prompts))
+        if rows is None:
+            routed = [self._route(p) for p in prompts]
+        else:
+            routed = []
+            for p, r in zip(prompts, rows):
+                with _sets.select_call(r):
+                    routed.append(self._route(p))
         groups: dict[int, list[int]] = {}  # one batch per model the inputs are routed to
         for i, (_, m) in enumerate(routed):
             groups.setdefault(id(m), []).append(i)
@@ -361,7 +437,10 @@ class EditableModel:
                 enc = tok([routed[i][0] for i in idx], return_tensors="pt", padding=True).to(m.device)
             finally:
                 tok.padding_side = old_side
-            out = m.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs)
+            rows_here = _sets.select_rows([rows[i] for i in idx]) if rows is not None and m is self \
+                else contextlib.nullcontext()
+            with rows_here:
+                out = m.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs)
             for i, t in zip(idx, tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)):
                 texts[i] = t
         return texts[0] if single else texts

@@ -38,8 +38,11 @@ class Edit:
 
     def __init__(self, method: str, facts: Sequence[Fact], hparams: dict[str, Any], entry: Entry,
                  *, id: str | None = None, depends_on: Sequence[str] | None = None,
-                 created: str | None = None, info: dict[str, Any] | None = None) -> None:
+                 created: str | None = None, info: dict[str, Any] | None = None,
+                 edit_set: str | None = None) -> None:
         self.id = id or uuid.uuid4().hex[:12]
+        #: the edit set this edit belongs to (None: applies always; :mod:`editwrap.sets`)
+        self.edit_set = edit_set
         self.method = method
         self.facts = list(facts)
         self.hparams = dict(hparams)
@@ -90,7 +93,7 @@ class Edit:
         return {"id": self.id, "method": self.method, "kind": self.entry.kind,
                 "facts": [f.to_json() for f in self.facts], "hparams": self.hparams,
                 "depends_on": self.depends_on, "created": self.created, "info": self.info,
-                "meta": self.entry.meta()}
+                "meta": self.entry.meta(), **({"edit_set": self.edit_set} if self.edit_set else {})}
 
 
 class EditStack:
@@ -215,5 +218,5 @@ def load_stack_dir(path: str | os.PathLike, expected_fingerprint: str | None = N
             entry.load_extra(extra)
         edits.append(Edit(rec["method"], [Fact.model_validate(f) for f in rec["facts"]], rec.get("hparams", {}),
                           entry, id=rec["id"], depends_on=rec.get("depends_on"), created=rec.get("created"),
-                          info=rec.get("info")))
+                          info=rec.get("info"), edit_set=rec.get("edit_set")))
     return edits

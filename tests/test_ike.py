@@ -158,3 +158,22 @@ def test_ike_embedded_zsre(embedded):
             post.append(token_accuracy(embedded, tok, [embedded._prepare_text(f.prompt)], [f.target_new])[0])
     assert sum(post) / 3 > sum(pre) / 3 + 0.3, (pre, post)
     assert len(embedded.stack) == 0
+
+
+def test_ike_prompt_entries_per_edit_set(tiny_llama, pool):
+    m = tiny_llama
+    m.edit(FACT, method="ike", pool=pool, k=1, answer_budget=2, edit_set="a")
+    other = Fact(prompt="Which country is Mount Fuji in?", target_new="Chile")
+    m.edit(other, method="ike", pool=pool, k=1, answer_budget=2, edit_set="b")
+    with m.using("a"):
+        assert m._prepare_text(FACT.prompt).endswith("in? Brazil\nPrompt: Which country is Mount Fuji in?")
+        assert "Chile" not in m._prepare_text(FACT.prompt)
+    with m.using("b"):
+        assert "Brazil" not in m._prepare_text(FACT.prompt)
+    with m.using():
+        assert m._prepare_text(FACT.prompt) == FACT.prompt
+    texts = m.generate_text([FACT.prompt] * 3, max_new_tokens=2, edit_sets=[["a"], ["b"], []])
+    for sets, text in zip((["a"], ["b"], []), texts):
+        with m.using(*sets):
+            assert m.generate_text(FACT.prompt, max_new_tokens=2) == text
+    m.clear()

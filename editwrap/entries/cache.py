@@ -59,10 +59,11 @@ class CacheEntry(Entry):
         return art.classifier.matrix(self.keys, art.embed(list(texts)))
 
     def route_text(self, host: Any, text: str) -> tuple[str, Any] | None:
-        top = next((e.entry for e in reversed(host._edits) if isinstance(e.entry, CacheEntry)), None)
+        edits = host._active_edits()
+        top = next((e.entry for e in reversed(edits) if isinstance(e.entry, CacheEntry)), None)
         if top is not self:
             return None  # the top-most cache entry routes for all of them (found from the top: O(1) per entry)
-        caches = [e.entry for e in host._edits if isinstance(e.entry, CacheEntry)]
+        caches = [e.entry for e in edits if isinstance(e.entry, CacheEntry)]
         groups: dict[tuple[str, str], list[CacheEntry]] = {}
         for c in caches:  # one query embedding and one classifier call per artifact, not per entry
             groups.setdefault((c.artifact_path, c.artifact_id), []).append(c)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import sets
 from ..ops.hooks import get_module
 from .base import Entry, register_entry
 
@@ -30,19 +31,25 @@ class Sidecar:
         self.module = module
         self.parts: dict[str, dict[str, torch.Tensor]] = {}
         self._cache: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None] | None = None
+        self.sets: dict[str, str | None] = {}  # part key -> its edit set (None: applies always)
+        self._set_cache: dict[str | None, tuple[Any, Any, Any]] = {}
         self._handle: Any = None
         self.enabled = True
 
     # -- bookkeeping -------------------------------------------------------------------------
-    def add(self, key: str, part: dict[str, torch.Tensor]) -> None:
+    def add(self, key: str, part: dict[str, torch.Tensor], edit_set: str | None = None) -> None:
         self.parts[key] = part
+        self.sets[key] = edit_set
         self._cache = None
+        self._set_cache = {}
         if self._handle is None:
             self._handle = self.module.register_forward_hook(self._hook)
 
     def discard(self, key: str) -> None:
         self.parts.pop(key, None)
+        self.sets.pop(key, None)
         self._cache = None
+        self._set_cache = {}
         if not self.parts and self._handle is not None:
             self._handle.remove()  # an empty side-car costs nothing and changes nothing
             self._handle = None
@@ -63,8 +70,21 @@ class Sidecar:
             self._cache = (U, V, D)
         return self._cache
 
-    def delta_out(self, x: torch.Tensor) -> torch.Tensor:
-        U, V, D = self._factors(x.device)
+    def _factors_of_set(self, name: str | None, device: torch.device) -> tuple[Any, Any, Any]:
+        """The concatenated factors of the parts in one edit set (cached until the parts change)."""
+        got = self._set_cache.get(name)
+        if got is None or any(t is not None and t.device != device for t in got):
+            keys = [k for k, s in self.sets.items() if s == name]
+            us = [self.parts[k]["U"] for k in keys if "U" in self.parts[k]]
+            vs = [self.parts[k]["V"] for k in keys if "V" in self.parts[k]]
+            ds = [self.parts[k]["D"] for k in keys if "D" in self.parts[k]]
+            got = (torch.cat(us, 1).to(device) if us else None, torch.cat(vs, 1).to(device) if vs else None,
+                   torch.stack(ds).sum(0).to(device) if ds else None)
+            self._set_cache[name] = got
+        return got
+
+    def delta_out(self, x: torch.Tensor, factors: tuple[Any, Any, Any] | None = None) -> torch.Tensor:
+        U, V, D = factors if factors is not None else self._factors(x.device)
         ref = U if U is not None else D
         xf = x.to(ref.dtype)
         out = torch.zeros((), dtype=ref.dtype, device=x.device)
@@ -77,7 +97,15 @@ class Sidecar:
     def _hook(self, _m: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         if not self.enabled or not self.parts:
             return output
-        return output + self.delta_out(args[0]).to(output.dtype)
+        if not sets.selecting() or all(s is None for s in self.sets.values()):
+            return output + self.delta_out(args[0]).to(output.dtype)
+        for name in dict.fromkeys(self.sets.values()):  # edit sets gated per call or per batch row
+            g = sets.row_mask_for(name, output)
+            if g is False:
+                continue
+            d = self.delta_out(args[0], self._factors_of_set(name, args[0].device)).to(output.dtype)
+            output = output + (d if g is True else d * g)
+        return output
 
     def weight_delta(self) -> torch.Tensor:
         """The summed delta as an (out, in) matrix, for merge()."""
@@ -115,7 +143,7 @@ class DeltaEntry(Entry):
             car = host._sidecars.get(name)
             if car is None:
                 car = host._sidecars[name] = Sidecar(get_module(host, name))
-            car.add(key, part)
+            car.add(key, part, host._ew_cache.get("edit_sets", {}).get(key))
 
     def detach(self, host: Any, key: str) -> None:
         for name in self.parts:

@@ -67,7 +67,7 @@ class PromptEntry(Entry):
         return None
 
     def rewrite_text(self, host: Any, text: str) -> str:
-        entries = [e.entry for e in host._edits if isinstance(e.entry, PromptEntry)]
+        entries = [e.entry for e in host._active_edits() if isinstance(e.entry, PromptEntry)]
         if not entries or entries[-1] is not self:
             return text  # the top-most prompt entry writes the whole context
         demos = [d for e in entries for d in e.demos]
