@@ -34,7 +34,7 @@ DOC = "docs/RESULTS.md"
 RES = "docs/results"
 NAMES = {"rome": "ROME", "memit": "MEMIT", "ft-m": "FT-M", "ft-l": "FT-L", "lora": "LoRA", "ike": "IKE",
          "serac": "SERAC", "mend": "MEND", "zsre": "ZsRE", "recent": "WikiData_recent", "adalora": "AdaLoRA",
-         "grace": "GRACE", "wise": "WISE", "melo": "MELO", "t-patcher": "T-Patcher"}
+         "grace": "GRACE", "wise": "WISE", "melo": "MELO", "t-patcher": "T-Patcher", "kn": "KN"}
 METRICS = ("Edit Succ.", "Rephrase", "Portability", "Locality")
 
 
@@ -171,7 +171,7 @@ def main_table(root: Path, plots: bool) -> str:
     return _relabel("\n\n".join(parts), {}) if parts else "(no runs under docs/results/main yet)"
 
 
-ORDER = ("rome", "memit", "ft-l", "ft-m", "lora", "adalora", "grace", "wise", "melo", "t-patcher", "ike", "serac",
+ORDER = ("rome", "memit", "kn", "ft-l", "ft-m", "lora", "adalora", "grace", "wise", "melo", "t-patcher", "ike", "serac",
          "mend")
 
 

@@ -99,6 +99,18 @@ def test_mixed_stack_example_five_kinds(tmp_path):
     assert "logits identical = True" in res.stdout and "bit-exact = True" in res.stdout
 
 
+def test_edit_sets_example_two_tenants():
+    """examples/edit_sets.py: two tenants' contradicting ROME edits and a shared one on the embedded
+    model; each tenant (and one batched generate) sees only its own, clear() is bit-exact."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "edit_sets.py"
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0 and "checks passed" in res.stdout, res.stdout[-3000:] + res.stderr[-2000:]
+
+
 def test_knowedit_eval_example_resumes(tmp_path):
     """examples/knowedit_eval.py: FT-M on ZsRE records of the embedded model, every pop bit-exact;
     run again with more records it resumes (the first record is not edited again)."""
