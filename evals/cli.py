@@ -59,6 +59,9 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
                      seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress,
                      trained_on=args.trained_on, save_stacks=not args.no_save_stacks,
                      generation=not args.no_generation, gen_margin=args.gen_margin, chat_template=args.chat_template)
+    if "rank" in s:  # a sharded run's other ranks: rank 0 prints the merged result
+        print(f"rank {s['rank']} of {s['world']}: {s['lines']} record(s) in its part")
+        return 0
     stem = f"{s['dataset']}-{s['method']}-{s['mode']}" + (f"-from-{s['trained_on']}" if s.get("trained_on") else "")
     print(Path(args.out, f"{stem}.md").read_text(encoding="utf-8"))
     print(f"wall time {s['wall_seconds']:.1f} s; results in {args.out}/ ({stem}.jsonl, .summary.json, .md; report.md)")

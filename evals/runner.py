@@ -123,22 +123,23 @@ def _line(index: int, item: Any, source: str, post: dict, **extra: Any) -> dict:
 
 
 def _run_edits(model: Any, scorer: Scorer, items: list, sources: list, method: str, hp: Any,
-               log: ResultLog, size: int, bar: Any) -> list[float]:
+               log: ResultLog, size: int, bar: Any, owns: Any = None, done: Any = None) -> list[float]:
     """single (size 1) and batch modes: edit a chunk, measure each of its facts, pop, and check the
     pop was exact (state-dict hash and the logits of a fixed probe equal the starting ones):
-    ``pop_exact`` on every line."""
+    ``pop_exact`` on every line. ``owns(chunk_number)``: the chunks this process runs (sharded
+    runs; all when None); ``done(i)``: records already measured elsewhere (the merged JSONL)."""
     n = len(items)
     times = []
     h0, probe = state_dict_hash(model), _probe_logits(model)
     for start in range(0, n, size):  # fixed chunks, stable across resumes
         chunk = list(range(start, min(start + size, n)))
-        if all(log.has(i) for i in chunk):
+        if (owns is not None and not owns(start // size)) or all(log.has(i) or (done and done(i)) for i in chunk):
             continue
         t0 = time.time()
         edit = model.compute_edit([item_fact(items[i]) for i in chunk], method, hparams=hp)
         t_edit = time.time() - t0
         times.append(t_edit)
-        todo = [i for i in chunk if not log.has(i)]
+        todo = [i for i in chunk if not log.has(i) and not (done and done(i))]
         pres = scorer.pre_many([items[i] for i in todo])
         model.push(edit)
         try:
@@ -249,6 +250,7 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
 
     from . import report
     from .sequential import run_sequential
+    from .shard import current_shard
 
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -304,12 +306,22 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     if source:
         meta["trained_on"] = source
     jsonl = out / f"{stem}.jsonl"
-    if overwrite and jsonl.exists():
-        jsonl.unlink()
-    if overwrite:
-        shutil.rmtree(out / f"{stem}.stack", ignore_errors=True)
-    _check_meta(out / f"{stem}.meta.json", meta, overwrite, jsonl)
-    log = ResultLog(jsonl, ("checkpoint", "index") if mode == "sequential" else ("index",))
+    shard = current_shard()
+    if shard is not None and mode == "sequential":
+        raise ValueError("sequential runs accumulate edits in order and cannot be sharded; run them in one process")
+    if shard is not None:
+        shard.start()
+    if shard is None or shard.is_main:
+        if overwrite:
+            for p in [jsonl, *([shard.part_path(jsonl, r) for r in range(shard.world)] if shard else [])]:
+                p.unlink(missing_ok=True)
+            shutil.rmtree(out / f"{stem}.stack", ignore_errors=True)
+        _check_meta(out / f"{stem}.meta.json", meta, overwrite, jsonl)
+    if shard is not None:
+        shard.barrier()  # the settings are checked (and stale parts removed) before any rank writes
+    keys = ("checkpoint", "index") if mode == "sequential" else ("index",)
+    merged = read_result_lines(jsonl, keys)[0] if shard is not None else {}
+    log = ResultLog(shard.part_path(jsonl) if shard is not None else jsonl, keys)
     scorer = Scorer(model, with_fluency=with_fluency, fluency_mode=fluency_mode, fluency_seed=seed,
                     gen_tokens=gen_tokens, sanitation=dataset == "sanitation", retain=retain,
                     generation=generation, gen_margin=gen_margin, chat_template=chat_template)
@@ -326,10 +338,23 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
             extra["checkpoints"] = per_cp
             final = log.records(checkpoint=cps[-1])
         else:
-            done = sum(1 for i in range(len(items)) if log.has(i))
+            done = sum(1 for i in range(len(items)) if log.has(i) or (i,) in merged)
             with tqdm(total=len(items), initial=done, desc=stem, disable=not progress, dynamic_ncols=True) as bar:
                 times = _run_edits(model, scorer, items, sources, m.name, hp, log,
-                                   batch_size if mode == "batch" else 1, bar)
+                                   batch_size if mode == "batch" else 1, bar,
+                                   owns=shard.owns if shard is not None else None,
+                                   done=(lambda i: (i,) in merged) if shard is not None else None)
+            if shard is not None:
+                log.close()
+                times = [t for ts in shard.gather(times) for t in ts]
+                shard.barrier()  # every part is complete
+                if not shard.is_main:
+                    shard.close()
+                    return {"rank": shard.rank, "world": shard.world, "lines": len(log.done)}
+                shard.merge(jsonl, keys)
+                log = ResultLog(jsonl, keys)
+                extra["shards"] = shard.world
+                shard.close()
             final = [log.done[(i,)] for i in range(len(items)) if (i,) in log.done]
             flags = [r["pop_exact"] for r in final if "pop_exact" in r]
             extra["bit_exact"] = all(flags) if flags else None
