@@ -109,6 +109,11 @@ class _Adapter:
             tuner = st.enter_context(peft_injected(model, config, adapter))
             st.enter_context(torch.enable_grad())
             params = [p for n, p in tuner.named_parameters() if adapter in n and p.requires_grad]
+            if any(p.is_meta for p in params):
+                raise ValueError(f"{self.name} cannot train an adapter on layers whose weights are offloaded "
+                                 "(accelerate disk/CPU offload: meta tensors); map the adapted layers (hparams "
+                                 "layers/target_modules) to a device in device_map, or use rome, memit, ft-m or grace, "
+                                 "which edit offloaded layers")
             opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
 
             def step() -> tuple[torch.Tensor, dict[str, Any]]:

@@ -7,7 +7,7 @@ import json
 import torch
 from torch import nn
 
-__all__ = ["model_fingerprint", "state_dict_hash", "tensor_hash", "checkpoint_probe", "same_checkpoint",
+__all__ = ["model_fingerprint", "state_dict_hash", "tensor_hash", "offloaded_value", "checkpoint_probe", "same_checkpoint",
            "is_quantized", "quantization_label"]
 
 
@@ -20,12 +20,32 @@ def tensor_hash(t: torch.Tensor, h: "hashlib._Hash | None" = None) -> "hashlib._
 
 
 def state_dict_hash(model: nn.Module) -> str:
-    """sha256 over every tensor of ``state_dict()`` (names, dtypes, shapes and bytes)."""
+    """sha256 over every tensor of ``state_dict()`` (names, dtypes, shapes and bytes). Weights that
+    accelerate offloaded (to CPU RAM or disk; meta tensors in the module) are read from the
+    offload store, so the hash is that of the real values."""
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
-        tensor_hash(t, h)
+        tensor_hash(offloaded_value(model, name) if t.is_meta else t, h)
     return h.hexdigest()
+
+
+def offloaded_value(model: nn.Module, name: str) -> torch.Tensor:
+    """The stored value of parameter/buffer ``name`` that accelerate's offload hook keeps outside
+    the module (its ``weights_map``, on the module or an ancestor)."""
+    path, _, local = name.rpartition(".")
+    while True:
+        mod = model.get_submodule(path) if path else model
+        wm = getattr(getattr(mod, "_hf_hook", None), "weights_map", None)
+        if wm is not None:
+            try:
+                return wm[local]
+            except KeyError:
+                pass
+        if not path:
+            raise ValueError(f"{name} is on the meta device and no offload hook holds its value")
+        path, _, last = path.rpartition(".")
+        local = f"{last}.{local}"
 
 
 _CONFIG_KEYS = {"model_type", "vocab_size", "hidden_size", "num_hidden_layers", "n_layer", "n_embd",
@@ -52,6 +72,7 @@ def model_fingerprint(model: nn.Module, overrides: dict[str, torch.Tensor] | Non
     pick = names[:: max(1, len(names) // 8)][:8] + names[-1:]
     for name in pick:
         t = (overrides or {}).get(name, sd[name])
+        t = offloaded_value(model, name) if t.is_meta else t
         flat = t.detach().reshape(-1)
         h.update(name.encode())
         sample = flat[:: max(1, flat.numel() // 4096)][:4096]
@@ -96,8 +117,11 @@ def checkpoint_probe(model: nn.Module, n: int = 64) -> dict:
     """Quantization- and dtype-independent identity: config hash + a few float values."""
     vals: list[float] = []
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    tensors = [emb.weight] if emb is not None and getattr(emb, "weight", None) is not None else []
-    tensors += [p for _, p in sorted(model.named_parameters()) if p.ndim == 1 and p.is_floating_point()][:8]
+    named = dict(model.named_parameters())
+    emb_name = next((k for k, p in named.items() if emb is not None and p is getattr(emb, "weight", None)), None)
+    picked = ([emb_name] if emb_name else []) + [k for k, p in sorted(named.items())
+                                                 if p.ndim == 1 and p.is_floating_point()][:8]
+    tensors = [offloaded_value(model, k) if named[k].is_meta else named[k] for k in picked]
     for t in tensors:
         flat = t.detach().reshape(-1)
         step = max(1, flat.numel() // n)
