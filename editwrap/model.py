@@ -57,10 +57,11 @@ class EditableModel:
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if pretrained_model_name_or_path is None:
-            from .defaults import embedded_model_dir
+        from .defaults import EMBEDDED_PREFIX, embedded_model_dir
 
-            pretrained_model_name_or_path = embedded_model_dir()
+        if pretrained_model_name_or_path is None or str(pretrained_model_name_or_path).startswith(EMBEDDED_PREFIX):
+            name = str(pretrained_model_name_or_path or EMBEDDED_PREFIX)[len(EMBEDDED_PREFIX):] or "smollm2-135m"
+            pretrained_model_name_or_path = embedded_model_dir(name)
             kwargs.setdefault("dtype", torch.float32)
         path = str(pretrained_model_name_or_path)
         model = AutoModelForCausalLM.from_pretrained(path, *args, **kwargs)

@@ -43,7 +43,12 @@ def _plain_ig(m, prompt_ids, answer, layer, steps):
     return total / len(answer)
 
 
-def test_cached_attribution_equals_plain_integrated_gradients(tiny_model):
+@pytest.mark.parametrize("cached", [True, False], ids=["kv-cache", "whole-sequence"])
+def test_cached_attribution_equals_plain_integrated_gradients(tiny_model, cached, monkeypatch):
+    """Both paths (the KV-cached one, and whole sequences for sliding-window models) equal plain IG."""
+    import editwrap.methods.kn as kn
+
+    monkeypatch.setattr(kn, "prefix_cache_ok", lambda host: cached)
     m = tiny_model
     ids = m.tokenizer(F1.prompt)["input_ids"]
     answer = target_ids(m.tokenizer, "Paris London")

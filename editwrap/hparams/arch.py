@@ -59,4 +59,37 @@ def arch_of(model: Any) -> Arch:
         )
     fam, block, mlp_out, norm = FAMILIES[mt]
     n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
-    return Arch(fam, int(n), block, mlp_out, norm, "lm_head", ATTN_OUT.get(mt, ""))
+    arch = Arch(fam, int(n), block, mlp_out, norm, "lm_head", ATTN_OUT.get(mt, ""))
+    if isinstance(getattr(model, "__dict__", None), dict) and model.__dict__.get("_ew_arch_checked") != id(arch.block):
+        check_module_map(model, arch)
+        model.__dict__["_ew_arch_checked"] = id(arch.block)
+    return arch
+
+
+def check_module_map(model: Any, arch: Arch) -> None:
+    """The map is checked against the model, not assumed: every layer's block, MLP output projection
+    (an input as wide as the MLP, an output as wide as the residual stream) and attention output
+    exist, and so does the final norm. A mismatch names the module and the fix."""
+    hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd", None)
+
+    def get(name: str) -> Any:
+        try:
+            return model.get_submodule(name)
+        except AttributeError:
+            raise NotImplementedError(
+                f"{model.config.model_type!r} is mapped to the {arch.family!r} module layout, but the model has no "
+                f"module {name!r}; fix its entry in editwrap.hparams.arch.FAMILIES / ATTN_OUT") from None
+
+    for i in range(arch.n_layers):
+        get(arch.block_at(i))
+        mod = get(arch.mlp_out_at(i))
+        w = getattr(mod, "weight", None)
+        if w is not None and hidden and w.dim() == 2:
+            out_dim = w.shape[1] if type(mod).__name__ == "Conv1D" else getattr(mod, "out_features", w.shape[0])
+            if int(out_dim) != int(hidden):
+                raise NotImplementedError(
+                    f"{arch.mlp_out_at(i)} writes {out_dim} features but the residual stream has {hidden}; it is not "
+                    "the MLP output projection: fix editwrap.hparams.arch.FAMILIES")
+        if arch.attn_out:
+            get(arch.attn_out_at(i))
+    get(arch.final_norm)

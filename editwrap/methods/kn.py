@@ -37,7 +37,7 @@ from ..facts import Fact
 from ..hparams.arch import arch_of
 from ..hparams.kn import KnHparams
 from ..ops.hooks import capture, frozen, get_module
-from ..ops.kvcache import cache_kwarg, reset_cache
+from ..ops.kvcache import cache_kwarg, prefix_cache_ok, reset_cache
 from ..ops.profile import phase
 from ..ops.tokens import target_ids
 from ..ops.values import logits_at
@@ -70,9 +70,10 @@ def attribution_scores(host: Any, prompt_ids: list[int], answer: list[int], laye
     alphas = torch.linspace(0, 1, steps, device=device)
     total: torch.Tensor | None = None
     per_pass = max(1, batch_rows // steps)  # layers per forward
+    cached = prefix_cache_ok(host)  # else (sliding-window layers) each row runs the whole sequence
     with frozen(host), torch.no_grad(), capture(host, modules, outputs=False) as acts:
-        out = host.base_model(input_ids=torch.tensor([seq], device=device), use_cache=True)
-    full_cache = out["cache"] if "cache" in out else out["past_key_values"]
+        out = host.base_model(input_ids=torch.tensor([seq], device=device), use_cache=cached)
+    full_cache = (out["cache"] if "cache" in out else out["past_key_values"]) if cached else None
     for i in reversed(range(len(answer))):  # the cache is cut back position by position
         token = answer[i]
         t = len(prompt_ids) - 1 + i  # the position predicting ``token``
@@ -81,19 +82,22 @@ def attribution_scores(host: Any, prompt_ids: list[int], answer: list[int], laye
         for lo in range(0, len(modules), per_pass):
             group = list(range(lo, min(lo + per_pass, len(modules))))
             rows = len(group) * steps
-            reset_cache(full_cache, t)
-            cache = _repeat(full_cache, rows)
+            if cached:
+                reset_cache(full_cache, t)
             scaled = [(alphas[:, None] * base[g]).requires_grad_(True) for g in group]
             handles = [get_module(host, modules[g]).register_forward_pre_hook(_replace(k * steps, steps, scaled[k]))
                        for k, g in enumerate(group)]
             try:
                 with frozen(host), torch.enable_grad():
-                    enc = {"input_ids": torch.full((rows, 1), seq[t], device=device),
-                           "attention_mask": torch.ones((rows, t + 1), dtype=torch.long, device=device),
-                           "position_ids": torch.full((rows, 1), t, device=device),
-                           cache_kwarg(host): cache, "use_cache": True}
-                    logits = logits_at(host, enc, torch.arange(rows, device=device), torch.zeros(rows, dtype=torch.long,
-                                                                                                 device=device))
+                    if cached:
+                        enc = {"input_ids": torch.full((rows, 1), seq[t], device=device),
+                               "attention_mask": torch.ones((rows, t + 1), dtype=torch.long, device=device),
+                               "position_ids": torch.full((rows, 1), t, device=device),
+                               cache_kwarg(host): _repeat(full_cache, rows), "use_cache": True}
+                    else:
+                        enc = {"input_ids": torch.tensor([seq[:t + 1]] * rows, device=device)}
+                    col = torch.full((rows,), 0 if cached else t, dtype=torch.long, device=device)
+                    logits = logits_at(host, enc, torch.arange(rows, device=device), col)
                     probs = torch.softmax(logits, -1)[:, token]
                     grads = torch.autograd.grad(probs.sum(), scaled)
             finally:

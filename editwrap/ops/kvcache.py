@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["cache_kwarg", "reset_cache"]
+__all__ = ["cache_kwarg", "prefix_cache_ok", "reset_cache"]
 
 
 def cache_kwarg(host: Any) -> str:
@@ -36,3 +36,14 @@ def reset_cache(cache: Any, keep: int) -> None:
         ts = cache.__dict__.get(attr)
         if isinstance(ts, list):
             ts[:] = [cut(t) for t in ts]
+
+
+def prefix_cache_ok(host: Any) -> bool:
+    """Whether a cached prefix plus the remaining positions reproduces a full forward exactly with
+    the plain cache logic above: every layer attends to the whole sequence. Sliding-window layers
+    (Gemma 2/3, Mistral) keep a different cache and mask; callers run whole sequences instead."""
+    cfg = host.config
+    types = getattr(cfg, "layer_types", None)
+    if types is not None:
+        return all(t == "full_attention" for t in types)
+    return not getattr(cfg, "sliding_window", None)

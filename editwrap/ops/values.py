@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..facts import Fact
 from .hooks import frozen, patch_output
-from .kvcache import cache_kwarg, reset_cache
+from .kvcache import cache_kwarg, prefix_cache_ok, reset_cache
 from .replay import ReplayBelow
 from .profile import phase
 from .tokens import subject_last_index, target_ids
@@ -189,7 +189,7 @@ def _optimize_batch(host: Any, modules: list[str], facts: Sequence[Fact], templa
     assert all(f.subject for f in facts)
     rows = _build_rows(tok, facts, templates)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    use_cache = hp.v_prefix_cache and only_sidecars(host)
+    use_cache = hp.v_prefix_cache and only_sidecars(host) and prefix_cache_ok(host)
     enc, offset, p = _layout(rows, pad, use_cache, device)
     n_f, per, n_m = len(facts), rows.n_rw + 1, len(modules)
     d = _out_dim(host, modules[0])
