@@ -16,12 +16,17 @@ class Arch:
     final_norm: str
     lm_head: str
     attn_out: str = ""  # the attention output projection (PMET adds its attention δ there)
+    #: a norm between the MLP output projection and the residual add (Gemma 2/3), else ""
+    post_mlp_norm: str = ""
 
     def mlp_out_at(self, layer: int) -> str:
         return self.mlp_out.format(layer)
 
     def block_at(self, layer: int) -> str:
         return self.block.format(layer)
+
+    def post_mlp_norm_at(self, layer: int) -> str:
+        return self.post_mlp_norm.format(layer) if self.post_mlp_norm else ""
 
     def attn_out_at(self, layer: int) -> str:
         if not self.attn_out:
@@ -49,6 +54,10 @@ ATTN_OUT: dict[str, str] = {
 }
 
 
+# model_type -> norm applied to the MLP output before it joins the residual stream
+POST_MLP_NORM: dict[str, str] = {t: "model.layers.{}.post_feedforward_layernorm" for t in ("gemma2", "gemma3_text")}
+
+
 def arch_of(model: Any) -> Arch:
     cfg = model.config
     mt = getattr(cfg, "model_type", "")
@@ -59,7 +68,7 @@ def arch_of(model: Any) -> Arch:
         )
     fam, block, mlp_out, norm = FAMILIES[mt]
     n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
-    arch = Arch(fam, int(n), block, mlp_out, norm, "lm_head", ATTN_OUT.get(mt, ""))
+    arch = Arch(fam, int(n), block, mlp_out, norm, "lm_head", ATTN_OUT.get(mt, ""), POST_MLP_NORM.get(mt, ""))
     if isinstance(getattr(model, "__dict__", None), dict) and model.__dict__.get("_ew_arch_checked") != id(arch.block):
         check_module_map(model, arch)
         model.__dict__["_ew_arch_checked"] = id(arch.block)
@@ -92,4 +101,6 @@ def check_module_map(model: Any, arch: Arch) -> None:
                     "the MLP output projection: fix editwrap.hparams.arch.FAMILIES")
         if arch.attn_out:
             get(arch.attn_out_at(i))
+        if arch.post_mlp_norm:
+            get(arch.post_mlp_norm_at(i))
     get(arch.final_norm)

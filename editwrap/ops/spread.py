@@ -62,6 +62,33 @@ def optimize_then_resolve(method: Any, model: Any, facts: Sequence[Fact], hp: An
     return edit
 
 
+def _post_mlp_norm(model: Any, module: str, z_module: str) -> Any:
+    """The norm between ``module``'s output and the residual stream (Gemma 2/3), when the target
+    ``z`` lives in the residual stream (a block output); else None."""
+    arch = arch_of(model)
+    layer = next((i for i in range(arch.n_layers) if arch.mlp_out_at(i) == module), None)
+    if layer is None or not arch.post_mlp_norm or not any(z_module == arch.block_at(j) for j in range(arch.n_layers)):
+        return None
+    return model.get_submodule(arch.post_mlp_norm_at(layer))
+
+
+@torch.no_grad()
+def _through_norm(norm: Any, y: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
+    """The change of an MLP output ``y`` ([n, d]) that moves ``norm(y)`` by ``resid`` ([d, n]).
+
+    RMS norms are scale-invariant, ``norm(y) = g ⊙ y / rms(y)``, so ``y' = rms(y) · (norm(y) + r) / g``
+    gives ``norm(y') = norm(y) + r`` up to the factor ``rms((norm(y) + r) / g)`` (1 for small
+    ``r``): ``Δy = rms(y) · r / g`` (0 where ``g`` is 0). Later layers of the spread see the result and correct the rest.
+    """
+    d = y.shape[-1]
+    ones = torch.ones(1, d, dtype=y.dtype, device=y.device)
+    g = norm(ones)[0].double().cpu()  # the gain: rms(ones) = 1
+    rms = y.double().cpu().pow(2).mean(-1).sqrt()  # [n]
+    live = g.abs() > 1e-3 * g.abs().max()  # a dimension the norm zeroes cannot be moved through it
+    safe = torch.where(live, g, torch.ones_like(g))
+    return torch.where(live[:, None], resid * rms[None, :] / safe[:, None], torch.zeros_like(resid))
+
+
 def spread_over_layers(model: Any, modules: Sequence[str], z_module: str, facts: Sequence[Fact],
                        templates: Sequence[str], zs: torch.Tensor, transform: KeyTransform,
                        share_power: float = 1.0) -> dict[str, dict[str, torch.Tensor]]:
@@ -77,6 +104,9 @@ def spread_over_layers(model: Any, modules: Sequence[str], z_module: str, facts:
             _, cur_z = io_at_subject(model, z_module, facts, ("{}",))  # [n, d]
             share = (len(modules) - i) ** share_power
             resid = (zs.to(cur_z.device) - cur_z).T.double().cpu() / share  # [d, n]
+            norm = _post_mlp_norm(model, module, z_module)
+            if norm is not None:
+                resid = _through_norm(norm, io_at_subject(model, module, facts, ("{}",))[1], resid)
             with phase("solve"):
                 V = transform(i, module, ks.T.double().cpu())
             parts[module] = {"U": resid.float(), "V": V.float()}
