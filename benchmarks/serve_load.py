@@ -1,12 +1,13 @@
-"""Requests per second and latency of ``editwrap serve`` (/v1/chat/completions, the chat template
-applied; /v1/completions runs the same generation) with 0, 10 and 100 edits spread over 4 edit
-sets (each request selects one set).
+"""Requests per second and latency of ``editwrap serve`` /v1/completions (or, with ``--endpoint
+chat``, /v1/chat/completions) with 0, 10 and 100 edits spread over 4 edit sets (each request
+selects one set that holds edits; with 0 edits, none).
 
     OMP_NUM_THREADS=2 python benchmarks/serve_load.py --edits 0,10,100 --requests 64 --concurrency 4 \
         --out docs/results/serve/load.json
 
 A real server process (uvicorn) on localhost and a real HTTP client. The edits are ROME edits of
-ZsRE records with a short value optimisation (``--v-steps``, default 5): what is measured is the
+WikiData_recent records (statement prompts, which the model continues; the same prompts are sent
+in every configuration) with a short value optimisation (``--v-steps``, default 5): what is measured is the
 cost of serving a stack of side-cars, not the edits' quality. Edits are pushed through the API.
 """
 from __future__ import annotations
@@ -57,9 +58,10 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--v-steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    ap.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    records = json.loads((K / "full" / "ZsRE.json").read_text())
+    records = json.loads((K / "full" / "WikiData_recent.json").read_text())
     sets = [f"tenant-{i}" for i in range(args.sets)]
     rnd = random.Random(0)
     rows = []
@@ -85,11 +87,14 @@ def main() -> None:
                     tokens = []
 
                     def one(i: int) -> float:
-                        body = {"messages": [{"role": "user", "content": prompts[i % len(prompts)]}],
-                                "max_tokens": args.max_tokens,
+                        body = {"max_tokens": args.max_tokens,
                                 "edit_sets": [sets[i % min(n, len(sets))]] if n else []}
+                        p = prompts[i % len(prompts)]
+                        body.update({"messages": [{"role": "user", "content": p}]} if args.endpoint == "chat"
+                                    else {"prompt": p})
                         t = time.perf_counter()
-                        resp = c.post(url + "/v1/chat/completions", json=body)
+                        resp = c.post(url + ("/v1/chat/completions" if args.endpoint == "chat" else "/v1/completions"),
+                                      json=body)
                         resp.raise_for_status()
                         tokens.append(resp.json()["usage"]["completion_tokens"])
                         return time.perf_counter() - t
@@ -120,7 +125,8 @@ def main() -> None:
         print(f"| {r['edits']} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['tokens_per_s']} |")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"rows": rows, "threads": args.threads, "cpu": os.cpu_count()}, indent=2))
+        Path(args.out).write_text(json.dumps({"rows": rows, "threads": args.threads, "cpu": os.cpu_count(),
+                                              "endpoint": args.endpoint, "v_steps": args.v_steps}, indent=2))
 
 
 if __name__ == "__main__":

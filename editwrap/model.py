@@ -432,12 +432,8 @@ class EditableModel:
         texts: list[str] = [""] * len(prompts)
         for idx in groups.values():
             m = routed[idx[0]][1]
-            old_side = tok.padding_side
-            tok.padding_side = "left"
-            try:
-                enc = tok([routed[i][0] for i in idx], return_tensors="pt", padding=True).to(m.device)
-            finally:
-                tok.padding_side = old_side
+            # left padding for this call only (never set on the shared tokenizer: threads share it)
+            enc = tok([routed[i][0] for i in idx], return_tensors="pt", padding=True, padding_side="left").to(m.device)
             rows_here = _sets.select_rows([rows[i] for i in idx]) if rows is not None and m is self \
                 else contextlib.nullcontext()
             with rows_here:

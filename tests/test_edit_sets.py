@@ -18,9 +18,8 @@ TEXTS = ["The Eiffel Tower is located in the city of", "The capital of France is
 
 
 def logits(m, texts=TEXTS, **kw):
-    tok = m.tokenizer
-    tok.padding_side = "left"
-    enc = tok(texts, return_tensors="pt", padding=True)
+    # left padding for this call only: the tokenizer is shared by the session's tests and threads
+    enc = m.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left")
     with torch.no_grad():
         return m(**enc).logits
 

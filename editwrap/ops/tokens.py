@@ -30,10 +30,6 @@ def subject_last_index(tok: Any, prompt: str, subject: str) -> int:
 
 
 def batch_encode(tok: Any, texts: list[str], device: torch.device | str) -> dict[str, torch.Tensor]:
-    """Right-padded batch (so position i of each row is token i of that text)."""
-    old = tok.padding_side
-    tok.padding_side = "right"
-    try:
-        return tok(texts, return_tensors="pt", padding=True).to(device)
-    finally:
-        tok.padding_side = old
+    """Right-padded batch (so position i of each row is token i of that text); the shared
+    tokenizer's own ``padding_side`` is left alone (threads may use it at the same time)."""
+    return tok(texts, return_tensors="pt", padding=True, padding_side="right").to(device)
