@@ -76,7 +76,8 @@ def mixed_sequential(root: Path, plots: bool) -> str:
 
 def lifelong(root: Path, plots: bool) -> str:
     return _sequential(root, ("lifelong",), "mixed", "lifelong/report/sequential-mixed.png",
-                       {" [lifelong]": "", " [normcap]": ", max_delta_norm=0.3"}, plots)
+                       {" [lifelong]": "", " [normcap]": ", max_delta_norm=0.3",
+                        " [generated]": ", with generated answers"}, plots)
 
 
 def adapters_single(root: Path, plots: bool) -> str:
