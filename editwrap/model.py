@@ -169,8 +169,7 @@ class EditableModel:
         """
         from .conflicts import edit_with_policy
 
-        if edit_set is not None and (not isinstance(edit_set, str) or not edit_set.strip()):
-            raise ValueError(f"edit_set must be a non-empty string or None, got {edit_set!r}")
+        _sets.check_name(edit_set)  # before any work: a bad name must not cost an edit
         m, facts, hp = self._checked(facts, method, hparams, overrides)
 
         def compute() -> Edit:

@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["selecting", "gate", "row_mask_for", "select_call", "select_rows", "check_taggable", "active"]
+__all__ = ["selecting", "gate", "row_mask_for", "select_call", "select_rows", "check_name", "check_taggable",
+           "active"]
 
 #: sets selected for the whole call (None: no selection, every edit applies)
 _CALL: ContextVar[frozenset[str] | None] = ContextVar("editwrap_call_sets", default=None)
@@ -105,12 +106,16 @@ def select_rows(rows: Sequence[Iterable[str] | str]) -> Iterator[None]:
         _ROWS.reset(token)
 
 
+def check_name(edit_set: Any) -> None:
+    if edit_set is not None and (not isinstance(edit_set, str) or not edit_set.strip()):
+        raise ValueError(f"edit_set must be a non-empty string or None, got {edit_set!r}")
+
+
 def check_taggable(entry: Any, edit_set: str | None) -> None:
     """Only entries that can be gated per set may carry one."""
+    check_name(edit_set)
     if edit_set is None:
         return
-    if not isinstance(edit_set, str) or not edit_set.strip():
-        raise ValueError(f"edit_set must be a non-empty string or None, got {edit_set!r}")
     if getattr(entry, "plane", "weights") == "activations":
         raise ValueError(f"edit_set={edit_set!r}: {entry.kind} entries share one state per module across edits and "
                          "cannot be limited to a set; push them without edit_set (they then apply to every set), or "

@@ -61,26 +61,14 @@ class Sidecar:
         if self._cache is None or (self._cache[0] is not None and self._cache[0].device != device) or (
             self._cache[2] is not None and self._cache[2].device != device
         ):
-            us = [p["U"] for p in self.parts.values() if "U" in p]
-            vs = [p["V"] for p in self.parts.values() if "V" in p]
-            ds = [p["D"] for p in self.parts.values() if "D" in p]
-            U = torch.cat(us, dim=1).to(device) if us else None
-            V = torch.cat(vs, dim=1).to(device) if vs else None
-            D = torch.stack(ds).sum(0).to(device) if ds else None
-            self._cache = (U, V, D)
+            self._cache = _concat(list(self.parts.values()), device)
         return self._cache
 
     def _factors_of_set(self, name: str | None, device: torch.device) -> tuple[Any, Any, Any]:
         """The concatenated factors of the parts in one edit set (cached until the parts change)."""
         got = self._set_cache.get(name)
         if got is None or any(t is not None and t.device != device for t in got):
-            keys = [k for k, s in self.sets.items() if s == name]
-            us = [self.parts[k]["U"] for k in keys if "U" in self.parts[k]]
-            vs = [self.parts[k]["V"] for k in keys if "V" in self.parts[k]]
-            ds = [self.parts[k]["D"] for k in keys if "D" in self.parts[k]]
-            got = (torch.cat(us, 1).to(device) if us else None, torch.cat(vs, 1).to(device) if vs else None,
-                   torch.stack(ds).sum(0).to(device) if ds else None)
-            self._set_cache[name] = got
+            got = self._set_cache[name] = _concat([self.parts[k] for k, s in self.sets.items() if s == name], device)
         return got
 
     def delta_out(self, x: torch.Tensor, factors: tuple[Any, Any, Any] | None = None) -> torch.Tensor:
@@ -117,6 +105,15 @@ class Sidecar:
             total = D if total is None else total + D
         assert total is not None
         return total
+
+
+def _concat(parts: list[dict[str, torch.Tensor]], device: torch.device) -> tuple[Any, Any, Any]:
+    """``(U, V, D)`` of several parts: low-rank factors side by side, dense deltas summed."""
+    us = [p["U"] for p in parts if "U" in p]
+    vs = [p["V"] for p in parts if "V" in p]
+    ds = [p["D"] for p in parts if "D" in p]
+    return (torch.cat(us, dim=1).to(device) if us else None, torch.cat(vs, dim=1).to(device) if vs else None,
+            torch.stack(ds).sum(0).to(device) if ds else None)
 
 
 def dense_weight_delta(part: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -69,9 +69,9 @@ def arch_of(model: Any) -> Arch:
     fam, block, mlp_out, norm = FAMILIES[mt]
     n = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
     arch = Arch(fam, int(n), block, mlp_out, norm, "lm_head", ATTN_OUT.get(mt, ""), POST_MLP_NORM.get(mt, ""))
-    if isinstance(getattr(model, "__dict__", None), dict) and model.__dict__.get("_ew_arch_checked") != id(arch.block):
+    if not getattr(model, "_ew_arch_checked", False):  # once per model: its module tree does not change
         check_module_map(model, arch)
-        model.__dict__["_ew_arch_checked"] = id(arch.block)
+        model.__dict__["_ew_arch_checked"] = True
     return arch
 
 
