@@ -57,7 +57,7 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
                      fluency_mode=args.fluency_mode or "greedy", gen_tokens=args.gen_tokens,
                      retain_n=args.retain_n,
                      seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress,
-                     trained_on=args.trained_on, save_stacks=not args.no_save_stacks,
+                     trained_on=args.trained_on, save_stacks=not args.no_save_stacks, save_every=args.save_every,
                      generation=not args.no_generation, gen_margin=args.gen_margin, chat_template=args.chat_template)
     if "rank" in s:  # a sharded run's other ranks: rank 0 prints the merged result
         print(f"rank {s['rank']} of {s['world']}: {s['lines']} record(s) in its part")
@@ -122,6 +122,8 @@ def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], No
     k.add_argument("--overwrite", action="store_true", help="start over instead of resuming an existing run")
     k.add_argument("--no-save-stacks", action="store_true",
                    help="sequential: do not save the stack at checkpoints (a resumed run recomputes the edits)")
+    k.add_argument("--save-every", type=_positive, default=100, metavar="N",
+                   help="sequential: also save the stack every N facts between checkpoints (default 100)")
     k.add_argument("--no-progress", action="store_true", help="no progress bar")
     k.set_defaults(func=cmd_knowedit)
     try:

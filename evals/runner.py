@@ -181,7 +181,8 @@ def _data_sha256(data: str | Path) -> str:
 
 def _hparams_differ(method: str, old: dict, new: dict) -> bool:
     """A field the old run did not record (added to the method since) counts as equal when the
-    new run keeps its default: resuming an older run stays possible after such additions."""
+    new run keeps its default, and a field since removed counts as equal when the old run left it
+    unset (None): resuming an older run stays possible after such additions and removals."""
     fields = get_method(method).Hparams.model_fields
     for k, v in new.items():
         if k in old:
@@ -189,7 +190,7 @@ def _hparams_differ(method: str, old: dict, new: dict) -> bool:
                 return True
         elif k not in fields or fields[k].get_default(call_default_factory=True) != v:
             return True
-    return any(k not in new for k in old)
+    return any(k not in new and old[k] is not None for k in old)
 
 
 def _check_meta(path: Path, meta: dict, overwrite: bool, results: Path) -> None:
@@ -224,14 +225,15 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
                  gen_tokens: int = 20, retain_n: int | None = None, seed: int = 0, overwrite: bool = False,
                  progress: bool = True, trained_on: str | Path | None = None,
                  save_stacks: bool = True, generation: bool = True, gen_margin: int = DEFAULT_MARGIN,
-                 chat_template: bool = False, consolidate_every: int | None = None) -> dict[str, Any]:
+                 chat_template: bool = False, consolidate_every: int | None = None,
+                 save_every: int | None = 100) -> dict[str, Any]:
     """Evaluate ``method`` on a KnowEdit dataset; returns the summary (also written to ``out``).
 
     ``model``: an EditableModel, a model path/hub id, or None (the embedded model). ``data``: the
     dataset file (a directory is joined with the default file name; required for ``mixed``).
     ``hparams``: method hyperparameter overrides. ``save_stacks``: sequential runs save the stack at
-    each checkpoint to resume without recomputing (False: replay instead; dense FT deltas are
-    3.5 MB per edit on SmolLM2). ``retain_n``: Sanitation retain probes used for
+    each checkpoint, and every ``save_every`` facts between checkpoints, to resume without
+    recomputing (False: replay instead; dense FT deltas are 3.5 MB per edit on SmolLM2). ``retain_n``: Sanitation retain probes used for
     locality (None = all). ``trained_on``: a trained editor directory (MEND editor / SERAC artifact)
     made on another dataset's train split; it is passed as the method's ``editor``/``artifact``
     hparam, the stem gets ``-from-<source>`` and the summary records ``trained_on`` (source ⇒
@@ -332,7 +334,8 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
             with tqdm(total=total, desc=stem, disable=not progress, dynamic_ncols=True) as bar:
                 extra.update(run_sequential(model, scorer, items, sources, m.name, hp, log, cps, bar,
                                        stack_dir=out / f"{stem}.stack" if save_stacks else None,
-                                       batch_size=batch_size, consolidate_every=consolidate_every))
+                                       batch_size=batch_size, consolidate_every=consolidate_every,
+                                       save_every=save_every))
             times = extra.pop("edit_times")
             per_cp = {str(c): summarize(log.records(checkpoint=c)) for c in cps}
             extra["checkpoints"] = per_cp

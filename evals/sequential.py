@@ -10,8 +10,9 @@ its share of its chunk's time). At the end all the run's edits are popped and
 
 Resuming: lines are keyed by (checkpoint, index). Measurements already written are skipped. With
 ``stack_dir`` the run's edits are saved there (safetensors + JSON) each time a checkpoint's edits
-are all pushed, and a resumed run composes that saved stack instead of recomputing the edits (a
-1,000-edit ROME run resumes in seconds, and on another machine). Without it, or when the saved
+are all pushed, and also every ``save_every`` facts in between (a long stretch of edits between two
+checkpoints survives an interruption); a resumed run composes that saved stack instead of
+recomputing the edits (a 1,000-edit ROME run resumes in seconds, and on another machine). Without it, or when the saved
 stack does not match the records, the edits before the resume point are recomputed (replayed).
 """
 from __future__ import annotations
@@ -52,13 +53,15 @@ def _saved_edits(model: Any, stack_dir: Path | None, items: list, limit: int) ->
 
 def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, method: str, hp: Any,
                    log: Any, checkpoints: Sequence[int], bar: Any, stack_dir: str | Path | None = None,
-                   batch_size: int = 1, consolidate_every: int | None = None) -> dict[str, Any]:
+                   batch_size: int = 1, consolidate_every: int | None = None,
+                   save_every: int | None = None) -> dict[str, Any]:
     """Returns ``{"bit_exact", "edit_times", "replayed", "restored"}``; lines go to ``log`` (a
     ResultLog). ``stack_dir``: where checkpoint stacks are saved and resumed from (module doc).
     ``batch_size``: facts per edit (AlphaEdit's setting: sequential batches); a batch never spans a
     checkpoint, and ``edit_times`` are per fact. ``consolidate_every``: after every that many
     facts, the run's MEMIT/AlphaEdit entries are re-solved jointly into one
-    (:func:`editwrap.consolidate.consolidate`; its time is counted in ``edit_times``)."""
+    (:func:`editwrap.consolidate.consolidate`; its time is counted in ``edit_times``).
+    ``save_every``: with ``stack_dir``, also save the stack after every that many facts."""
     from .runner import _line
 
     cps = sorted(checkpoints)
@@ -92,6 +95,9 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
                     model.stack.consolidate(model.stack.edits[start_len:])
                 times += [(time.time() - t0) / len(chunk)] * len(chunk)
                 bar.update(len(chunk))
+                done = i + len(chunk)
+                if stack_dir is not None and save_every and done < c and done // save_every > i // save_every:
+                    save_stack_dir(model.stack.edits[start_len:], stack_dir, model)
             norms[str(c)] = {k: round(v, 5) for k, v in delta_norms(model).items()}
             if stack_dir is not None and c > n_saved:
                 save_stack_dir(model.stack.edits[start_len:], stack_dir, model)

@@ -136,6 +136,28 @@ def test_resume_sequential_and_torn_line(tiny_llama, tmp_path, monkeypatch):
     assert s2["edits_computed"] == 0 and len(_lines(path)) == 11
 
 
+def test_sequential_saves_the_stack_between_checkpoints(tiny_llama, tmp_path, monkeypatch):
+    """``save_every``: an interruption between two checkpoints keeps the edits made since the
+    last save; the resumed run composes them and computes only the rest."""
+    calls = {"n": 0}
+    real = type(tiny_llama).compute_edit
+
+    def compute_edit(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("simulated interruption")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(type(tiny_llama), "compute_edit", compute_edit)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_llama, tmp_path, mode="sequential", checkpoints=[5], save_every=2)
+    monkeypatch.setattr(type(tiny_llama), "compute_edit", real)
+    assert len(tiny_llama.stack) == 0
+    s = _run(tiny_llama, tmp_path, mode="sequential", checkpoints=[5], save_every=2)
+    assert s["restored"] == 4 and s["edits_computed"] == 1 and s["bit_exact"] is True
+    assert len(_lines(tmp_path / "zsre-ft-m-sequential.jsonl")) == 5
+
+
 def test_sequential_resume_restored_or_replayed_measures_the_same(tiny_llama, tmp_path, monkeypatch):
     kw = dict(mode="sequential", checkpoints=[2, 4], hparams=STRONG)
     clean = _lines(tmp_path / "a" / "zsre-ft-m-sequential.jsonl") if _run(tiny_llama, tmp_path / "a", **kw) else None
@@ -173,6 +195,23 @@ def test_resume_refuses_other_settings(tiny_llama, tmp_path):
         _run(tiny_llama, tmp_path, n=2, hparams={"num_steps": 3})
     s = _run(tiny_llama, tmp_path, n=2, hparams={"num_steps": 3}, overwrite=True)
     assert s["hparams"]["num_steps"] == 3 and len(_lines(tmp_path / "zsre-ft-m-single.jsonl")) == 2
+
+
+def test_resume_after_hparam_fields_were_added_or_removed(tiny_llama, tmp_path):
+    """An upgrade that adds a field (run keeps its default) or drops one the old run left unset
+    still resumes; a dropped field the old run had set is refused."""
+    _run(tiny_llama, tmp_path, n=2)
+    meta_path = tmp_path / "zsre-ft-m-single.meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["hparams"].pop("fast_path")  # a field added since the run (the new run keeps its default)
+    meta["hparams"]["an_option_since_removed"] = None
+    meta_path.write_text(json.dumps(meta))
+    assert _run(tiny_llama, tmp_path, n=3)["metrics"]["n"] == 3
+    meta = json.loads(meta_path.read_text())
+    meta["hparams"]["an_option_since_removed"] = 2.0
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="other settings.*hparams"):
+        _run(tiny_llama, tmp_path, n=3)
 
 
 def test_locality_is_pre_vs_post_tokens(tiny_llama, tmp_path):
