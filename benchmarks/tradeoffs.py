@@ -1,0 +1,101 @@
+"""Speed/quality trade-offs of the locate-then-edit methods on the mixed KnowEdit records.
+
+    OMP_NUM_THREADS=1 python benchmarks/tradeoffs.py memit --n 30 --batch 10 --hparam v_lr=2.0 --hparam v_num_grad_steps=16
+    OMP_NUM_THREADS=1 python benchmarks/tradeoffs.py memit --n 20 --values-only --hparam v_num_grad_steps=12
+
+Why: the value optimisation is most of an edit's time, and what it needs depends on the records;
+the mixed records (ZsRE + WikiData_recent + WikiData_counterfact, the lifelong run's order) are
+harder than the first ZsRE records that ``edit_speed.py --profile`` uses.
+
+Default mode: the first N records in batches of B; each batch is edited, scored (teacher-forced
+Edit Succ., the first rephrase, locality answer tokens against the unedited model) and popped.
+Prints one JSON line: CPU seconds per fact of the editing calls (after one warm-up edit that
+caches context templates and covariance), and the three scores x100.
+``--values-only``: only the value optimisation (v* / z) of all N facts, reporting the steps each
+fact ran and its final loss and target probability.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from editwrap import EditableModel, state_dict_hash
+from editwrap.evals.metrics import answer_tokens, locality_score, token_accuracy
+from editwrap.evals.runner import item_fact, load_records
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/knowedit/full"
+
+
+def edit_and_score(model, facts, method: str, batch: int, hp: dict) -> dict:
+    tok, h0 = model.tokenizer, state_dict_hash(model)
+    model.edit(facts[-1:], method=method, **hp).pop()  # warm-up: context templates, covariance
+    acc, reph, loc, cpu = [], [], [], 0.0
+    for i in range(0, len(facts), batch):
+        chunk = facts[i:i + batch]
+        probes = [[p for ps in f.locality.values() for p in ps] for f in chunk]
+        pre = [answer_tokens(model, tok, [p.prompt for p in ps], [p.answer for p in ps]) if ps else None
+               for ps in probes]
+        t0 = time.process_time()
+        edit = model.edit(chunk, method=method, **hp)
+        cpu += time.process_time() - t0
+        acc += token_accuracy(model, tok, [f.text_prompt for f in chunk], [f.target_new for f in chunk])
+        for f, ps, p0 in zip(chunk, probes, pre):
+            if f.rephrase:
+                reph += token_accuracy(model, tok, f.rephrase[:1], [f.target_new])
+            if ps:
+                post = answer_tokens(model, tok, [p.prompt for p in ps], [p.answer for p in ps])
+                loc.append(statistics.mean(locality_score(p0, post)))
+        edit.pop()
+    assert state_dict_hash(model) == h0, "pop did not restore the model"
+    pct = lambda xs: round(100 * statistics.mean(xs), 2) if xs else None  # noqa: E731
+    return {"cpu_s_per_fact": round(cpu / len(facts), 2), "edit_succ": pct(acc), "rephrase": pct(reph),
+            "locality": pct(loc)}
+
+
+def values_only(model, facts, method: str, hp: dict) -> dict:
+    from editwrap.ops.keys import context_templates
+    from editwrap.ops.spread import spread_modules
+    from editwrap.ops.values import ValueHparams, optimize_values
+
+    if method == "pmet":
+        raise SystemExit("--values-only: PMET optimises two values per layer; use rome, memit or alphaedit")
+    h = model.default_hparams(method).model_copy(update=hp)
+    if hasattr(h, "layers"):
+        module = spread_modules(model, h.layers, method)[1]
+    else:
+        from editwrap.hparams.arch import arch_of
+        module = arch_of(model).mlp_out_at(h.layer)
+    templates = context_templates(model, h.context_templates)
+    t0 = time.process_time()
+    _, _, infos = optimize_values(model, module, facts, templates, ValueHparams(**h.model_dump()))
+    cpu = time.process_time() - t0
+    steps = [i["steps"] for i in infos]
+    return {"cpu_s_per_fact": round(cpu / len(facts), 2), "mean_steps": statistics.mean(steps),
+            "facts_at_max_steps": sum(s == h.v_num_grad_steps for s in steps),
+            "mean_loss": round(statistics.mean(i["loss"] for i in infos), 4),
+            "mean_target_prob": round(statistics.mean(i["target_prob"] for i in infos), 4)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("method", choices=["rome", "memit", "alphaedit", "pmet"])
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="folder with the mixed pools (KnowEdit full/)")
+    ap.add_argument("--n", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=10, help="facts per edit (ROME: always 1)")
+    ap.add_argument("--hparam", action="append", default=[], metavar="NAME=JSON")
+    ap.add_argument("--values-only", action="store_true", help="only the value optimisation (steps, loss)")
+    args = ap.parse_args(argv)
+    hp = {k: json.loads(v) for k, v in (h.split("=", 1) for h in args.hparam)}
+    model = EditableModel.from_pretrained()
+    facts = [item_fact(r) for r in load_records("mixed", args.data, n=args.n)[0]]
+    batch = 1 if args.method == "rome" else args.batch
+    row = values_only(model, facts, args.method, hp) if args.values_only else \
+        edit_and_score(model, facts, args.method, batch, hp)
+    print(json.dumps({"method": args.method, "n": args.n, "batch": batch, "hparams": hp, **row}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
