@@ -76,7 +76,7 @@ def mixed_sequential(root: Path, plots: bool) -> str:
 
 def lifelong(root: Path, plots: bool) -> str:
     return _sequential(root, ("lifelong",), "mixed", "lifelong/report/sequential-mixed.png",
-                       {" [lifelong]": "", " [normcap]": ", max_delta_norm=0.3",
+                       {" [lifelong]": "", " [normcap]": ", max_delta_norm=0.3", " [fast]": ", v_lr=2.0, 16 steps",
                         " [generated]": ", with generated answers"}, plots)
 
 
