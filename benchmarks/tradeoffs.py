@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from editwrap import EditableModel, state_dict_hash
-from editwrap.evals.metrics import answer_tokens, locality_score, token_accuracy
+from editwrap.evals.probe import edit_and_probe
 from editwrap.evals.runner import item_fact, load_records
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/knowedit/full"
@@ -32,27 +32,18 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/knowedit/full"
 def edit_and_score(model, facts, method: str, batch: int, hp: dict) -> dict:
     tok, h0 = model.tokenizer, state_dict_hash(model)
     model.edit(facts[-1:], method=method, **hp).pop()  # warm-up: context templates, covariance
-    acc, reph, loc, cpu = [], [], [], 0.0
+    scores: dict[str, list[float]] = {"edit_succ": [], "rephrase": [], "locality": []}
+    cpu = 0.0
     for i in range(0, len(facts), batch):
         chunk = facts[i:i + batch]
-        probes = [[p for ps in f.locality.values() for p in ps] for f in chunk]
-        pre = [answer_tokens(model, tok, [p.prompt for p in ps], [p.answer for p in ps]) if ps else None
-               for ps in probes]
-        t0 = time.process_time()
-        edit = model.edit(chunk, method=method, **hp)
-        cpu += time.process_time() - t0
-        acc += token_accuracy(model, tok, [f.text_prompt for f in chunk], [f.target_new for f in chunk])
-        for f, ps, p0 in zip(chunk, probes, pre):
-            if f.rephrase:
-                reph += token_accuracy(model, tok, f.rephrase[:1], [f.target_new])
-            if ps:
-                post = answer_tokens(model, tok, [p.prompt for p in ps], [p.answer for p in ps])
-                loc.append(statistics.mean(locality_score(p0, post)))
+        edit, secs, got = edit_and_probe(model, tok, chunk, lambda: model.edit(chunk, method=method, **hp))
+        cpu += secs
+        for k in scores:
+            scores[k] += got[k]
         edit.pop()
     assert state_dict_hash(model) == h0, "pop did not restore the model"
     pct = lambda xs: round(100 * statistics.mean(xs), 2) if xs else None  # noqa: E731
-    return {"cpu_s_per_fact": round(cpu / len(facts), 2), "edit_succ": pct(acc), "rephrase": pct(reph),
-            "locality": pct(loc)}
+    return {"cpu_s_per_fact": round(cpu / len(facts), 2), **{k: pct(v) for k, v in scores.items()}}
 
 
 def values_only(model, facts, method: str, hp: dict) -> dict:

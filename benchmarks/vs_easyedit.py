@@ -209,7 +209,7 @@ def measure(side: str, method: str, batch: int, n: int, data: str, root: Path | 
 
     from editwrap import state_dict_hash
     from editwrap.evals.datasets import load_dataset
-    from editwrap.evals.metrics import answer_tokens, locality_score, token_accuracy
+    from editwrap.evals.probe import edit_and_probe
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -224,17 +224,11 @@ def measure(side: str, method: str, batch: int, n: int, data: str, root: Path | 
         cpus, accs, reph, locs, exact = [], [], [], [], True
         for b in range(0, k, batch):
             group = facts[b:b + batch]
-            probes = [[p for ps in f.locality.values() for p in ps] for f in group]
-            pre = [answer_tokens(model, tok, [p.prompt for p in ps], [p.answer for p in ps]) for ps in probes]
-            c0 = time.process_time()
-            restore = edit(group)
-            cpus.append(time.process_time() - c0)
-            accs += token_accuracy(model, tok, [f.text_prompt for f in group], [f.target_new for f in group])
-            reph += [token_accuracy(model, tok, f.rephrase[:1], [f.target_new])[0] for f in group if f.rephrase]
-            for ps, p0 in zip(probes, pre):
-                if ps:
-                    post = answer_tokens(model, tok, [p.prompt for p in ps], [p.answer for p in ps])
-                    locs.append(statistics.mean(locality_score(p0, post)))
+            restore, secs, got = edit_and_probe(model, tok, group, lambda: edit(group))
+            cpus.append(secs)
+            accs += got["edit_succ"]
+            reph += got["rephrase"]
+            locs += got["locality"]
             restore()
             exact &= state_dict_hash(model) == h0
             print(f"  [{side} {method}:{batch} {b + batch}/{k}] {cpus[-1]:.1f} CPU-s, acc {accs[-batch:]}",

@@ -233,8 +233,8 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     dataset file (a directory is joined with the default file name; required for ``mixed``).
     ``hparams``: method hyperparameter overrides. ``save_stacks``: sequential runs save the stack at
     each checkpoint, and every ``save_every`` facts between checkpoints, to resume without
-    recomputing (False: replay instead; dense FT deltas are 3.5 MB per edit on SmolLM2). ``retain_n``: Sanitation retain probes used for
-    locality (None = all). ``trained_on``: a trained editor directory (MEND editor / SERAC artifact)
+    recomputing (False: replay instead; dense FT deltas are 3.5 MB per edit on SmolLM2).
+    ``retain_n``: Sanitation retain probes used for locality (None = all). ``trained_on``: a trained editor directory (MEND editor / SERAC artifact)
     made on another dataset's train split; it is passed as the method's ``editor``/``artifact``
     hparam, the stem gets ``-from-<source>`` and the summary records ``trained_on`` (source ⇒
     target, see :func:`trained_source`). ``with_fluency``: also score fluency, with ``fluency_mode``

@@ -10,10 +10,11 @@ its share of its chunk's time). At the end all the run's edits are popped and
 
 Resuming: lines are keyed by (checkpoint, index). Measurements already written are skipped. With
 ``stack_dir`` the run's edits are saved there (safetensors + JSON) each time a checkpoint's edits
-are all pushed, and also every ``save_every`` facts in between (a long stretch of edits between two
-checkpoints survives an interruption); a resumed run composes that saved stack instead of
-recomputing the edits (a 1,000-edit ROME run resumes in seconds, and on another machine). Without it, or when the saved
-stack does not match the records, the edits before the resume point are recomputed (replayed).
+are all pushed, and also every ``save_every`` facts in between (a long stretch of edits between
+two checkpoints survives an interruption); a resumed run composes that saved stack instead of
+recomputing the edits (a 1,000-edit ROME run resumes in seconds, and on another machine).
+Without it, or when the saved stack does not match the records, the edits before the resume
+point are recomputed (replayed).
 """
 from __future__ import annotations
 
@@ -49,6 +50,11 @@ def _saved_edits(model: Any, stack_dir: Path | None, items: list, limit: int) ->
     facts = [f for e in edits for f in e.facts]
     same = len(facts) <= limit and all(f.prompt == item_fact(items[i]).prompt for i, f in enumerate(facts))
     return edits if same else []
+
+
+def _crossed(start: int, end: int, every: int | None) -> bool:
+    """Whether pushing facts ``start..end-1`` passed a multiple of ``every`` (None: never)."""
+    return bool(every) and end // every > start // every
 
 
 def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, method: str, hp: Any,
@@ -90,13 +96,12 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
                 chunk = [item_fact(items[j]) for j in range(i, min(i + batch_size, c))]
                 t0 = time.time()
                 model.push(model.compute_edit(chunk, method, hparams=hp))
-                crossed = consolidate_every and (i + len(chunk)) // consolidate_every > i // consolidate_every
-                if crossed and len(model.stack) - start_len > 1:
+                done = i + len(chunk)
+                if _crossed(i, done, consolidate_every) and len(model.stack) - start_len > 1:
                     model.stack.consolidate(model.stack.edits[start_len:])
                 times += [(time.time() - t0) / len(chunk)] * len(chunk)
                 bar.update(len(chunk))
-                done = i + len(chunk)
-                if stack_dir is not None and save_every and done < c and done // save_every > i // save_every:
+                if stack_dir is not None and done < c and _crossed(i, done, save_every):
                     save_stack_dir(model.stack.edits[start_len:], stack_dir, model)
             norms[str(c)] = {k: round(v, 5) for k, v in delta_norms(model).items()}
             if stack_dir is not None and c > n_saved:

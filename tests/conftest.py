@@ -7,6 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """A ``benchmarks/<name>.py`` script as a module (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 KNOWEDIT_DIR = Path(os.environ.get("EDITWRAP_KNOWEDIT_DIR", Path(__file__).resolve().parents[2] / "shared/data/knowedit"))
 
 

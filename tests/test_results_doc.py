@@ -1,11 +1,12 @@
 """docs/RESULTS.md matches the committed result files (benchmarks/readme_results.py --check)."""
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "RESULTS.md"
@@ -13,10 +14,7 @@ DOC = ROOT / "docs" / "RESULTS.md"
 
 @pytest.fixture(scope="module")
 def rr():
-    spec = importlib.util.spec_from_file_location("readme_results", ROOT / "benchmarks" / "readme_results.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("readme_results")
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,13 @@
 """benchmarks/vs_easyedit.py without EasyEdit: the missing-checkout error and the table format."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from tests.conftest import load_benchmark
 
 @pytest.fixture(scope="module")
 def vs():
-    spec = importlib.util.spec_from_file_location("vs_easyedit", ROOT / "benchmarks" / "vs_easyedit.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("vs_easyedit")
 
 
 def test_missing_easyedit_names_the_flag(vs, monkeypatch):
