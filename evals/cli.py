@@ -3,6 +3,7 @@ installed) and ``editwrap report FOLDER... --out DIR``."""
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,6 +42,10 @@ def _nonnegative(text: str) -> int:
     return v
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def cmd_knowedit(args: argparse.Namespace) -> int:
     from editwrap.cli import _load_model, _parse_hparams
     from editwrap.methods.base import get_method
@@ -50,21 +55,31 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
     get_method(args.method)  # fail on a bad name before loading the model
     hp = _parse_hparams(args.hparam)
     model = _load_model(args)
-    s = run_knowedit(model, args.dataset, args.data, args.method, n=args.n, mode=args.mode,
-                     batch_size=args.batch_size, checkpoints=args.checkpoints,
-                     consolidate_every=args.consolidate_every, hparams=hp, out=args.out,
-                     with_fluency=args.fluency or args.fluency_mode is not None,
-                     fluency_mode=args.fluency_mode or "greedy", gen_tokens=args.gen_tokens,
-                     retain_n=args.retain_n,
-                     seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress,
-                     trained_on=args.trained_on, save_stacks=not args.no_save_stacks, save_every=args.save_every,
-                     generation=not args.no_generation, gen_margin=args.gen_margin, chat_template=args.chat_template)
+    # `kill` / a scheduler's SIGTERM unwinds like Ctrl-C: the run's time ledger is written, edits popped
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        s = run_knowedit(model, args.dataset, args.data, args.method, n=args.n, mode=args.mode,
+                         batch_size=args.batch_size, checkpoints=args.checkpoints,
+                         consolidate_every=args.consolidate_every, hparams=hp, out=args.out,
+                         with_fluency=args.fluency or args.fluency_mode is not None,
+                         fluency_mode=args.fluency_mode or "greedy", gen_tokens=args.gen_tokens,
+                         retain_n=args.retain_n,
+                         seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress,
+                         trained_on=args.trained_on, save_stacks=not args.no_save_stacks, save_every=args.save_every,
+                         stop_after=args.stop_after,
+                         generation=not args.no_generation, gen_margin=args.gen_margin, chat_template=args.chat_template)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if "rank" in s:  # a sharded run's other ranks: rank 0 prints the merged result
         print(f"rank {s['rank']} of {s['world']}: {s['lines']} record(s) in its part")
         return 0
-    stem = f"{s['dataset']}-{s['method']}-{s['mode']}" + (f"-from-{s['trained_on']}" if s.get("trained_on") else "")
+    stem = f"{s['dataset']}-{s['method']}-{s['mode']}" + (f"-from-{s['trained_on']}" if s.get("trained_on") else "") \
+        + (f"-consolidated{s['consolidate_every']}" if s.get("consolidate_every") else "")
     print(Path(args.out, f"{stem}.md").read_text(encoding="utf-8"))
-    print(f"wall time {s['wall_seconds']:.1f} s; results in {args.out}/ ({stem}.jsonl, .summary.json, .md; report.md)")
+    total = f" ({s['total_wall_seconds']:.1f} s over {s['processes']} processes)" if s.get("processes", 1) > 1 else ""
+    print(f"wall time {s['wall_seconds']:.1f} s{total}; results in {args.out}/ ({stem}.jsonl, .summary.json, .md; report.md)")
+    if s.get("stopped_after"):
+        print(f"stopped after checkpoint {s['stopped_after']}; the same command without --stop-after resumes from there")
     return 0 if s.get("bit_exact") is not False else 1
 
 
@@ -124,6 +139,9 @@ def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], No
                    help="sequential: do not save the stack at checkpoints (a resumed run recomputes the edits)")
     k.add_argument("--save-every", type=_positive, default=100, metavar="N",
                    help="sequential: also save the stack every N facts between checkpoints (default 100)")
+    k.add_argument("--stop-after", type=_positive, default=None, metavar="C",
+                   help="sequential: stop once checkpoint C is measured (summary written; the same command "
+                        "without it resumes)")
     k.add_argument("--no-progress", action="store_true", help="no progress bar")
     k.set_defaults(func=cmd_knowedit)
     try:

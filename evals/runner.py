@@ -31,6 +31,7 @@ from editwrap.ops.memory import device_name, peak_memory_mb
 
 from .datasets import DATASETS, DEFAULT_FILES, load_dataset
 from .generation import DEFAULT_MARGIN
+from .ledger import TimeLedger
 from .measure import Scorer, item_fact
 from .metrics import FLUENCY_MODES, summarize
 
@@ -226,7 +227,7 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
                  progress: bool = True, trained_on: str | Path | None = None,
                  save_stacks: bool = True, generation: bool = True, gen_margin: int = DEFAULT_MARGIN,
                  chat_template: bool = False, consolidate_every: int | None = None,
-                 save_every: int | None = 100) -> dict[str, Any]:
+                 save_every: int | None = 100, stop_after: int | None = None) -> dict[str, Any]:
     """Evaluate ``method`` on a KnowEdit dataset; returns the summary (also written to ``out``).
 
     ``model``: an EditableModel, a model path/hub id, or None (the embedded model). ``data``: the
@@ -293,6 +294,10 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     stem = f"{dataset}-{m.name}-{mode}" + (f"-from-{source}" if source else "") + \
         (f"-consolidated{consolidate_every}" if consolidate_every else "")
     cps = sorted({c for c in checkpoints if 0 < c < len(items)} | {len(items)}) if mode == "sequential" else None
+    if stop_after is not None and (cps is None or stop_after not in cps):
+        raise ValueError(f"--stop-after {stop_after}: give one of the checkpoints of a --mode sequential run "
+                         f"({', '.join(map(str, cps)) if cps else 'none in this mode'})")
+    run_cps = [c for c in cps if c <= stop_after] if cps and stop_after is not None else cps
     meta = dict(dataset=dataset, data=str(Path(data).resolve()), method=m.name, mode=mode, n=len(items),
                  batch_size=batch_size if mode in ("batch", "sequential") else 1, seed=seed, model=model.name_or_path,
                  data_sha256=_data_sha256(data), model_fingerprint=model.fingerprint(),
@@ -318,6 +323,7 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
             for p in [jsonl, *([shard.part_path(jsonl, r) for r in range(shard.world)] if shard else [])]:
                 p.unlink(missing_ok=True)
             shutil.rmtree(out / f"{stem}.stack", ignore_errors=True)
+            (out / f"{stem}.time.json").unlink(missing_ok=True)
         _check_meta(out / f"{stem}.meta.json", meta, overwrite, jsonl)
     if shard is not None:
         shard.barrier()  # the settings are checked (and stale parts removed) before any rank writes
@@ -328,28 +334,34 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
                     gen_tokens=gen_tokens, sanitation=dataset == "sanitation", retain=retain,
                     generation=generation, gen_margin=gen_margin, chat_template=chat_template)
     extra: dict[str, Any] = {"resumed_lines": len(log.done)}  # > 0: wall_seconds covers the last resume only
+    times: list[float] = []
+    ledger = TimeLedger(out / f"{stem}.time.json", times) if shard is None or shard.is_main else None
+    finished = False
     try:
         if mode == "sequential":
-            total = len(items) + sum(cps)
+            total = len(items) + sum(run_cps)
             with tqdm(total=total, desc=stem, disable=not progress, dynamic_ncols=True) as bar:
                 extra.update(run_sequential(model, scorer, items, sources, m.name, hp, log, cps, bar,
                                        stack_dir=out / f"{stem}.stack" if save_stacks else None,
                                        batch_size=batch_size, consolidate_every=consolidate_every,
-                                       save_every=save_every))
-            times = extra.pop("edit_times")
-            per_cp = {str(c): summarize(log.records(checkpoint=c)) for c in cps}
+                                       save_every=save_every, times=times, stop_after=stop_after,
+                                       tick=ledger.update if ledger is not None else None))
+            extra.pop("edit_times")
+            per_cp = {str(c): summarize(log.records(checkpoint=c)) for c in run_cps}
             extra["checkpoints"] = per_cp
-            final = log.records(checkpoint=cps[-1])
+            if run_cps != cps:
+                extra["stopped_after"] = run_cps[-1]  # resumable: the same command without --stop-after goes on
+            final = log.records(checkpoint=run_cps[-1])
         else:
             done = sum(1 for i in range(len(items)) if log.has(i) or (i,) in merged)
             with tqdm(total=len(items), initial=done, desc=stem, disable=not progress, dynamic_ncols=True) as bar:
-                times = _run_edits(model, scorer, items, sources, m.name, hp, log,
+                times += _run_edits(model, scorer, items, sources, m.name, hp, log,
                                    batch_size if mode == "batch" else 1, bar,
                                    owns=shard.owns if shard is not None else None,
                                    done=(lambda i: (i,) in merged) if shard is not None else None)
             if shard is not None:
                 log.close()
-                times = [t for ts in shard.gather(times) for t in ts]
+                times[:] = [t for ts in shard.gather(times) for t in ts]
                 shard.barrier()  # every part is complete
                 if not shard.is_main:
                     shard.close()
@@ -361,13 +373,17 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
             final = [log.done[(i,)] for i in range(len(items)) if (i,) in log.done]
             flags = [r["pop_exact"] for r in final if "pop_exact" in r]
             extra["bit_exact"] = all(flags) if flags else None
+        finished = True
     finally:
         log.close()
+        if ledger is not None:
+            ledger.update(finished=finished and "stopped_after" not in extra)
     summary = {**meta, "metrics": summarize(final), **extra,
                "by_source": _by_source(final) if dataset == "mixed" else None,
                "wall_seconds": round(time.time() - t_start, 2),
                "edit_seconds_mean": round(sum(times) / len(times), 3) if times else None,
-               "edits_computed": len(times), "peak_memory_mb": peak_memory_mb(),
+               "edits_computed": len(times), **(ledger.totals() if ledger is not None else {}),
+               "peak_memory_mb": peak_memory_mb(),
                # generated answers' share of the time (this process; pre + post per measured line)
                "generation_seconds_per_line": round(scorer.gen_seconds / scorer.gen_records, 3)
                if scorer.gen_records else None,

@@ -22,7 +22,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from editwrap.ops.fingerprint import state_dict_hash
 from editwrap.ops.norms import delta_norms
@@ -60,17 +60,23 @@ def _crossed(start: int, end: int, every: int | None) -> bool:
 def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, method: str, hp: Any,
                    log: Any, checkpoints: Sequence[int], bar: Any, stack_dir: str | Path | None = None,
                    batch_size: int = 1, consolidate_every: int | None = None,
-                   save_every: int | None = None) -> dict[str, Any]:
+                   save_every: int | None = None, times: list[float] | None = None,
+                   tick: Callable[[], None] | None = None, stop_after: int | None = None) -> dict[str, Any]:
     """Returns ``{"bit_exact", "edit_times", "replayed", "restored"}``; lines go to ``log`` (a
     ResultLog). ``stack_dir``: where checkpoint stacks are saved and resumed from (module doc).
     ``batch_size``: facts per edit (AlphaEdit's setting: sequential batches); a batch never spans a
     checkpoint, and ``edit_times`` are per fact. ``consolidate_every``: after every that many
     facts, the run's MEMIT/AlphaEdit entries are re-solved jointly into one
     (:func:`editwrap.consolidate.consolidate`; its time is counted in ``edit_times``).
-    ``save_every``: with ``stack_dir``, also save the stack after every that many facts."""
+    ``save_every``: with ``stack_dir``, also save the stack after every that many facts.
+    ``times``: a list the per-fact edit times are appended to as they happen (kept by the caller
+    when the run is interrupted); ``tick``: called after every edit and every scored chunk
+    (the runner's time ledger). ``stop_after``: measure the checkpoints up to this one only and keep
+    the saved stack, so the same run resumes from there."""
     from .runner import _line
 
-    cps = sorted(checkpoints)
+    cps = sorted(c for c in checkpoints if stop_after is None or c <= stop_after)
+    complete = len(cps) == len(checkpoints)
     pending = [c for c in cps if not all(log.has(c, i) for i in range(c))]
     done_steps = sum(c for c in cps if c not in pending)
     done_steps += sum(1 for c in pending for i in range(c) if log.has(c, i))
@@ -81,7 +87,8 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
 
     start_hash, start_len = state_dict_hash(model), len(model.stack)
     pre = scorer.pre_many(items[:last_needed])  # all on the unedited base, in merged batches
-    times: list[float] = []
+    times = [] if times is None else times
+    tick = tick or (lambda: None)
     norms: dict[str, dict[str, float]] = {}  # checkpoint -> module -> ‖ΣΔW‖/‖W‖
     stack_dir = Path(stack_dir) if stack_dir is not None else None
     saved = _saved_edits(model, stack_dir, items, pending[0])
@@ -100,6 +107,7 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
                 if _crossed(i, done, consolidate_every) and len(model.stack) - start_len > 1:
                     model.stack.consolidate(model.stack.edits[start_len:])
                 times += [(time.time() - t0) / len(chunk)] * len(chunk)
+                tick()
                 bar.update(len(chunk))
                 if stack_dir is not None and done < c and _crossed(i, done, save_every):
                     save_stack_dir(model.stack.edits[start_len:], stack_dir, model)
@@ -116,6 +124,7 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
                 for i, post in zip(idx, posts):
                     log.write(_line(i, items[i], sources[i], post, checkpoint=c, n_edits=c, seconds=secs))
                     bar.update(1)
+                tick()
     finally:
         while len(model.stack) > start_len:
             model.pop()
@@ -123,6 +132,6 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
     if not exact:
         warnings.warn("after popping every sequential edit the model's state dict differs from the start "
                       "(the stack did not undo exactly)", RuntimeWarning, stacklevel=2)
-    if exact and stack_dir is not None and all(log.has(c, i) for c in cps for i in range(c)):
+    if exact and complete and stack_dir is not None and all(log.has(c, i) for c in cps for i in range(c)):
         shutil.rmtree(stack_dir, ignore_errors=True)  # finished: the JSONL holds the results
     return {"bit_exact": exact, "edit_times": times, "replayed": replayed, "restored": n_saved, "delta_norms": norms}
