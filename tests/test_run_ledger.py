@@ -111,3 +111,18 @@ def test_cli_sigterm_writes_the_ledger(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     [p] = _ledger(tmp_path)
     assert p["edits_computed"] >= 1 and p["finished"] is False and p["wall_seconds"] > 0
+
+
+def test_cli_consolidated_run_prints_its_own_table(tiny_llama, tmp_path, monkeypatch, capsys):
+    """The CLI reads back ``<stem>-consolidated<N>.md`` and says how to go on after --stop-after."""
+    import editwrap.cli as cli
+
+    monkeypatch.setattr(cli, "_load_model", lambda args: tiny_llama)
+    hp = ["mom2_n_tokens=300", "v_num_grad_steps=2", "context_templates=[[3,2]]", "layers=[1,2]"]
+    rc = cli.main(["eval", "knowedit", "--dataset", "zsre", "--data", str(ZSRE), "--method", "memit", "--n", "4",
+                   "--mode", "sequential", "--checkpoints", "2", "--consolidate-every", "2", "--stop-after", "2",
+                   "--no-generation", "--no-progress", "--out", str(tmp_path), *[a for h in hp for a in ("--hparam", h)]])
+    out = capsys.readouterr().out
+    assert rc == 0 and "zsre-memit-sequential-consolidated2.jsonl" in out
+    assert "stopped after checkpoint 2" in out and len(tiny_llama.stack) == 0
+    assert (tmp_path / "zsre-memit-sequential-consolidated2.stack").is_dir()
