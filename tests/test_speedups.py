@@ -89,3 +89,21 @@ def test_fine_tuning_fast_path_equals_the_plain_path(tiny_model, method):
         assert part["D"].abs().max() > 0
         torch.testing.assert_close(fast.entry.parts[mod]["D"], part["D"], rtol=1e-4, atol=1e-6)
     assert fast.info["loss"] == pytest.approx(plain.info["loss"], rel=1e-4)
+
+
+def test_row_normalised_optimiser_batches_exactly_and_moves_along_the_gradient(tiny_llama):
+    """``v_optimizer="ngd"``: facts batched equal facts alone; each step moves δ by exactly v_lr."""
+    module = arch_of(tiny_llama).mlp_out_at(1)
+    kw = dict(v_optimizer="ngd", v_lr=0.3)
+    alone = [_values(tiny_llama, module, [f], v_batch_facts=1, **kw) for f in FACTS]
+    both = _values(tiny_llama, module, FACTS, v_batch_facts=3, **kw)
+    torch.testing.assert_close(both[0], torch.cat([a[0] for a in alone]), rtol=1e-4, atol=1e-4)
+    moved = (both[0] - both[1]).norm(dim=-1)
+    assert bool((moved <= 6 * 0.3 + 1e-4).all()) and bool((moved > 0).all())  # 6 steps of length 0.3 at most
+    one = optimize_values(tiny_llama, module, FACTS[:1], context_templates(tiny_llama, [(4, 2)]),
+                          ValueHparams(v_num_grad_steps=2, early_stop_loss=0.0, clamp_norm_factor=1e3, **kw))
+    assert float((one[0] - one[1]).norm()) == pytest.approx(0.3, rel=1e-4)  # step 2 only measures
+    adam = _values(tiny_llama, module, FACTS, v_batch_facts=3, v_lr=0.3)
+    assert not torch.allclose(adam[0], both[0])
+    with pytest.raises(ValueError, match="v_optimizer"):
+        ValueHparams(v_optimizer="sgd")

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any, Literal, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +70,10 @@ class ValueFields(BaseModel):
     nll_factor_at_argmax: float = Field(1.0, ge=0)
     #: finish a fact once its target is the argmax and its weighted KL is at most this (PMET: 0.01)
     stop_kl_at_argmax: float | None = Field(None, ge=0)
+    #: "adam" (the references'); "ngd": each δ moves ``v_lr`` (hidden-state units) along its unit
+    #: gradient, plus ``v_momentum`` × its last move (a trade-off; docs/SPEED.md)
+    v_optimizer: Literal["adam", "ngd"] = "adam"
+    v_momentum: float = Field(0.0, ge=0, lt=1)
 
 
 class ValueHparams(ValueFields):
@@ -259,7 +263,8 @@ def _optimize_batch(host: Any, modules: list[str], facts: Sequence[Fact], templa
             if hp.v_replay_lower and only_sidecars(host) else None
         init_kl: torch.Tensor | None = None
         cache_kw = {cache_kwarg(host): cache, "use_cache": True} if cache is not None else {}
-        opt = torch.optim.Adam([delta], lr=hp.v_lr)
+        opt = torch.optim.Adam([delta], lr=hp.v_lr) if hp.v_optimizer == "adam" else \
+            _RowNormalisedGD([delta], lr=hp.v_lr, momentum=hp.v_momentum)
         with torch.enable_grad(), contextlib.ExitStack() as patches:
             for m, name in enumerate(modules):
                 patches.enter_context(patch_output(host, name, add_delta(m)))
@@ -320,6 +325,31 @@ def _optimize_batch(host: Any, modules: list[str], facts: Sequence[Fact], templa
                     if cache is not None:
                         cache.batch_select_indices(torch.tensor([old[r] for r in state["keep"]], device=device))
     return torch.stack([v for v in v_star if v is not None], 1).float(), v_init.cpu(), infos
+
+
+class _RowNormalisedGD(torch.optim.Optimizer):
+    """Gradient descent with a fixed step length per δ (the last dimension's rows), with momentum.
+
+    Adam moves every coordinate by about ``lr`` whatever the gradient's shape, so its δ grows by
+    ``lr·√d`` per step even along directions that do not help the loss; this moves along the
+    gradient itself, so the same loss costs a smaller δ. Rows are independent: batched facts stay exact.
+    """
+
+    def __init__(self, params: Any, lr: float, momentum: float = 0.0) -> None:
+        super().__init__(params, {"lr": lr, "momentum": momentum})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # noqa: ARG002 - the Optimizer signature
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                move = p.grad / p.grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                if group["momentum"]:
+                    buf = self.state[p].get("buf")
+                    move = move if buf is None else buf.mul_(group["momentum"]).add_(move)
+                    self.state[p]["buf"] = move
+                p.sub_(group["lr"] * move)
 
 
 def _out_dim(host: Any, module: str) -> int:
