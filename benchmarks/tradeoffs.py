@@ -14,7 +14,8 @@ Edit Succ., the first rephrase, locality answer tokens against the unedited mode
 Prints one JSON line: CPU seconds per fact of the editing calls (after one warm-up edit that
 caches context templates and covariance), and the three scores x100.
 ``--values-only``: only the value optimisation (v* / z) of all N facts, reporting the steps each
-fact ran and its final loss and target probability.
+fact ran and its final loss and target probability; ``--flops`` adds its matrix-product GFLOP per
+fact (compare with ``benchmarks/matmul_rate.py``).
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def edit_and_score(model, facts, method: str, batch: int, hp: dict) -> dict:
     return {"cpu_s_per_fact": round(cpu / len(facts), 2), **{k: pct(v) for k, v in scores.items()}}
 
 
-def values_only(model, facts, method: str, hp: dict) -> dict:
+def values_only(model, facts, method: str, hp: dict, flops: bool = False) -> dict:
     from editwrap.ops.keys import context_templates
     from editwrap.ops.spread import spread_modules
     from editwrap.ops.values import ValueHparams, optimize_values
@@ -63,8 +64,14 @@ def values_only(model, facts, method: str, hp: dict) -> dict:
         from editwrap.hparams.arch import arch_of
         module = arch_of(model).mlp_out_at(h.layer)
     templates = context_templates(model, h.context_templates)
+    import contextlib
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False) if flops else None
     t0 = time.process_time()
-    v_star, v_init, infos = optimize_values(model, module, facts, templates, ValueHparams(**h.model_dump()))
+    with counter if counter is not None else contextlib.nullcontext():
+        v_star, v_init, infos = optimize_values(model, module, facts, templates, ValueHparams(**h.model_dump()))
     cpu = time.process_time() - t0
     steps = [i["steps"] for i in infos]
     return {"cpu_s_per_fact": round(cpu / len(facts), 2), "mean_steps": statistics.mean(steps),
@@ -73,7 +80,9 @@ def values_only(model, facts, method: str, hp: dict) -> dict:
             "mean_target_prob": round(statistics.mean(i["target_prob"] for i in infos), 4),
             "min_target_prob": round(min(i["target_prob"] for i in infos), 4),
             # how far the values moved: what a stack of edits accumulates (smaller holds longer)
-            "mean_rel_delta": round(float(((v_star - v_init).norm(dim=-1) / v_init.norm(dim=-1)).mean()), 3)}
+            "mean_rel_delta": round(float(((v_star - v_init).norm(dim=-1) / v_init.norm(dim=-1)).mean()), 3),
+            # matrix-product work (counting slows the run: read cpu_s_per_fact from a run without it)
+            **({"gflop_per_fact": round(counter.get_total_flops() / 1e9 / len(facts), 3)} if counter else {})}
 
 
 def _value(text: str):
@@ -92,12 +101,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=10, help="facts per edit (ROME: always 1)")
     ap.add_argument("--hparam", action="append", default=[], metavar="NAME=JSON")
     ap.add_argument("--values-only", action="store_true", help="only the value optimisation (steps, loss)")
+    ap.add_argument("--flops", action="store_true", help="--values-only: also count the GFLOP per fact")
     args = ap.parse_args(argv)
     hp = {k: _value(v) for k, v in (h.split("=", 1) for h in args.hparam)}
     model = EditableModel.from_pretrained()
     facts = [item_fact(r) for r in load_records("mixed", args.data, n=args.n)[0]]
     batch = 1 if args.method == "rome" else args.batch
-    row = values_only(model, facts, args.method, hp) if args.values_only else \
+    row = values_only(model, facts, args.method, hp, args.flops) if args.values_only else \
         edit_and_score(model, facts, args.method, batch, hp)
     print(json.dumps({"method": args.method, "n": args.n, "batch": batch, "hparams": hp, **row}), flush=True)
 

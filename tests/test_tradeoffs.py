@@ -28,3 +28,11 @@ def test_edit_and_score_pops_back(tiny_llama):
     row = tr.edit_and_score(tiny_llama, FACTS, "memit", 2, HP)
     assert set(row) == {"cpu_s_per_fact", "edit_succ", "rephrase", "locality"} and row["cpu_s_per_fact"] > 0
     assert state_dict_hash(tiny_llama) == h0 and len(tiny_llama.stack) == 0
+
+
+def test_flop_count_and_matmul_rate(tiny_llama):
+    tr = load_benchmark("tradeoffs")
+    row = tr.values_only(tiny_llama, FACTS, "memit", HP, flops=True)
+    assert row["gflop_per_fact"] > 0 and "gflop_per_fact" not in tr.values_only(tiny_llama, FACTS, "memit", HP)
+    mr = load_benchmark("matmul_rate")
+    assert mr.rate(16, 16, 16, flop=1e5) > 0
