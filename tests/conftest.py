@@ -39,6 +39,20 @@ def _tiny_tokenizer():
                                    pad_token="<|endoftext|>", bos_token="<|endoftext|>")
 
 
+def interrupt_edit(monkeypatch, model, k: int):
+    """Make the ``k``-th ``compute_edit`` call raise KeyboardInterrupt; returns the undo."""
+    real, calls = type(model).compute_edit, {"n": 0}
+
+    def compute_edit(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == k:
+            raise KeyboardInterrupt("simulated interruption")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(type(model), "compute_edit", compute_edit)
+    return lambda: monkeypatch.setattr(type(model), "compute_edit", real)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return _tiny_tokenizer()

@@ -13,7 +13,7 @@ from editwrap.evals.datasets import load_dataset
 from editwrap.evals.measure import Scorer
 from editwrap.evals.report import build_report, paper_rows
 from editwrap.evals.runner import ResultLog, load_records
-from tests.conftest import KNOWEDIT_DIR
+from tests.conftest import KNOWEDIT_DIR, interrupt_edit
 
 ZSRE = KNOWEDIT_DIR / "ZsRE.json"
 HP = {"num_steps": 2}
@@ -139,19 +139,10 @@ def test_resume_sequential_and_torn_line(tiny_llama, tmp_path, monkeypatch):
 def test_sequential_saves_the_stack_between_checkpoints(tiny_llama, tmp_path, monkeypatch):
     """``save_every``: an interruption between two checkpoints keeps the edits made since the
     last save; the resumed run composes them and computes only the rest."""
-    calls = {"n": 0}
-    real = type(tiny_llama).compute_edit
-
-    def compute_edit(self, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("simulated interruption")
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(type(tiny_llama), "compute_edit", compute_edit)
+    restore = interrupt_edit(monkeypatch, tiny_llama, 5)
     with pytest.raises(KeyboardInterrupt):
         _run(tiny_llama, tmp_path, mode="sequential", checkpoints=[5], save_every=2)
-    monkeypatch.setattr(type(tiny_llama), "compute_edit", real)
+    restore()
     assert len(tiny_llama.stack) == 0
     s = _run(tiny_llama, tmp_path, mode="sequential", checkpoints=[5], save_every=2)
     assert s["restored"] == 4 and s["edits_computed"] == 1 and s["bit_exact"] is True

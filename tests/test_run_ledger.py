@@ -13,7 +13,7 @@ import pytest
 
 from editwrap.evals import run_knowedit
 from editwrap.evals.ledger import TimeLedger
-from tests.conftest import KNOWEDIT_DIR
+from tests.conftest import KNOWEDIT_DIR, interrupt_edit
 
 ZSRE = KNOWEDIT_DIR / "ZsRE.json"
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,15 +50,7 @@ def test_stop_after_then_resume_reports_the_total(tiny_llama, tmp_path):
 
 
 def test_interrupted_process_keeps_its_time(tiny_llama, tmp_path, monkeypatch):
-    real, calls = type(tiny_llama).compute_edit, {"n": 0}
-
-    def compute_edit(self, *a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("simulated interruption")
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(type(tiny_llama), "compute_edit", compute_edit)
+    interrupt_edit(monkeypatch, tiny_llama, 4)
     with pytest.raises(KeyboardInterrupt):
         _run(tiny_llama, tmp_path)
     [p] = _ledger(tmp_path)
