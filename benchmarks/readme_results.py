@@ -55,9 +55,13 @@ def _relabel(text: str, names: dict[str, str]) -> str:
 
 
 def _sequential(root: Path, folders: tuple[str, ...], dataset: str, png: str, names: dict[str, str],
-                plots: bool) -> str:
-    """A sequential run table, its curve tables and the plot (written only when ``plots``)."""
+                plots: bool, also: list[tuple[str, str]] = ()) -> str:
+    """A sequential run table, its curve tables and the plot (written only when ``plots``);
+    ``also``: (folder, method) runs added from other folders."""
     runs = _runs(root, *folders, mode="sequential", dataset=dataset)
+    for folder, method in also:
+        runs += [r for r in _runs(root, folder, mode="sequential", dataset=dataset) if r["method"] == method]
+    runs.sort(key=lambda r: (r["method"], r.get("_file", "")))
     if plots:
         plot_sequential(runs, root / RES / png, f"{DATASETS.get(dataset, dataset)}: sequential editing")
     body = run_table(runs) + "\n\n" + _curve_tables(runs).rstrip("\n")
@@ -75,9 +79,13 @@ def mixed_sequential(root: Path, plots: bool) -> str:
 
 
 def lifelong(root: Path, plots: bool) -> str:
+    """The lifelong runs, plus the earlier 100-edit mixed runs (knowedit/) of methods they lack (ROME)."""
+    have = {r["method"] for r in _runs(root, "lifelong", mode="sequential", dataset="mixed")}
+    extra = {r["method"] for r in _runs(root, "knowedit", mode="sequential", dataset="mixed")} - have
     return _sequential(root, ("lifelong",), "mixed", "lifelong/report/sequential-mixed.png",
                        {" [lifelong]": "", " [normcap]": ", max_delta_norm=0.3", " [fast]": ", v_lr=2.0, 16 steps",
-                        " [generated]": ", with generated answers"}, plots)
+                        " [generated]": ", with generated answers", " [knowedit]": ""}, plots,
+                       also=[("knowedit", m) for m in sorted(extra)])
 
 
 def adapters_single(root: Path, plots: bool) -> str:

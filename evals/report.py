@@ -128,6 +128,8 @@ def plot_sequential(runs: Sequence[dict], path: str | Path, title: str = "") -> 
     import matplotlib.pyplot as plt
 
     labels = _labels(runs)
+    cmap = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")  # one distinct colour per run
+    palette = lambda k: cmap(k % cmap.N)  # noqa: E731
     panels = []
     for metric in CURVES:
         lines = []
@@ -136,12 +138,15 @@ def plot_sequential(runs: Sequence[dict], path: str | Path, title: str = "") -> 
                 pts = sorted((int(c), paper_rows(r, s)[variant]) for c, s in (r.get("checkpoints") or {}).items())
                 pts = [(x, y) for x, y in pts if y is not None]
                 if pts:
-                    lines.append((lab + (" (generated)" if style == "--" else ""), pts, style, f"C{k % 10}"))
+                    lines.append((lab + (" (generated)" if style == "--" else ""), pts, style, palette(k)))
         if lines:
             panels.append((metric, lines))
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    names = list(dict.fromkeys(lab for _, lines in panels for lab, *_ in lines))
+    ncol = 1 if len(names) <= 4 else 2 if len(names) <= 12 else 3
+    legend_h = 0.22 * -(-len(names) // ncol) + 0.2  # inches below the panels
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4 + legend_h), squeeze=False)
     for ax, (metric, lines) in zip(axes[0], panels):
         for lab, pts, style, color in lines:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=color, marker="o", label=lab)
@@ -153,10 +158,14 @@ def plot_sequential(runs: Sequence[dict], path: str | Path, title: str = "") -> 
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
         ax.set_title(metric)
-    axes[0][0].legend(fontsize=8)
+    handles = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol, fontsize=7, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, legend_h / (3.4 + legend_h), 1, 1))
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
