@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from editwrap import Fact, StackError, state_dict_hash
+from editwrap import Fact, state_dict_hash
 from editwrap.stack import load_stack_dir, save_stack_dir
 
 FA = Fact(prompt="The Eiffel Tower is located in the city of", subject="Eiffel Tower", target_new="Rome")
