@@ -21,7 +21,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -124,13 +124,16 @@ def _line(index: int, item: Any, source: str, post: dict, **extra: Any) -> dict:
 
 
 def _run_edits(model: Any, scorer: Scorer, items: list, sources: list, method: str, hp: Any,
-               log: ResultLog, size: int, bar: Any, owns: Any = None, done: Any = None) -> list[float]:
+               log: ResultLog, size: int, bar: Any, owns: Any = None, done: Any = None,
+               times: list[float] | None = None, tick: Callable[[], None] | None = None) -> list[float]:
     """single (size 1) and batch modes: edit a chunk, measure each of its facts, pop, and check the
     pop was exact (state-dict hash and the logits of a fixed probe equal the starting ones):
     ``pop_exact`` on every line. ``owns(chunk_number)``: the chunks this process runs (sharded
-    runs; all when None); ``done(i)``: records already measured elsewhere (the merged JSONL)."""
+    runs; all when None); ``done(i)``: records already measured elsewhere (the merged JSONL).
+    Edit times are appended to ``times`` as they happen (also returned), and ``tick`` is called
+    after each chunk, as in :func:`~editwrap.evals.sequential.run_sequential`."""
     n = len(items)
-    times = []
+    times = [] if times is None else times
     h0, probe = state_dict_hash(model), _probe_logits(model)
     for start in range(0, n, size):  # fixed chunks, stable across resumes
         chunk = list(range(start, min(start + size, n)))
@@ -155,6 +158,8 @@ def _run_edits(model: Any, scorer: Scorer, items: list, sources: list, method: s
             log.write(_line(i, items[i], sources[i], post, edit_seconds=round(t_edit, 3), batch=len(chunk),
                             seconds=secs, pop_exact=exact))
             bar.update(1)
+        if tick is not None:
+            tick()
     return times
 
 
@@ -346,7 +351,6 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
                                        batch_size=batch_size, consolidate_every=consolidate_every,
                                        save_every=save_every, times=times, stop_after=stop_after,
                                        tick=ledger.update if ledger is not None else None))
-            extra.pop("edit_times")
             per_cp = {str(c): summarize(log.records(checkpoint=c)) for c in run_cps}
             extra["checkpoints"] = per_cp
             if run_cps != cps:
@@ -355,10 +359,10 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
         else:
             done = sum(1 for i in range(len(items)) if log.has(i) or (i,) in merged)
             with tqdm(total=len(items), initial=done, desc=stem, disable=not progress, dynamic_ncols=True) as bar:
-                times += _run_edits(model, scorer, items, sources, m.name, hp, log,
-                                   batch_size if mode == "batch" else 1, bar,
-                                   owns=shard.owns if shard is not None else None,
-                                   done=(lambda i: (i,) in merged) if shard is not None else None)
+                _run_edits(model, scorer, items, sources, m.name, hp, log, batch_size if mode == "batch" else 1, bar,
+                           owns=shard.owns if shard is not None else None,
+                           done=(lambda i: (i,) in merged) if shard is not None else None,
+                           times=times, tick=ledger.update if ledger is not None else None)
             if shard is not None:
                 log.close()
                 times[:] = [t for ts in shard.gather(times) for t in ts]

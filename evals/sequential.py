@@ -62,12 +62,12 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
                    batch_size: int = 1, consolidate_every: int | None = None,
                    save_every: int | None = None, times: list[float] | None = None,
                    tick: Callable[[], None] | None = None, stop_after: int | None = None) -> dict[str, Any]:
-    """Returns ``{"bit_exact", "edit_times", "replayed", "restored"}``; lines go to ``log`` (a
+    """Returns ``{"bit_exact", "replayed", "restored", "delta_norms"}``; lines go to ``log`` (a
     ResultLog). ``stack_dir``: where checkpoint stacks are saved and resumed from (module doc).
     ``batch_size``: facts per edit (AlphaEdit's setting: sequential batches); a batch never spans a
-    checkpoint, and ``edit_times`` are per fact. ``consolidate_every``: after every that many
+    checkpoint, and ``times`` are per fact. ``consolidate_every``: after every that many
     facts, the run's MEMIT/AlphaEdit entries are re-solved jointly into one
-    (:func:`editwrap.consolidate.consolidate`; its time is counted in ``edit_times``).
+    (:func:`editwrap.consolidate.consolidate`; its time is counted in ``times``).
     ``save_every``: with ``stack_dir``, also save the stack after every that many facts.
     ``times``: a list the per-fact edit times are appended to as they happen (kept by the caller
     when the run is interrupted); ``tick``: called after every edit and every scored chunk
@@ -83,7 +83,7 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
     last_needed = pending[-1] if pending else 0
     bar.update(done_steps + (len(items) - last_needed))  # edits never needed count as done
     if not pending:
-        return {"bit_exact": None, "edit_times": [], "replayed": 0}
+        return {"bit_exact": None, "replayed": 0}
 
     start_hash, start_len = state_dict_hash(model), len(model.stack)
     pre = scorer.pre_many(items[:last_needed])  # all on the unedited base, in merged batches
@@ -134,4 +134,4 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
                       "(the stack did not undo exactly)", RuntimeWarning, stacklevel=2)
     if exact and complete and stack_dir is not None and all(log.has(c, i) for c in cps for i in range(c)):
         shutil.rmtree(stack_dir, ignore_errors=True)  # finished: the JSONL holds the results
-    return {"bit_exact": exact, "edit_times": times, "replayed": replayed, "restored": n_saved, "delta_norms": norms}
+    return {"bit_exact": exact, "replayed": replayed, "restored": n_saved, "delta_norms": norms}

@@ -57,6 +57,15 @@ def test_interrupted_process_keeps_its_time(tiny_llama, tmp_path, monkeypatch):
     assert p["edits_computed"] == 3 and p["finished"] is False and p["edit_seconds"] > 0
 
 
+def test_interrupted_single_run_keeps_its_time(tiny_llama, tmp_path, monkeypatch):
+    """single/batch modes record each edit as it happens, like sequential runs."""
+    interrupt_edit(monkeypatch, tiny_llama, 3)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_llama, tmp_path, mode="single")
+    [p] = json.loads((tmp_path / "zsre-ft-m-single.time.json").read_text())["processes"]
+    assert p["edits_computed"] == 2 and p["finished"] is False and p["edit_seconds"] > 0
+
+
 def test_stop_after_must_be_a_checkpoint(tiny_llama, tmp_path):
     with pytest.raises(ValueError, match="--stop-after 3.*2, 4, 5"):
         _run(tiny_llama, tmp_path, stop_after=3)
