@@ -15,7 +15,8 @@ Prints one JSON line: CPU seconds per fact of the editing calls (after one warm-
 caches context templates and covariance), and the three scores x100.
 ``--values-only``: only the value optimisation (v* / z) of all N facts, reporting the steps each
 fact ran and its final loss and target probability; ``--flops`` adds its matrix-product GFLOP per
-fact (compare with ``benchmarks/matmul_rate.py``).
+fact (compare with ``benchmarks/matmul_rate.py``). ``--padding``: the share of padded positions
+a step computes (no forward is run).
 """
 from __future__ import annotations
 
@@ -85,6 +86,33 @@ def values_only(model, facts, method: str, hp: dict, flops: bool = False) -> dic
             **({"gflop_per_fact": round(counter.get_total_flops() / 1e9 / len(facts), 3)} if counter else {})}
 
 
+def padding(model, facts, method: str, batch: int, hp: dict) -> dict:
+    """Share of the tail positions a value-optimisation step computes that are padding: per edit of
+    ``batch`` facts, batches of ``v_batch_facts`` as ``optimize_values`` forms them (and if the short
+    KL rows ran as a batch of their own). No model forward is run."""
+    from editwrap.ops.keys import context_templates
+    from editwrap.ops.values import _build_rows, _tail_length
+
+    d = model.default_hparams(method)
+    h = type(d).model_validate({**d.model_dump(), **hp})
+    tok, templates = model.tokenizer, context_templates(model, h.context_templates)
+    real = padded = padded_kl_apart = 0
+    for e in range(0, len(facts), batch):
+        edit = facts[e:e + batch]
+        order = sorted(edit, key=lambda f: _tail_length(tok, f))
+        for i in range(0, len(order), h.v_batch_facts):
+            rows = _build_rows(tok, order[i:i + h.v_batch_facts], templates)
+            tails = [len(r) - s for r, s in zip(rows.ids, rows.subj)]
+            kl = [t for k, t in enumerate(tails) if k % (rows.n_rw + 1) == rows.n_rw]
+            rw = [t for k, t in enumerate(tails) if k % (rows.n_rw + 1) != rows.n_rw]
+            real += sum(tails)
+            padded += len(tails) * max(tails)
+            padded_kl_apart += len(rw) * max(rw) + len(kl) * max(kl)
+    return {"v_batch_facts": h.v_batch_facts, "tail_positions": real,
+            "padding_pct": round(100 * (1 - real / padded), 1),
+            "padding_pct_kl_apart": round(100 * (1 - real / padded_kl_apart), 1)}
+
+
 def _value(text: str):
     """A JSON value, or the text itself (``v_optimizer=ngd``)."""
     try:
@@ -102,13 +130,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hparam", action="append", default=[], metavar="NAME=JSON")
     ap.add_argument("--values-only", action="store_true", help="only the value optimisation (steps, loss)")
     ap.add_argument("--flops", action="store_true", help="--values-only: also count the GFLOP per fact")
+    ap.add_argument("--padding", action="store_true", help="only the share of padded positions per step")
     args = ap.parse_args(argv)
     hp = {k: _value(v) for k, v in (h.split("=", 1) for h in args.hparam)}
     model = EditableModel.from_pretrained()
     facts = [item_fact(r) for r in load_records("mixed", args.data, n=args.n)[0]]
     batch = 1 if args.method == "rome" else args.batch
-    row = values_only(model, facts, args.method, hp, args.flops) if args.values_only else \
-        edit_and_score(model, facts, args.method, batch, hp)
+    if args.padding:
+        row = padding(model, facts, args.method, batch, hp)
+    elif args.values_only:
+        row = values_only(model, facts, args.method, hp, args.flops)
+    else:
+        row = edit_and_score(model, facts, args.method, batch, hp)
     print(json.dumps({"method": args.method, "n": args.n, "batch": batch, "hparams": hp, **row}), flush=True)
 
 

@@ -36,3 +36,12 @@ def test_flop_count_and_matmul_rate(tiny_llama):
     assert row["gflop_per_fact"] > 0 and "gflop_per_fact" not in tr.values_only(tiny_llama, FACTS, "memit", HP)
     mr = load_benchmark("matmul_rate")
     assert mr.rate(16, 16, 16, flop=1e5) > 0
+
+
+def test_padding_share(tiny_llama):
+    """One fact per batch pads only its short KL row: with that row apart nothing is padding."""
+    tr = load_benchmark("tradeoffs")
+    one = tr.padding(tiny_llama, FACTS, "memit", 2, {**HP, "v_batch_facts": 1})
+    both = tr.padding(tiny_llama, FACTS, "memit", 2, {**HP, "v_batch_facts": 2})
+    assert one["padding_pct_kl_apart"] == 0.0 and one["padding_pct"] > 0
+    assert both["padding_pct"] >= both["padding_pct_kl_apart"] >= 0 and both["tail_positions"] == one["tail_positions"]
