@@ -27,7 +27,7 @@ from editwrap.evals.errors import error_section
 from editwrap.evals.report import NAMES as DATASETS
 from editwrap.evals.report import (GEN, _curve_tables, _fmt, _labels, load_summaries, paper_comparison_table, paper_rows,
                                    plot_sequential, run_table)
-from editwrap.evals.runner import read_result_lines
+from editwrap.evals.resultlog import read_result_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = "docs/RESULTS.md"

@@ -123,7 +123,7 @@ def run_error_counts(run: Mapping[str, Any]) -> dict[str, int] | None:
     checkpoint); None when it has no generated answers."""
     import re
 
-    from .runner import read_result_lines
+    from .resultlog import read_result_lines
 
     if not run.get("_file"):
         return None

@@ -203,7 +203,7 @@ def partial_summary(meta_path: str | Path) -> dict | None:
     records written so far; for sequential runs only the checkpoints measured on every fact.
     ``n`` is what is done, ``n_requested`` what was asked; ``in_progress`` marks it."""
     from .metrics import summarize
-    from .runner import read_result_lines
+    from .resultlog import read_result_lines
 
     meta_path = Path(meta_path)
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -318,7 +318,7 @@ def case_tables(runs: Sequence[dict], n: int) -> str:
     """The KnowEdit study's "one case across methods" table per dataset: for the first ``n`` records of the
     single-mode runs, the prompt, target, the unedited model's generated answer and each method's
     (✓ = starts with the target); – where a run has no generated answer for the record."""
-    from .runner import read_result_lines
+    from .resultlog import read_result_lines
 
     single = [r for r in runs if r.get("mode") == "single" and r.get("_file")]
     parts = []

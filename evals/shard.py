@@ -67,7 +67,7 @@ class Shard:
     def merge(self, jsonl: Path, key_fields: Sequence[str]) -> None:
         """Rank 0: the lines of every rank's part (and of the run's JSONL, if it has some) into the
         run's JSONL, sorted by key, replacing it atomically."""
-        from .runner import read_result_lines
+        from .resultlog import read_result_lines
 
         done: dict[tuple, dict] = {}
         for p in [jsonl] + [self.part_path(jsonl, r) for r in range(self.world)]:

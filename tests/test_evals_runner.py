@@ -12,7 +12,8 @@ from editwrap.evals import answer_tokens, locality_score, run_knowedit
 from editwrap.evals.datasets import load_dataset
 from editwrap.evals.measure import Scorer
 from editwrap.evals.report import build_report, paper_rows
-from editwrap.evals.runner import ResultLog, load_records
+from editwrap.evals.resultlog import ResultLog
+from editwrap.evals.runner import load_records
 from tests.conftest import KNOWEDIT_DIR, interrupt_edit
 
 ZSRE = KNOWEDIT_DIR / "ZsRE.json"
