@@ -2,11 +2,16 @@
 
     python benchmarks/edit_speed.py --n 50 --methods rome,memit,ft-m,ft-l --out results/edit_speed.json
     OMP_NUM_THREADS=1 python benchmarks/edit_speed.py --profile rome,memit:10,memit:100,ft-m,alphaedit:10
+    OMP_NUM_THREADS=1 python benchmarks/edit_speed.py --resolve alphaedit:30,alphaedit:100
 
 ``--profile``: one edit per ``method[:batch]`` after a warm-up edit (context templates and
 covariance statistics are then cached, as in any run after the first), CPU and wall seconds per
 phase (context templates, covariance, keys, value optimisation, solve, the rest of the method,
 scoring the edited facts), per fact; ``--hparam name=value`` measures a trade-off.
+
+``--resolve``: the solve stage alone over N facts (``method.resolve``), which is what
+``stack.consolidate`` and ``retract`` rerun on stored target values; the values are drawn at random
+(the cost does not depend on them), the facts are the first N of the mixed pool.
 
 For each of the first N ZsRE records (KnowEdit test sample in ../shared/data/knowedit): compute and
 push the edit, measure the teacher-forced token accuracy of the target (EasyEdit's Edit Succ.) and
@@ -103,6 +108,33 @@ def profile(model, facts, specs: list[str], hparams: dict) -> list[dict]:
     return rows
 
 
+def profile_resolve(model, facts, specs: list[str]) -> list[dict]:
+    """Per-phase CPU/wall seconds of one ``method.resolve`` per ``method:N`` (see the module doc)."""
+    import torch
+
+    from editwrap.methods.base import get_method
+    from editwrap.ops.profile import profiling
+
+    rows = []
+    for spec in specs:
+        name, _, n = spec.partition(":")
+        m, batch = get_method(name), facts[:int(n or 10)]
+        hp = model._resolve_hparams(m, None, {})
+        gen = torch.Generator().manual_seed(0)
+        m.resolve(model, facts[-2:], 0.1 * torch.randn(2, model.config.hidden_size, generator=gen), hp)  # caches
+        zs = 0.1 * torch.randn(len(batch), model.config.hidden_size, generator=gen)
+        c0, w0 = time.process_time(), time.perf_counter()
+        with profiling() as times:
+            m.resolve(model, batch, zs, hp)
+        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+        rows.append({"spec": f"resolve {spec}", "facts": len(batch), "cpu_s": cpu, "wall_s": wall,
+                     "cpu_s_per_fact": cpu / len(batch),
+                     "phases": {k: {"cpu_s": v[0], "wall_s": v[1], "calls": v[2]} for k, v in times.items()}})
+        print(f"resolve {spec}: {cpu:.1f} CPU-s ({cpu / len(batch):.2f} per fact), {wall:.1f} s wall; "
+              + ", ".join(f"{k} {v[0]:.1f}" for k, v in times.items()), flush=True)
+    return rows
+
+
 PHASES = ("context templates", "covariance", "keys", "value optimisation", "solve", "other (method)", "scoring")
 
 
@@ -138,10 +170,22 @@ def main() -> None:
     ap.add_argument("--indices", default="", help="only these record indices (comma-separated), e.g. to re-run a few")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--profile", default="", help="per-phase CPU time of one edit per method[:batch], e.g. rome,memit:10")
+    ap.add_argument("--resolve", default="", help="CPU time of the solve stage alone (consolidation), e.g. alphaedit:30")
     ap.add_argument("--hparam", action="append", default=[],
                     help="hyperparameter override (name=JSON value), e.g. v_num_grad_steps=12: a measured trade-off")
     args = ap.parse_args()
     model = EditableModel.from_pretrained()
+    if args.resolve:
+        from editwrap.evals.measure import item_fact
+        from editwrap.evals.runner import load_records
+        specs = [s for s in args.resolve.split(",") if s]
+        n = max(int(s.partition(":")[2] or 10) for s in specs) + 2
+        facts = [item_fact(it) for it in load_records("mixed", Path(args.data).parent / "full", n)[0]]
+        rows = profile_resolve(model, facts, specs)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(rows, indent=2))
+        return
     if args.profile:
         specs = [s for s in args.profile.split(",") if s]
         n = max(int(s.partition(":")[2] or 1) for s in specs) + 1

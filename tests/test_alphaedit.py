@@ -77,6 +77,25 @@ def test_stack_keys_are_state_of_the_stack(tiny_llama, tmp_path, tiny_tokenizer)
     assert state_dict_hash(m) == h0 and torch.equal(logits(m), l0)
 
 
+def test_stored_keys_are_the_keys_read_with_the_edit_applied(tiny_llama):
+    """The stored keys come from the spread (each layer read with the layers below updated); they
+    must equal a fresh read with the whole edit on the stack, which is what the reference stores."""
+    from editwrap.ops.keys import context_templates
+    m = tiny_llama
+    hp = _hp(m, layers=[0, 1, 2])
+    e = m.edit([F1, F2, F3], method="alphaedit", **hp)
+    templates = context_templates(m, hp["context_templates"])
+    for layer in hp["layers"]:
+        mod = arch_of(m).mlp_out_at(layer)
+        fresh = io_at_subject(m, mod, [F1, F2, F3], templates)[0].T
+        torch.testing.assert_close(e.entry.aux[f"keys::{mod}"], fresh, rtol=0, atol=0)  # same forwards
+    # and they differ from the pre-edit keys above the lowest layer, so the test can fail
+    e.pop()
+    mod = arch_of(m).mlp_out_at(2)
+    before = io_at_subject(m, mod, [F1, F2, F3], templates)[0].T
+    assert (e.entry.aux[f"keys::{mod}"] - before).abs().max() > 1e-6
+
+
 def test_protection_reduces_interference_with_earlier_edit(tiny_llama):
     """With the earlier edit's keys protected, a later edit moves that edit's z less."""
     m = tiny_llama

@@ -1,7 +1,9 @@
 """The exact speed-ups of the locate-then-edit pipeline equal the plain path (tiny random models).
 
 * value optimisation: cached prefix vs full forward; facts batched vs one by one;
-* key reading: a forward stopped after the read module vs the whole forward.
+* key reading: a forward stopped after the read module vs the whole forward;
+* the layer spread (MEMIT, AlphaEdit, PMET, consolidation): blocks below the lowest edited layer
+  replayed across the layers' key reads vs run for every read.
 """
 from __future__ import annotations
 
@@ -11,7 +13,10 @@ import torch
 from editwrap import Fact
 from editwrap.hparams.arch import arch_of
 from editwrap.ops.hooks import capture
+from editwrap.ops.covariance import second_moment
 from editwrap.ops.keys import context_templates, io_at_subject
+from editwrap.ops.replay import LowerCache
+from editwrap.ops.spread import covariance_transform, spread_over_layers
 from editwrap.ops.tokens import batch_encode, subject_last_index
 from editwrap.ops.values import ValueHparams, optimize_values
 
@@ -76,6 +81,47 @@ def test_key_reading_stops_after_the_module_with_the_same_result(tiny_model):
     v_full = cap[module]["output"][rows, idx].view(3, 2, -1).mean(1)
     torch.testing.assert_close(k, k_full)
     torch.testing.assert_close(v, v_full)
+
+
+def test_lower_blocks_replayed_across_reads_give_the_same_keys(tiny_model):
+    m = tiny_model
+    templates = ("{}", "Hello there. {}")
+    lower = LowerCache(m, arch_of(m).mlp_out_at(2))
+    calls = []
+    hook = m.get_submodule(arch_of(m).mlp_out_at(0)).register_forward_hook(lambda *_: calls.append(1))
+    try:
+        for layer in (2, 3, 2):  # first read records, later reads (other modules, same texts) replay
+            module = arch_of(m).mlp_out_at(layer)
+            n0 = len(calls)
+            k, v = io_at_subject(m, module, FACTS, templates, batch_size=2, lower=lower)
+            computed = len(calls) - n0
+            k0, v0 = io_at_subject(m, module, FACTS, templates, batch_size=2)
+            assert torch.equal(k, k0) and torch.equal(v, v0)
+            assert computed == (3 if layer == 2 and n0 == 0 else 0), "block 0 runs only in the first read"
+    finally:
+        hook.remove()
+    assert len(lower.by_batch) == 3  # 6 texts in batches of 2, recorded once each
+
+
+def test_spread_with_lower_blocks_replayed_equals_the_plain_spread(tiny_model):
+    m = tiny_model
+    arch = arch_of(m)
+    modules, z_module = [arch.mlp_out_at(l) for l in (1, 2, 3)], arch.block_at(3)
+    templates = context_templates(m, [(4, 2)])
+    covs = second_moment(m, modules, n_tokens=300, progress=False)
+    zs = torch.randn(len(FACTS), m.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    out = []
+    for replay in (True, False):
+        keys: dict = {}
+        parts = spread_over_layers(m, modules, z_module, FACTS, templates, zs, covariance_transform(covs, 1e3),
+                                   keys_out=keys, replay_lower=replay)
+        out.append((parts, keys))
+    (p1, k1), (p0, k0) = out
+    for mod in modules:
+        assert torch.equal(p1[mod]["U"], p0[mod]["U"]) and torch.equal(p1[mod]["V"], p0[mod]["V"])
+        assert torch.equal(k1[mod], k0[mod])
+    assert not torch.equal(k0[modules[2]], io_at_subject(m, modules[2], FACTS, templates)[0]), \
+        "the upper keys were read with the lower layers' updates applied"
 
 
 @pytest.mark.parametrize("method", ["ft-m", "ft-l"])

@@ -26,7 +26,7 @@ from ..entries.delta import DeltaEntry
 from ..facts import Fact
 from ..hparams.locate import AlphaEditHparams
 from ..ops.covariance import second_moment, stats_path
-from ..ops.keys import context_templates, io_at_subject
+from ..ops.keys import context_templates
 from ..ops.norms import norm_info
 from ..ops.spread import optimize_then_resolve, spread_modules, spread_over_layers
 from ..stack import Edit
@@ -85,17 +85,13 @@ class AlphaEdit:
             A = P @ gram + hp.L2 * torch.eye(P.shape[0], dtype=P.dtype)
             return torch.linalg.solve(A, P @ K)
 
-        parts = spread_over_layers(model, modules, z_module, facts, templates, zs, transform)
+        # the keys the next edits protect, as the reference reads them: with this edit applied.
+        # The spread reads each layer's keys with the layers below already updated, which is the
+        # same thing (a layer's update does not reach its own input), so no second read is needed.
+        keys: dict[str, torch.Tensor] = {}
+        parts = spread_over_layers(model, modules, z_module, facts, templates, zs, transform, keys_out=keys)
         bounded = norm_info(model, parts, hp.max_delta_norm)
-        aux = {"z": zs.float()}
-        key = "alphaedit-keys"
-        entry = DeltaEntry(parts)
-        entry.attach(model, key)
-        try:  # the keys the next edits protect: read with this edit applied, as the reference does
-            for m in modules:
-                aux[f"keys::{m}"] = io_at_subject(model, m, facts, templates)[0].T.float()
-        finally:
-            entry.detach(model, key)
+        aux = {"z": zs.float(), **{f"keys::{m}": keys[m].T.float() for m in modules}}
         info = {"protected": sorted({i for m in modules for i in prev[m][1]}),
                 "null_dims": {m: int(torch.trace(projectors[m]).round()) for m in modules}, **bounded}
         return Edit(self.name, facts, hp.model_dump(mode="json"), DeltaEntry(parts, aux), info=info)

@@ -19,6 +19,7 @@ import torch
 from ..facts import Fact
 from .hooks import capture, stop_after
 from .profile import phase
+from .replay import LowerCache
 from .tokens import batch_encode, subject_last_index
 from .values import ValueHparams, fill_template as _fill, logits_at, only_sidecars, optimize_values
 
@@ -54,22 +55,19 @@ def _reader(host: Any, module: str) -> Any:
 
 
 def io_at_subject(host: Any, module: str, facts: Sequence[Fact], templates: Sequence[str] = ("{}",),
-                  batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+                  batch_size: int = 32, lower: LowerCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (over templates) input and output of ``module`` at each fact's last subject token.
 
-    Returns ``(keys [n, d_in], values [n, d_out])`` in float32.
+    Returns ``(keys [n, d_in], values [n, d_out])`` in float32. ``lower``: replay the blocks
+    below an unchanged layer from an earlier read of the same texts (:class:`.replay.LowerCache`).
     """
     with phase("keys"):
-        return _io_at_subject(host, module, facts, templates, batch_size)
+        return _io_at_subject(host, module, facts, templates, batch_size, lower)
 
 
 @torch.no_grad()
-def _io_at_subject(host: Any, module: str, facts: Sequence[Fact], templates: Sequence[str] = ("{}",),
-                  batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (over templates) input and output of ``module`` at each fact's last subject token.
-
-    Returns ``(keys [n, d_in], values [n, d_out])`` in float32.
-    """
+def _io_at_subject(host: Any, module: str, facts: Sequence[Fact], templates: Sequence[str],
+                   batch_size: int, lower: LowerCache | None) -> tuple[torch.Tensor, torch.Tensor]:
     tok = host.tokenizer
     device = next(host.parameters()).device
     texts, idxs = [], []
@@ -81,7 +79,8 @@ def _io_at_subject(host: Any, module: str, facts: Sequence[Fact], templates: Seq
     ins, outs = [], []
     for i in range(0, len(texts), batch_size):
         enc = batch_encode(tok, texts[i:i + batch_size], device)
-        with capture(host, [module]) as cap, _reader(host, module) as run:
+        replay = lower.around(texts[i:i + batch_size]) if lower is not None else contextlib.nullcontext()
+        with capture(host, [module]) as cap, _reader(host, module) as run, replay:
             run(**enc)
         rows = torch.arange(enc["input_ids"].shape[0], device=device)
         ix = torch.tensor(idxs[i:i + batch_size], device=device)

@@ -8,13 +8,13 @@ them in the first step and makes the blocks return them afterwards (exact, not a
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from ..hparams.arch import arch_of
 
-__all__ = ["ReplayBelow"]
+__all__ = ["ReplayBelow", "LowerCache"]
 
 
 class ReplayBelow:
@@ -26,7 +26,7 @@ class ReplayBelow:
     without computing. Forward hooks still run,
     so only side-car stacks qualify (a hook on a block would apply twice)."""
 
-    def __init__(self, host: Any, module: str) -> None:
+    def __init__(self, host: Any, module: str, top_only: bool = False) -> None:
         arch = arch_of(host)
         layer = next((i for i in range(arch.n_layers) if module == arch.block_at(i)
                       or module.startswith(arch.block_at(i) + ".")), None)
@@ -34,6 +34,9 @@ class ReplayBelow:
         n = 0 if layer is None else layer + (module == arch.block_at(layer))
         self.blocks = [host.get_submodule(arch.block_at(i)) for i in range(n)]
         self.outputs: list[Any] = []
+        # top_only: keep only the highest block's output and let every block below return it too
+        # (each replayed block ignores its input, so only the last one's output matters)
+        self.top_only = top_only
 
     @contextlib.contextmanager
     def record(self) -> Iterator[None]:
@@ -46,7 +49,8 @@ class ReplayBelow:
                 return out
             return run
 
-        with _forwards(self.blocks, [recording(b.forward) for b in self.blocks]):
+        recorded = self.blocks[-1:] if self.top_only else self.blocks
+        with _forwards(recorded, [recording(b.forward) for b in recorded]):
             yield
 
     @contextlib.contextmanager
@@ -58,8 +62,31 @@ class ReplayBelow:
                 return (out[0][rows], *out[1:])
             return out[rows]
 
-        with _forwards(self.blocks, [(lambda o: lambda *_a, **_k: o)(fixed(out)) for out in self.outputs]):
+        outputs = self.outputs * len(self.blocks) if self.top_only else self.outputs
+        with _forwards(self.blocks, [(lambda o: lambda *_a, **_k: o)(fixed(out)) for out in outputs]):
             yield
+
+
+class LowerCache:
+    """The blocks below ``module`` run once per batch of texts across several reads of the same
+    texts (e.g. the keys of each layer of a MEMIT spread, whose updates all sit at or above
+    ``module``): the first read records the highest lower block's output, later reads replay it.
+
+    Exact while nothing below ``module`` changes between the reads (the caller's promise) and only
+    side-car entries are on the stack (forward hooks on the replayed blocks still run)."""
+
+    def __init__(self, host: Any, module: str) -> None:
+        self.host, self.module = host, module
+        self.by_batch: dict[tuple[str, ...], ReplayBelow] = {}
+
+    def around(self, texts: Sequence[str]) -> contextlib.AbstractContextManager[None]:
+        """Context for one forward over ``texts``: record it the first time, replay afterwards."""
+        key = tuple(texts)
+        r = self.by_batch.get(key)
+        if r is None:
+            r = self.by_batch[key] = ReplayBelow(self.host, self.module, top_only=True)
+            return r.record()
+        return r.replay()
 
 
 @contextlib.contextmanager

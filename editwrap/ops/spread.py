@@ -25,6 +25,8 @@ from ..facts import Fact
 from ..hparams.arch import arch_of
 from .keys import ValueHparams, context_templates, io_at_subject, optimize_values
 from .profile import phase
+from .replay import LowerCache, ReplayBelow
+from .values import only_sidecars
 
 __all__ = ["spread_over_layers", "KeyTransform", "covariance_transform", "spread_modules", "optimize_then_resolve"]
 
@@ -91,22 +93,33 @@ def _through_norm(norm: Any, y: torch.Tensor, resid: torch.Tensor) -> torch.Tens
 
 def spread_over_layers(model: Any, modules: Sequence[str], z_module: str, facts: Sequence[Fact],
                        templates: Sequence[str], zs: torch.Tensor, transform: KeyTransform,
-                       share_power: float = 1.0) -> dict[str, dict[str, torch.Tensor]]:
+                       share_power: float = 1.0, keys_out: dict[str, torch.Tensor] | None = None,
+                       replay_lower: bool = True) -> dict[str, dict[str, torch.Tensor]]:
     """Low-rank parts ``{module: {"U": R, "V": V}}`` that move each fact's ``z_module`` output to ``zs``.
 
-    Layer ``i`` takes the residual ``(z* − z) / (layers left) ** share_power``."""
+    Layer ``i`` takes the residual ``(z* − z) / (layers left) ** share_power``. ``keys_out``, when
+    given, receives each module's keys ``[n, d_in]`` as read here, with the updates of the layers
+    below applied: these are also its keys under the finished update, since a layer's update only
+    changes what comes after that layer's input (``modules`` ascend, as ``spread_modules`` gives them).
+    ``replay_lower``: run the blocks below the lowest module once per text for all the reads
+    (exact; :class:`.replay.LowerCache`)."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
     temp = DeltaEntry({})
     key = "spread-in-progress"
+    # the updates all sit at or above the lowest module: the blocks below it run once per text
+    lowest = min(modules, key=lambda m: len(ReplayBelow(model, m).blocks))
+    lower = LowerCache(model, lowest) if replay_lower and only_sidecars(model) else None
     try:
         for i, module in enumerate(modules):
-            ks, _ = io_at_subject(model, module, facts, templates)     # [n, d_in]
-            _, cur_z = io_at_subject(model, z_module, facts, ("{}",))  # [n, d]
+            ks, _ = io_at_subject(model, module, facts, templates, lower=lower)     # [n, d_in]
+            if keys_out is not None:
+                keys_out[module] = ks
+            _, cur_z = io_at_subject(model, z_module, facts, ("{}",), lower=lower)  # [n, d]
             share = (len(modules) - i) ** share_power
             resid = (zs.to(cur_z.device) - cur_z).T.double().cpu() / share  # [d, n]
             norm = _post_mlp_norm(model, module, z_module)
             if norm is not None:
-                resid = _through_norm(norm, io_at_subject(model, module, facts, ("{}",))[1], resid)
+                resid = _through_norm(norm, io_at_subject(model, module, facts, ("{}",), lower=lower)[1], resid)
             with phase("solve"):
                 V = transform(i, module, ks.T.double().cpu())
             parts[module] = {"U": resid.float(), "V": V.float()}
