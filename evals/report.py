@@ -226,10 +226,19 @@ def partial_summary(meta_path: str | Path) -> dict | None:
     return s
 
 
+def _stopped_early(s: dict) -> dict:
+    """A sequential run ended by ``--stop-after`` writes its summary with the requested ``n``; it
+    reads as a run in progress (``n`` done of ``n_requested``) so no table claims all records."""
+    done = (s.get("metrics") or {}).get("n")
+    if isinstance(done, int) and isinstance(s.get("n"), int) and done < s["n"] and s.get("mode") == "sequential":
+        return {**s, "in_progress": True, "n_requested": s["n"], "n": done}
+    return s
+
+
 def load_summaries(folders: Iterable[str | Path]) -> list[dict]:
     """Every finished run (``*.summary.json``) and every run still in progress (see
     :func:`partial_summary`) under the folders."""
-    runs = [{**s, "_file": str(p)} for p, s in _json_files(folders, "*.summary.json")
+    runs = [_stopped_early({**s, "_file": str(p)}) for p, s in _json_files(folders, "*.summary.json")
             if isinstance(s, dict) and "dataset" in s and "method" in s]
     finished = {r["_file"][:-len(".summary.json")] for r in runs}
     for folder in folders:

@@ -86,7 +86,10 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
         return {"bit_exact": None, "replayed": 0}
 
     start_hash, start_len = state_dict_hash(model), len(model.stack)
-    pre = scorer.pre_many(items[:last_needed])  # all on the unedited base, in merged batches
+    # on the unedited base, in merged batches; only records some pending checkpoint still has to
+    # score, so a resumed run does not recompute the unedited answers of records already written
+    needed = sorted({i for c in pending for i in range(c) if not log.has(c, i)})
+    pre = dict(zip(needed, scorer.pre_many([items[i] for i in needed])))
     times = [] if times is None else times
     tick = tick or (lambda: None)
     norms: dict[str, dict[str, float]] = {}  # checkpoint -> module -> ‖ΣΔW‖/‖W‖

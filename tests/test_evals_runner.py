@@ -137,6 +137,24 @@ def test_resume_sequential_and_torn_line(tiny_llama, tmp_path, monkeypatch):
     assert s2["edits_computed"] == 0 and len(_lines(path)) == 11
 
 
+def test_resumed_sequential_run_measures_only_unwritten_records_before_editing(tiny_llama, tmp_path, monkeypatch):
+    """The unedited model's side of a record (locality, generated answers) is taken only for the
+    records a pending checkpoint still has to score, not again for the ones already written."""
+    kw = dict(mode="sequential", n=4, checkpoints=[2, 4], hparams=STRONG)
+    _run(tiny_llama, tmp_path / "a", **kw)
+    clean = {(r["checkpoint"], r["index"]): r["post"] for r in _lines(tmp_path / "a" / "zsre-ft-m-sequential.jsonl")}
+    restore = _interrupt_after(monkeypatch, 4)  # checkpoint 2 done, records 0 and 1 of checkpoint 4
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_llama, tmp_path / "b", **kw)
+    restore()
+    asked, real = [], Scorer.pre_many
+    monkeypatch.setattr(Scorer, "pre_many", lambda self, items: asked.append(len(items)) or real(self, items))
+    _run(tiny_llama, tmp_path / "b", **kw)
+    assert asked == [2]  # records 2 and 3 only
+    got = {(r["checkpoint"], r["index"]): r["post"] for r in _lines(tmp_path / "b" / "zsre-ft-m-sequential.jsonl")}
+    assert got == clean
+
+
 def test_sequential_saves_the_stack_between_checkpoints(tiny_llama, tmp_path, monkeypatch):
     """``save_every``: an interruption between two checkpoints keeps the edits made since the
     last save; the resumed run composes them and computes only the rest."""

@@ -13,6 +13,7 @@ import pytest
 
 from editwrap.evals import run_knowedit
 from editwrap.evals.ledger import TimeLedger
+from editwrap.evals.report import load_summaries
 from tests.conftest import KNOWEDIT_DIR, interrupt_edit
 
 ZSRE = KNOWEDIT_DIR / "ZsRE.json"
@@ -38,6 +39,8 @@ def test_stop_after_then_resume_reports_the_total(tiny_llama, tmp_path):
     [p] = _ledger(tmp_path)
     assert p["edits_computed"] == 2 and p["finished"] is False and p["wall_seconds"] > 0
     assert first["processes"] == 1 and first["total_wall_seconds"] == p["wall_seconds"]
+    [shown] = load_summaries([tmp_path])  # the report reads it as 2 of 5 records, not as finished
+    assert shown["in_progress"] and (shown["n"], shown["n_requested"]) == (2, 5)
 
     second = _run(tiny_llama, tmp_path)  # the same run without stop_after goes on from checkpoint 2
     assert "stopped_after" not in second and list(second["checkpoints"]) == ["2", "4", "5"]
