@@ -119,7 +119,7 @@ def profile_resolve(model, facts, specs: list[str]) -> list[dict]:
     for spec in specs:
         name, _, n = spec.partition(":")
         m, batch = get_method(name), facts[:int(n or 10)]
-        hp = model._resolve_hparams(m, None, {})
+        hp = model.default_hparams(name)
         gen = torch.Generator().manual_seed(0)
         m.resolve(model, facts[-2:], 0.1 * torch.randn(2, model.config.hidden_size, generator=gen), hp)  # caches
         zs = 0.1 * torch.randn(len(batch), model.config.hidden_size, generator=gen)
@@ -133,6 +133,12 @@ def profile_resolve(model, facts, specs: list[str]) -> list[dict]:
         print(f"resolve {spec}: {cpu:.1f} CPU-s ({cpu / len(batch):.2f} per fact), {wall:.1f} s wall; "
               + ", ".join(f"{k} {v[0]:.1f}" for k, v in times.items()), flush=True)
     return rows
+
+
+def _write(rows: list[dict], out: str | None) -> None:
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(rows, indent=2))
 
 
 PHASES = ("context templates", "covariance", "keys", "value optimisation", "solve", "other (method)", "scoring")
@@ -182,9 +188,7 @@ def main() -> None:
         n = max(int(s.partition(":")[2] or 10) for s in specs) + 2
         facts = [item_fact(it) for it in load_records("mixed", Path(args.data).parent / "full", n)[0]]
         rows = profile_resolve(model, facts, specs)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(rows, indent=2))
+        _write(rows, args.out)
         return
     if args.profile:
         specs = [s for s in args.profile.split(",") if s]
@@ -193,9 +197,7 @@ def main() -> None:
         hp = {k: json.loads(v) for k, v in (h.split("=", 1) for h in args.hparam)}
         rows = profile(model, facts, specs, hp)
         print(profile_table(rows))
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(rows, indent=2))
+        _write(rows, args.out)
         return
     facts = list(load_dataset("zsre", args.data, n=max([args.n] + [int(b) for b in args.batches.split(",") if b])))
     single = [facts[int(i)] for i in args.indices.split(",")] if args.indices else facts[:args.n]
@@ -208,9 +210,7 @@ def main() -> None:
         rows.append(run_batch(model, facts, b))
         print(table(rows[-1:]), flush=True)
     print(table(rows))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(rows, indent=2))
+    _write(rows, args.out)
 
 
 if __name__ == "__main__":

@@ -197,7 +197,7 @@ def test_transactional_on_nonfinite_and_exceptions(tiny_llama, monkeypatch):
     next(iter(bad.entry.parts.values()))["U"][0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="non-finite"):
         m.push(bad)
-    from editwrap.methods import ft
+    from editwrap.ops import train
 
     calls = []
 
@@ -209,8 +209,8 @@ def test_transactional_on_nonfinite_and_exceptions(tiny_llama, monkeypatch):
             return real(*a, **k)
         return run
 
-    monkeypatch.setattr(ft, "edit_loss_at_targets", failing_second_call(ft.edit_loss_at_targets))
-    monkeypatch.setattr(ft, "_loss", failing_second_call(ft._loss))
+    monkeypatch.setattr(train, "edit_loss_at_targets", failing_second_call(train.edit_loss_at_targets))
+    monkeypatch.setattr(train, "edit_loss", failing_second_call(train.edit_loss))
     for fast in (True, False):
         calls.clear()
         with pytest.raises(RuntimeError, match="simulated"):

@@ -86,7 +86,7 @@ def test_key_reading_stops_after_the_module_with_the_same_result(tiny_model):
 def test_lower_blocks_replayed_across_reads_give_the_same_keys(tiny_model):
     m = tiny_model
     templates = ("{}", "Hello there. {}")
-    lower = LowerCache(m, arch_of(m).mlp_out_at(2))
+    lower = LowerCache(m, [arch_of(m).mlp_out_at(3), arch_of(m).mlp_out_at(2)])  # replays below the lower
     calls = []
     hook = m.get_submodule(arch_of(m).mlp_out_at(0)).register_forward_hook(lambda *_: calls.append(1))
     try:
@@ -153,3 +153,39 @@ def test_row_normalised_optimiser_batches_exactly_and_moves_along_the_gradient(t
     assert not torch.allclose(adam[0], both[0])
     with pytest.raises(ValueError, match="v_optimizer"):
         ValueHparams(v_optimizer="sgd")
+
+
+def test_grace_fast_path_equals_the_plain_path_over_a_stack(tiny_model):
+    """GRACE with the lower blocks replayed and only target positions projected: the same codebook
+    rows, also on a stack that already holds a codebook below the edited layer (its hook runs
+    inside a replayed block, so its effect is recorded, not applied twice)."""
+    m = tiny_model
+    m.edit(FACTS[2], method="grace", layer=1, n_iter=3)  # a codebook below
+    try:
+        kw = dict(layer=3, n_iter=6, early_stop_loss=0.0)
+        block0 = m.get_submodule(arch_of(m).block_at(0))
+        calls, real = [], block0.forward
+        block0.forward = lambda *a, **k: calls.append(1) or real(*a, **k)
+        plain = m.compute_edit(FACTS[:2], method="grace", fast_path=False, **kw)
+        n_plain = len(calls)
+        fast = m.compute_edit(FACTS[:2], method="grace", fast_path=True, **kw)
+    finally:
+        m.pop()
+        del block0.forward
+    # per fact: the key read, then 6 steps (plain) or the first step only (fast)
+    assert (n_plain, len(calls) - n_plain) == (2 * 7, 2 * 2)
+    assert plain.entry.values.shape[0] == 2
+    torch.testing.assert_close(fast.entry.values, plain.entry.values, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast.entry.keys, plain.entry.keys)
+    assert fast.info["loss"] == pytest.approx(plain.info["loss"], rel=1e-4)
+
+
+def test_wise_fast_path_equals_the_plain_path(tiny_model):
+    """WISE's side memory trained with the lower blocks replayed and only the facts' target
+    positions projected (its out-of-scope row still runs, for the activation margins): same delta."""
+    kw = dict(layer=2, n_iter=5, loc_corpus="fact")
+    plain = tiny_model.compute_edit(FACTS[:2], method="wise", fast_path=False, **kw)
+    fast = tiny_model.compute_edit(FACTS[:2], method="wise", fast_path=True, **kw)
+    assert plain.entry.delta.abs().max() > 0
+    torch.testing.assert_close(fast.entry.delta, plain.entry.delta, rtol=1e-4, atol=1e-6)
+    assert fast.info["loss"] == pytest.approx(plain.info["loss"], rel=1e-4)

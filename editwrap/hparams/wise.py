@@ -41,6 +41,8 @@ class WiseHparams(HparamsBase):
     #: stop once the total loss is below this (0 = run n_iter)
     early_stop_loss: float = Field(0.0, ge=0)
     seed: int = 0
+    #: replay the blocks below the memory's layer and project only the target positions (exact)
+    fast_path: bool = True
     #: out-of-scope texts: None = the default corpus, a corpus file, or "fact" (module doc)
     loc_corpus: str | None = None
     #: characters kept of each out-of-scope text

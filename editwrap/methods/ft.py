@@ -18,9 +18,7 @@ from ..facts import Fact
 from ..hparams.arch import arch_of
 from ..hparams.ft import FTHparams
 from ..ops.hooks import frozen, get_module, patch_output
-from ..ops.replay import ReplayBelow
-from ..ops.train import edit_batch as _batch, edit_loss as _loss, edit_loss_at_targets, optimize
-from ..ops.values import only_sidecars
+from ..ops.train import edit_batch as _batch, optimize, target_loss_step
 from ..stack import Edit
 from .base import register_method
 
@@ -62,28 +60,12 @@ class _FT:
             stack.enter_context(torch.enable_grad())
             for m, d in deltas.items():
                 stack.enter_context(patch_output(model, m, lambda out, x, d=d: out + (x.to(d.dtype) @ d.T).to(out.dtype)))
-            info = optimize(opt, self._step_fn(model, enc, target, hp, arch.mlp_out_at(min(hp.layers))),
+            info = optimize(opt, target_loss_step(model, enc, target, hp.objective, arch.mlp_out_at(min(hp.layers)),
+                                                   hp.fast_path),
                             hp.num_steps, hp.early_stop_loss, after_step=clamp)
         info["seconds"] = round(time.time() - t0, 3)
         entry = DeltaEntry({m: {"D": d.detach()} for m, d in deltas.items()})
         return Edit(self.name, facts, hp.model_dump(mode="json"), entry, info=info)
-
-    @staticmethod
-    def _step_fn(model: Any, enc: dict, target: Any, hp: FTHparams, module: str) -> Any:
-        """The loss of one step. ``fast_path``: the blocks below the edited layer run once and are
-        replayed, and only the target positions are projected to the vocabulary (exact)."""
-        if not hp.fast_path:
-            return lambda: (_loss(model(**enc).logits, target, hp.objective), {})
-        replay = ReplayBelow(model, module) if only_sidecars(model) else None
-        steps = [0]
-
-        def step() -> tuple[torch.Tensor, dict]:
-            ctx = contextlib.nullcontext() if replay is None else (
-                replay.record() if steps[0] == 0 else replay.replay())
-            steps[0] += 1
-            with ctx:
-                return edit_loss_at_targets(model, enc, target, hp.objective), {}
-        return step
 
 
 @register_method

@@ -20,7 +20,7 @@ from ..facts import Fact
 from ..hparams.arch import arch_of
 from ..hparams.grace import GraceHparams
 from ..ops.hooks import capture, frozen, patch_output
-from ..ops.train import edit_batch, edit_loss, optimize, prompt_lengths
+from ..ops.train import edit_batch, optimize, prompt_lengths, target_loss_step
 from ..stack import Edit
 from .base import register_method
 
@@ -112,8 +112,8 @@ class Grace:
                     return out * (1 - pos) + pos * value.to(out.dtype)
 
                 with patch_output(model, module, fn), torch.enable_grad():
-                    info = optimize(opt, lambda: (edit_loss(model(**enc).logits, labels), {}), hp.n_iter,
-                                    hp.early_stop_loss)
+                    info = optimize(opt, target_loss_step(model, enc, labels, "target_new", module, hp.fast_path),
+                                    hp.n_iter, hp.early_stop_loss)
                 book.values[row] = value.detach().cpu()
         changed = [i for i in range(base_rows) if not (torch.equal(book.keys[i], live.keys[i]) and
                    torch.equal(book.values[i], live.values[i]) and float(book.eps[i]) == float(live.eps[i]))]

@@ -8,13 +8,13 @@ them in the first step and makes the blocks return them afterwards (exact, not a
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from ..hparams.arch import arch_of
 
-__all__ = ["ReplayBelow", "LowerCache"]
+__all__ = ["ReplayBelow", "LowerCache", "replay_steps"]
 
 
 class ReplayBelow:
@@ -37,6 +37,16 @@ class ReplayBelow:
         # top_only: keep only the highest block's output and let every block below return it too
         # (each replayed block ignores its input, so only the last one's output matters)
         self.top_only = top_only
+
+    def safe(self) -> bool:
+        """Replay is exact when no hook sits on a replayed block itself (it would run on the recorded
+        output again); hooks inside the blocks (side-cars, codebooks, adapters) ran when recording."""
+        return not any(b._forward_hooks or b._forward_pre_hooks for b in self.blocks)
+
+    @classmethod
+    def lowest(cls, host: Any, modules: Sequence[str], top_only: bool = False) -> "ReplayBelow":
+        """The replay below the lowest of ``modules``: the blocks none of them can change."""
+        return min((cls(host, m, top_only) for m in modules), key=lambda r: len(r.blocks))
 
     @contextlib.contextmanager
     def record(self) -> Iterator[None]:
@@ -67,16 +77,32 @@ class ReplayBelow:
             yield
 
 
+def replay_steps(host: Any, module: str, enabled: bool = True) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """For an optimisation at ``module`` whose every step runs the same inputs: a function giving
+    the context of each step's forward (record in the first, replay after; a no-op when not
+    ``enabled`` or when a hook sits on a block below, see :meth:`ReplayBelow.safe`)."""
+    replay = ReplayBelow(host, module) if enabled else None
+    replay = replay if replay is not None and replay.safe() else None
+    calls = [0]
+
+    def step() -> contextlib.AbstractContextManager[None]:
+        calls[0] += 1
+        if replay is None:
+            return contextlib.nullcontext()
+        return replay.record() if calls[0] == 1 else replay.replay()
+    return step
+
+
 class LowerCache:
-    """The blocks below ``module`` run once per batch of texts across several reads of the same
-    texts (e.g. the keys of each layer of a MEMIT spread, whose updates all sit at or above
-    ``module``): the first read records the highest lower block's output, later reads replay it.
+    """The blocks below the lowest of ``modules`` run once per batch of texts across several reads
+    of the same texts (e.g. the keys of each layer of a MEMIT spread, whose updates all sit in
+    ``modules``): the first read records the highest lower block's output, later reads replay it.
 
-    Exact while nothing below ``module`` changes between the reads (the caller's promise) and only
-    side-car entries are on the stack (forward hooks on the replayed blocks still run)."""
+    Exact while nothing below those modules changes between the reads (the caller's promise) and
+    only side-car entries are on the stack (forward hooks on the replayed blocks still run)."""
 
-    def __init__(self, host: Any, module: str) -> None:
-        self.host, self.module = host, module
+    def __init__(self, host: Any, modules: Sequence[str]) -> None:
+        self.host, self.modules = host, tuple(modules)
         self.by_batch: dict[tuple[str, ...], ReplayBelow] = {}
 
     def around(self, texts: Sequence[str]) -> contextlib.AbstractContextManager[None]:
@@ -84,7 +110,7 @@ class LowerCache:
         key = tuple(texts)
         r = self.by_batch.get(key)
         if r is None:
-            r = self.by_batch[key] = ReplayBelow(self.host, self.module, top_only=True)
+            r = self.by_batch[key] = ReplayBelow.lowest(self.host, self.modules, top_only=True)
             return r.record()
         return r.replay()
 

@@ -25,7 +25,7 @@ from ..facts import Fact
 from ..hparams.arch import arch_of
 from .keys import ValueHparams, context_templates, io_at_subject, optimize_values
 from .profile import phase
-from .replay import LowerCache, ReplayBelow
+from .replay import LowerCache
 from .values import only_sidecars
 
 __all__ = ["spread_over_layers", "KeyTransform", "covariance_transform", "spread_modules", "optimize_then_resolve"]
@@ -106,9 +106,8 @@ def spread_over_layers(model: Any, modules: Sequence[str], z_module: str, facts:
     parts: dict[str, dict[str, torch.Tensor]] = {}
     temp = DeltaEntry({})
     key = "spread-in-progress"
-    # the updates all sit at or above the lowest module: the blocks below it run once per text
-    lowest = min(modules, key=lambda m: len(ReplayBelow(model, m).blocks))
-    lower = LowerCache(model, lowest) if replay_lower and only_sidecars(model) else None
+    # the updates all sit in ``modules``: the blocks below the lowest run once per text
+    lower = LowerCache(model, modules) if replay_lower and only_sidecars(model) else None
     try:
         for i, module in enumerate(modules):
             ks, _ = io_at_subject(model, module, facts, templates, lower=lower)     # [n, d_in]

@@ -7,14 +7,14 @@
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from ..facts import Fact
 from .tokens import batch_encode, target_ids
 
-__all__ = ["edit_batch", "edit_loss", "edit_loss_at_targets", "prompt_lengths", "optimize"]
+__all__ = ["edit_batch", "edit_loss", "edit_loss_at_targets", "target_loss_step", "prompt_lengths", "optimize"]
 
 
 def edit_batch(model: Any, facts: Sequence[Fact], objective: str = "target_new") -> tuple[dict[str, torch.Tensor], Any]:
@@ -74,6 +74,24 @@ def edit_loss_at_targets(model: Any, enc: dict[str, torch.Tensor], target: Any, 
     rows, cols = (target[:, 1:] != -100).nonzero(as_tuple=True)
     logp = torch.log_softmax(logits_at(model, enc, rows, cols), -1)
     return -logp.gather(1, target[rows, cols + 1][:, None]).sum() / len(rows)
+
+
+def target_loss_step(model: Any, enc: dict[str, torch.Tensor], target: Any, objective: str, module: str,
+                     fast: bool = True) -> Callable[[], tuple[torch.Tensor, dict]]:
+    """The ``step_fn`` of :func:`optimize` for a method that trains something at ``module`` on the
+    target tokens' NLL. ``fast``: the blocks below ``module`` run in the first step only and are
+    replayed afterwards (:func:`~editwrap.ops.replay.replay_steps`), and only the target positions
+    are projected to the vocabulary: the same loss to float tolerance."""
+    if not fast:
+        return lambda: (edit_loss(model(**enc).logits, target, objective), {})
+    from .replay import replay_steps
+
+    lower = replay_steps(model, module)
+
+    def step() -> tuple[torch.Tensor, dict]:
+        with lower():
+            return edit_loss_at_targets(model, enc, target, objective), {}
+    return step
 
 
 def optimize(opt: torch.optim.Optimizer, step_fn: Any, num_steps: int, early_stop_loss: float = 0.0,

@@ -259,8 +259,7 @@ def _optimize_batch(host: Any, modules: list[str], facts: Sequence[Fact], templa
             subj_col, t_cols = subj_col - p, [c - p for c in t_cols]
         select(active)
         # the lowest patched module bounds the blocks that may be replayed
-        replay = min((ReplayBelow(host, m) for m in modules), key=lambda r: len(r.blocks)) \
-            if hp.v_replay_lower and only_sidecars(host) else None
+        replay = ReplayBelow.lowest(host, modules) if hp.v_replay_lower and only_sidecars(host) else None
         init_kl: torch.Tensor | None = None
         cache_kw = {cache_kwarg(host): cache, "use_cache": True} if cache is not None else {}
         opt = torch.optim.Adam([delta], lr=hp.v_lr) if hp.v_optimizer == "adam" else \
