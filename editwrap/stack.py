@@ -11,6 +11,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from .entries.base import Entry, entry_from_saved
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 __all__ = ["Edit", "EditStack", "StackError", "load_stack_dir", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
+#: a stack saved in several safetensors shards (``save_stack_dir(..., append=True)``)
+SHARDED_FORMAT = 2
 
 
 class StackError(RuntimeError):
@@ -141,28 +144,43 @@ class EditStack:
         return retract(self._host, fact)
 
 
-def save_stack_dir(edits: Sequence[Edit], path: Path, host: "EditableModel") -> Path:
+def _write_entries(edits: Sequence[Edit], start: int, root: Path) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Tensors (``"<i>/<name>"``) and manifest records of ``edits`` numbered from ``start``; entries
+    with their own format (PEFT adapters) are written to ``root/entry-<i>``."""
+    tensors, records = {}, []
+    for i, e in enumerate(edits, start):
+        for name, t in e.entry.tensors().items():
+            tensors[f"{i}/{name}"] = t.detach().to("cpu").contiguous()
+        if hasattr(e.entry, "save_extra"):
+            extra = root / f"entry-{i}"
+            shutil.rmtree(extra, ignore_errors=True)  # left by an append that never committed
+            extra.mkdir()
+            e.entry.save_extra(extra)
+        records.append(e.manifest())
+    return tensors, records
+
+
+def save_stack_dir(edits: Sequence[Edit], path: Path, host: "EditableModel", append: bool = False) -> Path:
+    """Write ``edits.json`` + ``edits.safetensors`` into a new directory renamed into place.
+
+    ``append``: when ``path`` already holds a stack of this base whose edits are the first ones of
+    ``edits`` (same ids), write only the new edits, to one more safetensors shard, and commit them
+    by replacing ``edits.json`` (a long sequential run then saves in time proportional to what is
+    new, not to the whole stack). Otherwise, and always without ``append``, the whole stack is
+    rewritten as one file."""
     from . import __version__
 
     path = Path(path)
+    header = {"format_version": FORMAT_VERSION, "editwrap_version": __version__,
+              "base_fingerprint": host.fingerprint(), "base_model": host.name_or_path,
+              "base_checkpoint": checkpoint_probe(host), "base_quantization": quantization_label(host)}
+    if append and _append(edits, path, header):
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
-        tensors = {}
-        records = []
-        for i, e in enumerate(edits):
-            for name, t in e.entry.tensors().items():
-                tensors[f"{i}/{name}"] = t.detach().to("cpu").contiguous()
-            extra = tmp / f"entry-{i}"
-            if hasattr(e.entry, "save_extra"):
-                extra.mkdir()
-                e.entry.save_extra(extra)  # e.g. PEFT adapters in their own format
-            records.append(e.manifest())
-        manifest = {"format_version": FORMAT_VERSION, "editwrap_version": __version__,
-                    "base_fingerprint": host.fingerprint(), "base_model": host.name_or_path,
-                    "base_checkpoint": checkpoint_probe(host), "base_quantization": quantization_label(host),
-                    "edits": records}
-        (tmp / "edits.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        tensors, records = _write_entries(edits, 0, tmp)
+        (tmp / "edits.json").write_text(json.dumps({**header, "edits": records}, indent=2), encoding="utf-8")
         save_file(tensors, str(tmp / "edits.safetensors"))
         old = None
         if path.exists():
@@ -175,6 +193,34 @@ def save_stack_dir(edits: Sequence[Edit], path: Path, host: "EditableModel") -> 
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _append(edits: Sequence[Edit], path: Path, header: dict[str, Any]) -> bool:
+    """The ``append`` case of :func:`save_stack_dir`; False when it does not apply."""
+    mf = path / "edits.json"
+    try:
+        old = json.loads(mf.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    k = len(old.get("edits", []))
+    if (old.get("format_version", 0) > SHARDED_FORMAT or old.get("base_fingerprint") != header["base_fingerprint"]
+            or k == 0 or k > len(edits) or [r.get("id") for r in old["edits"]] != [e.id for e in edits[:k]]):
+        return False
+    shards = list(old.get("shards", ["edits.safetensors"]))
+    tensors, records = _write_entries(edits[k:], k, path)
+    if tensors:
+        shard = f"edits-{k:06d}-{uuid.uuid4().hex[:6]}.safetensors"
+        save_file(tensors, str(path / shard))
+        shards.append(shard)
+    manifest = {**header, "format_version": SHARDED_FORMAT if len(shards) > 1 else FORMAT_VERSION,
+                "shards": shards, "edits": [*old["edits"], *records]}
+    tmp = path / f".edits.json.tmp-{uuid.uuid4().hex[:6]}"
+    tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    os.replace(tmp, mf)  # the commit point: before it, the new shard is an orphan the old manifest ignores
+    for f in path.glob("edits-*.safetensors"):
+        if f.name not in shards:
+            f.unlink(missing_ok=True)
+    return True
 
 
 def load_stack_dir(path: str | os.PathLike, expected_fingerprint: str | None = None,
@@ -190,7 +236,7 @@ def load_stack_dir(path: str | os.PathLike, expected_fingerprint: str | None = N
     if not mf.exists():
         raise StackError(f"{path} is not a saved edit stack (no edits.json); save one with model.stack.save(dir)")
     manifest = json.loads(mf.read_text(encoding="utf-8"))
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
+    if manifest.get("format_version", 0) > SHARDED_FORMAT:
         raise StackError(f"{path} was written by a newer editwrap (format {manifest['format_version']}); upgrade editwrap")
     fp = manifest.get("base_fingerprint")
     if expected_fingerprint is not None and fp != expected_fingerprint and checkpoint is not None and \
@@ -206,8 +252,10 @@ def load_stack_dir(path: str | os.PathLike, expected_fingerprint: str | None = N
             f"stack {path} was computed on base model {manifest.get('base_model')!r} (fingerprint {fp}) but this "
             f"model's fingerprint is {expected_fingerprint}; load it onto the same base model it was made with"
         )
-    st = path / "edits.safetensors"
-    flat = load_file(str(st)) if st.exists() else {}
+    flat: dict[str, torch.Tensor] = {}
+    for shard in manifest.get("shards", ["edits.safetensors"]):
+        if (path / shard).exists() or shard != "edits.safetensors":
+            flat.update(load_file(str(path / shard)))
     edits = []
     for i, rec in enumerate(manifest["edits"]):
         prefix = f"{i}/"

@@ -1,7 +1,8 @@
 """Sequential (continual) editing: edits accumulate on the stack; measured at checkpoints.
 
-Before any edit, the ``pre`` measurements (locality answer tokens) of every record are taken on
-the unedited model, so locality at every checkpoint is "unchanged vs the base model". At a
+Before any edit, the ``pre`` measurements (locality answer tokens) of every record a pending
+checkpoint still has to score are taken on the unedited model, so locality at every checkpoint is
+"unchanged vs the base model". At a
 checkpoint ``c`` every fact edited so far (records ``0..c-1``) is measured on the current stack
 (retention = rewrite accuracy of old edits), :data:`SCORE_CHUNK` records at a time through
 ``Scorer.post_many`` (the same records as one by one, in few full batches; a line's ``seconds`` is
@@ -11,7 +12,8 @@ its share of its chunk's time). At the end all the run's edits are popped and
 Resuming: lines are keyed by (checkpoint, index). Measurements already written are skipped. With
 ``stack_dir`` the run's edits are saved there (safetensors + JSON) each time a checkpoint's edits
 are all pushed, and also every ``save_every`` facts in between (a long stretch of edits between
-two checkpoints survives an interruption); a resumed run composes that saved stack instead of
+two checkpoints survives an interruption; each save appends only the edits new since the last
+one, as one more safetensors shard); a resumed run composes that saved stack instead of
 recomputing the edits (a 1,000-edit ROME run resumes in seconds, and on another machine).
 Without it, or when the saved stack does not match the records, the edits before the resume
 point are recomputed (replayed).
@@ -113,10 +115,10 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
                 tick()
                 bar.update(len(chunk))
                 if stack_dir is not None and done < c and _crossed(i, done, save_every):
-                    save_stack_dir(model.stack.edits[start_len:], stack_dir, model)
+                    save_stack_dir(model.stack.edits[start_len:], stack_dir, model, append=True)
             norms[str(c)] = {k: round(v, 5) for k, v in delta_norms(model).items()}
             if stack_dir is not None and c > n_saved:
-                save_stack_dir(model.stack.edits[start_len:], stack_dir, model)
+                save_stack_dir(model.stack.edits[start_len:], stack_dir, model, append=True)
             pushed = c
             todo = [i for i in range(c) if not log.has(c, i)]
             for k in range(0, len(todo), SCORE_CHUNK):
