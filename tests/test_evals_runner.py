@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -396,9 +395,7 @@ def test_result_log_keeps_last_line_per_key(tmp_path):
 @pytest.mark.slow
 def test_embedded_ft_m_single_on_zsre(embedded, tmp_path):
     h0 = state_dict_hash(embedded)
-    t0 = time.time()
     s = run_knowedit(embedded, "zsre", ZSRE, "ft-m", n=3, hparams={"num_steps": 10}, out=tmp_path, progress=False)
-    assert time.time() - t0 < 60
     assert s["metrics"]["n"] == 3 and s["metrics"]["Edit Succ."] > 50
     assert 0 <= s["metrics"]["Locality"] <= 100
     assert len(embedded.stack) == 0 and state_dict_hash(embedded) == h0
