@@ -215,8 +215,11 @@ def _append(edits: Sequence[Edit], path: Path, header: dict[str, Any]) -> bool:
     manifest = {**header, "format_version": SHARDED_FORMAT if len(shards) > 1 else FORMAT_VERSION,
                 "shards": shards, "edits": [*old["edits"], *records]}
     tmp = path / f".edits.json.tmp-{uuid.uuid4().hex[:6]}"
-    tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    os.replace(tmp, mf)  # the commit point: before it, the new shard is an orphan the old manifest ignores
+    try:
+        tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        os.replace(tmp, mf)  # the commit point: before it, the new shard is an orphan the old manifest ignores
+    finally:
+        tmp.unlink(missing_ok=True)
     for f in path.glob("edits-*.safetensors"):
         if f.name not in shards:
             f.unlink(missing_ok=True)

@@ -65,6 +65,7 @@ def test_append_cut_before_commit_keeps_the_old_stack(tiny_llama, tmp_path, monk
         save_stack_dir(m.stack.edits, s, m, append=True)
     monkeypatch.setattr(os, "replace", real)
     assert [e.id for e in _edits(m, s)] == [m.stack[0].id]  # the orphan shard is ignored
+    assert not list(s.glob(".edits.json.tmp-*")), "the uncommitted manifest is not left behind"
     m.push(random_delta(m, 2))
     save_stack_dir(m.stack.edits, s, m, append=True)  # the next save commits and removes the orphan
     assert [e.id for e in _edits(m, s)] == [e.id for e in m.stack]

@@ -26,8 +26,7 @@ from ..hparams.arch import arch_of
 from ..hparams.wise import WiseHparams
 from ..ops.corpus import iter_corpus
 from ..ops.hooks import capture, frozen, patch_output
-from ..ops.replay import replay_steps
-from ..ops.train import edit_batch, edit_loss, edit_loss_at_targets, optimize
+from ..ops.train import edit_batch, optimize, target_loss_step
 from ..stack import Edit
 from .base import register_method
 
@@ -116,12 +115,12 @@ class Wise:
             st.enter_context(patch_output(model, module, fn))
             st.enter_context(torch.enable_grad())
 
-            lower = replay_steps(model, module, hp.fast_path)
+            # the facts' NLL (the out-of-scope row's labels are all masked), which also runs the
+            # forward that fills ``seen``
+            nll = target_loss_step(model, enc, labels, "target_new", module, hp.fast_path)
 
             def step() -> tuple[torch.Tensor, dict[str, float]]:
-                with lower():  # the out-of-scope row has no target: the facts' NLL only
-                    ft = (edit_loss_at_targets(model, enc, labels) if hp.fast_path
-                          else edit_loss(model(**enc).logits[:-1], labels[:-1]))
+                ft, _ = nll()
                 ins = act_distance(act, seen["main"][:-1], seen["side"][:-1], mask=rows[:-1])
                 out_d = act_distance(act, seen["main"][-1:], seen["side"][-1:], mask=rows[-1:])
                 a_loss = (_pos_mean(out_d.view(-1, 1) - ins + hp.gamma) + _pos_mean(out_d - hp.alpha)

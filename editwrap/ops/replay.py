@@ -23,8 +23,8 @@ class ReplayBelow:
 
     ``record()`` captures each block's output in the first step; ``replay(rows)`` makes the
     blocks return it (only ``rows`` of it when some rows have left the batch; all when None)
-    without computing. Forward hooks still run,
-    so only side-car stacks qualify (a hook on a block would apply twice)."""
+    without computing. Forward hooks on a replayed block itself would still run (twice, in
+    effect), so a replay is only used when :meth:`safe` says there are none."""
 
     def __init__(self, host: Any, module: str, top_only: bool = False) -> None:
         arch = arch_of(host)
