@@ -3,11 +3,14 @@
     python benchmarks/edit_speed.py --n 50 --methods rome,memit,ft-m,ft-l --out results/edit_speed.json
     OMP_NUM_THREADS=1 python benchmarks/edit_speed.py --profile rome,memit:10,memit:100,ft-m,alphaedit:10
     OMP_NUM_THREADS=1 python benchmarks/edit_speed.py --resolve alphaedit:30,alphaedit:100
+    OMP_NUM_THREADS=1 python benchmarks/edit_speed.py --profile wise --on-stack results/lifelong/mixed-wise-sequential.stack
 
 ``--profile``: one edit per ``method[:batch]`` after a warm-up edit (context templates and
 covariance statistics are then cached, as in any run after the first), CPU and wall seconds per
 phase (context templates, covariance, keys, value optimisation, solve, the rest of the method,
-scoring the edited facts), per fact; ``--hparam name=value`` measures a trade-off.
+scoring the edited facts), per fact; ``--hparam name=value`` measures a trade-off; ``--on-stack DIR``
+profiles the edit on top of a saved stack (e.g. a lifelong run's), where what earlier edits hooked
+into the model is in the way.
 
 ``--resolve``: the solve stage alone over N facts (``method.resolve``), which is what
 ``stack.consolidate`` and ``retract`` rerun on stored target values; the values are drawn at random
@@ -179,8 +182,11 @@ def main() -> None:
     ap.add_argument("--resolve", default="", help="CPU time of the solve stage alone (consolidation), e.g. alphaedit:30")
     ap.add_argument("--hparam", action="append", default=[],
                     help="hyperparameter override (name=JSON value), e.g. v_num_grad_steps=12: a measured trade-off")
+    ap.add_argument("--on-stack", default=None, help="a saved stack directory to compose before profiling")
     args = ap.parse_args()
     model = EditableModel.from_pretrained()
+    if args.on_stack:
+        model.compose(args.on_stack)
     if args.resolve:
         from editwrap.evals.measure import item_fact
         from editwrap.evals.runner import load_records

@@ -18,6 +18,7 @@ from editwrap.ops.keys import context_templates, io_at_subject
 from editwrap.ops.replay import LowerCache
 from editwrap.ops.spread import covariance_transform, spread_over_layers
 from editwrap.ops.tokens import batch_encode, subject_last_index
+from editwrap.ops.train import edit_batch
 from editwrap.ops.values import ValueHparams, optimize_values
 
 FACTS = [
@@ -189,3 +190,28 @@ def test_wise_fast_path_equals_the_plain_path(tiny_model):
     assert plain.entry.delta.abs().max() > 0
     torch.testing.assert_close(fast.entry.delta, plain.entry.delta, rtol=1e-4, atol=1e-6)
     assert fast.info["loss"] == pytest.approx(plain.info["loss"], rel=1e-4)
+
+
+def test_wise_fast_path_over_a_wise_stack_projects_only_target_positions(tiny_model):
+    """With a WISE memory already on the stack, its padding mask is read on the backbone, not the
+    host, so the next WISE edit still projects only the target positions (the host's full head
+    ran on every position before) and equals the plain path."""
+    m = tiny_model
+    kw = dict(layer=2, n_iter=4, loc_corpus="fact")
+    m.edit(FACTS[2], method="wise", **kw)
+    head = m.get_output_embeddings()
+    rows: list[int] = []
+    handle = head.register_forward_hook(lambda _m, a, _o: rows.append(a[0].reshape(-1, a[0].shape[-1]).shape[0]))
+    try:
+        assert not m._forward_hooks and not m._forward_pre_hooks
+        fast = m.compute_edit(FACTS[:2], method="wise", fast_path=True, **kw)
+        n_fast = list(rows)
+        plain = m.compute_edit(FACTS[:2], method="wise", fast_path=False, **kw)
+    finally:
+        handle.remove()
+        m.pop()
+    _, labels = edit_batch(m, FACTS[:2], "target_new")
+    n_targets = int((labels != -100).sum())
+    # a full forward reads the inputs, then the 4 training steps, then a full scoring forward
+    assert n_fast[1:5] == [n_targets] * 4 and n_fast[0] == n_fast[5] > n_targets
+    torch.testing.assert_close(fast.entry.delta, plain.entry.delta, rtol=1e-4, atol=1e-6)

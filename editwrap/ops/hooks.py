@@ -150,17 +150,22 @@ class ForwardMask:
 
     A hook on an inner module sees hidden states only; anything it computes per sequence (a
     mean over tokens, a routing decision) must skip padding, or a row's output would depend on
-    what it was batched with. Pre/post hooks on the host keep the mask for one forward.
+    what it was batched with. Pre/post hooks keep the mask for one forward. They sit on the
+    host's backbone (``host.base_model``, which receives the same mask) when it has one, so the
+    host itself stays hook-free and a loss may run the backbone and project only the positions it
+    reads (``ops.values.logits_at``); a host without a separate backbone is hooked itself.
     """
 
     def __init__(self, host: nn.Module) -> None:
         self.host, self.mask = host, None
+        backbone = getattr(host, "base_model", None)
+        self.target = backbone if isinstance(backbone, nn.Module) and backbone is not host else host
         self._handles: list = []
 
     def attach(self) -> None:
         if not self._handles:
-            self._handles = [self.host.register_forward_pre_hook(self._pre, with_kwargs=True),
-                             self.host.register_forward_hook(self._post)]
+            self._handles = [self.target.register_forward_pre_hook(self._pre, with_kwargs=True),
+                             self.target.register_forward_hook(self._post)]
 
     def detach(self) -> None:
         for h in self._handles:
