@@ -66,7 +66,7 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
                          retain_n=args.retain_n,
                          seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress,
                          trained_on=args.trained_on, save_stacks=not args.no_save_stacks, save_every=args.save_every,
-                         stop_after=args.stop_after,
+                         stop_after=args.stop_after, keep_stack=args.keep_stack,
                          generation=not args.no_generation, gen_margin=args.gen_margin, chat_template=args.chat_template)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -142,6 +142,9 @@ def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], No
     k.add_argument("--stop-after", type=_positive, default=None, metavar="C",
                    help="sequential: stop once checkpoint C is measured (summary written; the same command "
                         "without it resumes)")
+    k.add_argument("--keep-stack", action="store_true",
+                   help="sequential: keep the saved stack when the run is complete (EditableModel.from_pretrained("
+                        "stack=DIR) loads it; a run with --checkpoints N restores it to score checkpoint N again)")
     k.add_argument("--no-progress", action="store_true", help="no progress bar")
     k.set_defaults(func=cmd_knowedit)
     try:

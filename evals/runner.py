@@ -183,14 +183,17 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
                  progress: bool = True, trained_on: str | Path | None = None,
                  save_stacks: bool = True, generation: bool = True, gen_margin: int = DEFAULT_MARGIN,
                  chat_template: bool = False, consolidate_every: int | None = None,
-                 save_every: int | None = 100, stop_after: int | None = None) -> dict[str, Any]:
+                 save_every: int | None = 100, stop_after: int | None = None,
+                 keep_stack: bool = False) -> dict[str, Any]:
     """Evaluate ``method`` on a KnowEdit dataset; returns the summary (also written to ``out``).
 
     ``model``: an EditableModel, a model path/hub id, or None (the embedded model). ``data``: the
     dataset file (a directory is joined with the default file name; required for ``mixed``).
     ``hparams``: method hyperparameter overrides. ``save_stacks``: sequential runs save the stack at
     each checkpoint, and every ``save_every`` facts between checkpoints, to resume without
-    recomputing (False: replay instead; dense FT deltas are 3.5 MB per edit on SmolLM2).
+    recomputing (False: replay instead; dense FT deltas are 3.5 MB per edit on SmolLM2), and
+    ``keep_stack`` keeps it when the run is complete (to load the edited model, or to score its
+    last checkpoint again, e.g. with generated answers, by a run asked for that checkpoint only).
     ``retain_n``: Sanitation retain probes used for locality (None = all). ``trained_on``: a trained editor directory (MEND editor / SERAC artifact)
     made on another dataset's train split; it is passed as the method's ``editor``/``artifact``
     hparam, the stem gets ``-from-<source>`` and the summary records ``trained_on`` (source ⇒
@@ -250,6 +253,9 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     stem = f"{dataset}-{m.name}-{mode}" + (f"-from-{source}" if source else "") + \
         (f"-consolidated{consolidate_every}" if consolidate_every else "")
     cps = sorted({c for c in checkpoints if 0 < c < len(items)} | {len(items)}) if mode == "sequential" else None
+    if keep_stack and (mode != "sequential" or not save_stacks):
+        raise ValueError("--keep-stack keeps the stack a --mode sequential run saves; use it with --mode sequential "
+                         "and without --no-save-stacks")
     if stop_after is not None and (cps is None or stop_after not in cps):
         raise ValueError(f"--stop-after {stop_after}: give one of the checkpoints of a --mode sequential run "
                          f"({', '.join(map(str, cps)) if cps else 'none in this mode'})")
@@ -301,6 +307,7 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
                                        stack_dir=out / f"{stem}.stack" if save_stacks else None,
                                        batch_size=batch_size, consolidate_every=consolidate_every,
                                        save_every=save_every, times=times, stop_after=stop_after,
+                                       keep_stack=keep_stack,
                                        tick=ledger.update if ledger is not None else None))
             per_cp = {str(c): summarize(log.records(checkpoint=c)) for c in run_cps}
             extra["checkpoints"] = per_cp

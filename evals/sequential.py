@@ -63,7 +63,8 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
                    log: Any, checkpoints: Sequence[int], bar: Any, stack_dir: str | Path | None = None,
                    batch_size: int = 1, consolidate_every: int | None = None,
                    save_every: int | None = None, times: list[float] | None = None,
-                   tick: Callable[[], None] | None = None, stop_after: int | None = None) -> dict[str, Any]:
+                   tick: Callable[[], None] | None = None, stop_after: int | None = None,
+                   keep_stack: bool = False) -> dict[str, Any]:
     """Returns ``{"bit_exact", "replayed", "restored", "delta_norms"}``; lines go to ``log`` (a
     ResultLog). ``stack_dir``: where checkpoint stacks are saved and resumed from (module doc).
     ``batch_size``: facts per edit (AlphaEdit's setting: sequential batches); a batch never spans a
@@ -74,7 +75,9 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
     ``times``: a list the per-fact edit times are appended to as they happen (kept by the caller
     when the run is interrupted); ``tick``: called after every edit and every scored chunk
     (the runner's time ledger). ``stop_after``: measure the checkpoints up to this one only and keep
-    the saved stack, so the same run resumes from there."""
+    the saved stack, so the same run resumes from there. ``keep_stack``: keep the saved stack when
+    the run is complete (it is removed otherwise: the JSONL holds the results); a run asked for its
+    last checkpoint only restores it instead of recomputing the edits."""
     from .runner import _line
 
     cps = sorted(c for c in checkpoints if stop_after is None or c <= stop_after)
@@ -137,6 +140,6 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
     if not exact:
         warnings.warn("after popping every sequential edit the model's state dict differs from the start "
                       "(the stack did not undo exactly)", RuntimeWarning, stacklevel=2)
-    if exact and complete and stack_dir is not None and all(log.has(c, i) for c in cps for i in range(c)):
+    if exact and complete and not keep_stack and stack_dir is not None and all(log.has(c, i) for c in cps for i in range(c)):
         shutil.rmtree(stack_dir, ignore_errors=True)  # finished: the JSONL holds the results
     return {"bit_exact": exact, "replayed": replayed, "restored": n_saved, "delta_norms": norms}

@@ -555,3 +555,25 @@ def test_training_pool_excludes_a_mixed_run(tmp_path):
     held = {f.subject.lower() for f in run} | {" ".join(f.prompt.lower().split()) for f in run}
     assert len(got) < len(everything)
     assert all(f.subject.lower() not in held and " ".join(f.prompt.lower().split()) not in held for f in got)
+
+
+def test_keep_stack_keeps_the_final_stack_and_a_last_checkpoint_run_restores_it(tiny_llama, tmp_path):
+    """``keep_stack``: the finished run's stack stays (without it, it is removed: see the resume
+    test above); a run asked for the last checkpoint only, on a copy of that stack, restores it,
+    computes no edit and scores the same lines."""
+    import shutil
+
+    from editwrap.stack import load_stack_dir
+
+    kw = dict(mode="sequential", checkpoints=[1], n=3, hparams=STRONG)
+    s = _run(tiny_llama, tmp_path / "a", **kw, keep_stack=True)
+    stack = tmp_path / "a" / "zsre-ft-m-sequential.stack"
+    assert s["bit_exact"] is True and len(load_stack_dir(stack)) == 3
+    (tmp_path / "b").mkdir()
+    shutil.copytree(stack, tmp_path / "b" / stack.name)
+    again = _run(tiny_llama, tmp_path / "b", **{**kw, "checkpoints": [3]})
+    assert (again["restored"], again["edits_computed"], again["bit_exact"]) == (3, 0, True)
+    last = {r["index"]: r["post"] for r in _lines(tmp_path / "a" / "zsre-ft-m-sequential.jsonl") if r["checkpoint"] == 3}
+    assert {r["index"]: r["post"] for r in _lines(tmp_path / "b" / "zsre-ft-m-sequential.jsonl")} == last
+    with pytest.raises(ValueError, match="--keep-stack"):
+        _run(tiny_llama, tmp_path / "c", mode="single", keep_stack=True)
