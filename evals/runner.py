@@ -229,6 +229,9 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
         raise ValueError("--n and --batch-size must be >= 1")
     if data is None:
         raise ValueError("give the dataset file (--data path.json) or directory")
+    if keep_stack and (mode != "sequential" or not save_stacks):
+        raise ValueError("--keep-stack keeps the stack a --mode sequential run saves; use it with --mode sequential "
+                         "and without --no-save-stacks")
     if dataset == "convsent" and mode == "sequential":
         raise ValueError("ConvSent is scored one edit at a time (KL against the unedited model per record); "
                          "use --mode single or batch")
@@ -253,9 +256,6 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     stem = f"{dataset}-{m.name}-{mode}" + (f"-from-{source}" if source else "") + \
         (f"-consolidated{consolidate_every}" if consolidate_every else "")
     cps = sorted({c for c in checkpoints if 0 < c < len(items)} | {len(items)}) if mode == "sequential" else None
-    if keep_stack and (mode != "sequential" or not save_stacks):
-        raise ValueError("--keep-stack keeps the stack a --mode sequential run saves; use it with --mode sequential "
-                         "and without --no-save-stacks")
     if stop_after is not None and (cps is None or stop_after not in cps):
         raise ValueError(f"--stop-after {stop_after}: give one of the checkpoints of a --mode sequential run "
                          f"({', '.join(map(str, cps)) if cps else 'none in this mode'})")
