@@ -77,6 +77,8 @@ def test_two_blocks_each_routed_removal_from_middle_and_save_load(tiny_llama, ti
 def test_generation_with_kv_cache_keeps_the_block(tiny_llama):
     m = tiny_llama
     with m.edit(FACT, method="melo", **FAST):
+        # the router reads mask and cache on the backbone: the host stays hook-free (ops.values.logits_at)
+        assert not m._forward_hooks and not m._forward_pre_hooks
         cached = m.generate_text(FACT["prompt"], max_new_tokens=4)
         full = m.generate_text(FACT["prompt"], max_new_tokens=4, use_cache=False)
         assert cached == full and cached.strip().startswith(FACT["target_new"][:1])

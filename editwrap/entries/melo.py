@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..ops.hooks import get_module, padding_rows
+from ..ops.hooks import forward_root, get_module, padding_rows
 from .activation import drop_hook, host_hooks
 from .base import Entry, register_entry
 
@@ -71,8 +71,9 @@ class MeloRouter:
         self.entries[key] = entry
         self._db, self._carry = None, None
         if not self._handles:
-            self._handles = [self.host.register_forward_pre_hook(self._pre_hook, with_kwargs=True),
-                             self.host.register_forward_hook(self._post_hook),
+            root = forward_root(self.host)  # the backbone: the host stays hook-free (ops.values.logits_at)
+            self._handles = [root.register_forward_pre_hook(self._pre_hook, with_kwargs=True),
+                             root.register_forward_hook(self._post_hook),
                              get_module(self.host, self.module).register_forward_hook(self._route_hook)]
         for name, mod in mods.items():
             if name not in self._lora:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 __all__ = ["get_module", "capture", "patch_output", "frozen", "stop_after", "first_tensor", "replace_first", "ForwardMask",
-           "padding_rows"]
+           "forward_root", "padding_rows"]
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -145,21 +145,28 @@ def padding_rows(mask: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     return torch.ones(bsz, t, device=x.device)
 
 
+def forward_root(host: nn.Module) -> nn.Module:
+    """Where hooks that read a whole forward's arguments (attention mask, KV cache) belong.
+
+    The host's backbone (``host.base_model``) receives the same mask and cache as the host, and
+    hooking it leaves the host hook-free, so a loss may run the backbone and project only the
+    positions it reads (``ops.values.logits_at``). A host without a separate backbone is its own root.
+    """
+    backbone = getattr(host, "base_model", None)
+    return backbone if isinstance(backbone, nn.Module) and backbone is not host else host
+
+
 class ForwardMask:
     """The attention mask of the host model's forward in progress, for hooks deeper inside.
 
     A hook on an inner module sees hidden states only; anything it computes per sequence (a
     mean over tokens, a routing decision) must skip padding, or a row's output would depend on
-    what it was batched with. Pre/post hooks keep the mask for one forward. They sit on the
-    host's backbone (``host.base_model``, which receives the same mask) when it has one, so the
-    host itself stays hook-free and a loss may run the backbone and project only the positions it
-    reads (``ops.values.logits_at``); a host without a separate backbone is hooked itself.
+    what it was batched with. Pre/post hooks keep the mask for one forward, on ``forward_root``.
     """
 
     def __init__(self, host: nn.Module) -> None:
         self.host, self.mask = host, None
-        backbone = getattr(host, "base_model", None)
-        self.target = backbone if isinstance(backbone, nn.Module) and backbone is not host else host
+        self.target = forward_root(host)
         self._handles: list = []
 
     def attach(self) -> None:

@@ -92,7 +92,7 @@ def logits_at(host: Any, enc: dict[str, Any], rows: torch.Tensor, cols: torch.Te
     The vocabulary projection of every position is a fifth of a small model's forward+backward;
     running the body and projecting only the positions a loss reads saves it. Models whose head
     does more than a linear map (logit soft-capping, scaled logits), and hosts with hooks on their
-    own forward (MELO's router reads the attention mask there), take the full forward.
+    own forward, take the full forward (editwrap's own mask readers hook ``ops.hooks.forward_root``).
     """
     head = host.get_output_embeddings()
     cfg = host.config
