@@ -38,3 +38,37 @@ def test_bound_holds_across_a_stack(tiny_model, method):
     assert min(scaled) < 1.0, "the bound was active"
     m.clear()
     assert state_dict_hash(m) == h0
+
+
+def test_many_low_rank_parts_fold_into_one_dense_delta_with_the_same_output_and_bound():
+    """Past the rank where factors cost more than a dense matrix, the side-car applies one dense
+    delta: same output to float rounding, the stored parts untouched, and the norm bound still sees
+    the whole stack (it reads the summed delta in whichever form it is kept)."""
+    from editwrap.entries.delta import Sidecar
+    from editwrap.ops.norms import bound_parts
+
+    g = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(6, 4, bias=False)
+    car = Sidecar(lin)
+    parts = [{"U": torch.randn(4, 1, generator=g), "V": torch.randn(6, 1, generator=g)} for _ in range(6)]
+    x = torch.randn(3, 6, generator=g)
+    for i, p in enumerate(parts[:2]):
+        car.add(f"e{i}", p)
+    U, V, D = car._factors(x.device)
+    assert U is not None and D is None, "rank 2 stays low-rank"
+    for i, p in enumerate(parts[2:], start=2):
+        car.add(f"e{i}", p)
+    U, V, D = car._factors(x.device)
+    assert U is None and D is not None, "rank 6 > 2*4*6/(4+6): folded"
+    low = sum((x @ p["V"]) @ p["U"].T for p in parts)
+    torch.testing.assert_close(car.delta_out(x), low, rtol=1e-5, atol=1e-6)
+    assert all(car.parts[f"e{i}"] is p for i, p in enumerate(parts))
+
+    host = torch.nn.Module()
+    host.lin, host._sidecars = lin, {"lin": car}
+    new = {"U": 10 * torch.randn(4, 1, generator=g), "V": torch.randn(6, 1, generator=g)}
+    stack = sum(p["U"] @ p["V"].T for p in parts)
+    cap = 1.01 * float(stack.norm()) / float(lin.weight.norm())  # room for a little of the new edit
+    s = bound_parts(host, {"lin": new}, cap)["lin"]
+    assert 0.0 < s < 1.0
+    assert float((stack + new["U"] @ new["V"].T).norm()) == pytest.approx(cap * float(lin.weight.norm()), rel=1e-4)

@@ -108,12 +108,23 @@ class Sidecar:
 
 
 def _concat(parts: list[dict[str, torch.Tensor]], device: torch.device) -> tuple[Any, Any, Any]:
-    """``(U, V, D)`` of several parts: low-rank factors side by side, dense deltas summed."""
+    """``(U, V, D)`` of several parts: low-rank factors side by side, dense deltas summed.
+
+    Once the summed rank ``k`` makes the factors dearer than one dense matrix
+    (``k·(in + out) > 2·in·out`` multiply-adds per token: hundreds of stacked rank-one or adapter
+    edits), they are folded into ``D``; the result is the same to float rounding and the stored
+    parts are untouched, so pop stays bit-exact.
+    """
     us = [p["U"] for p in parts if "U" in p]
     vs = [p["V"] for p in parts if "V" in p]
     ds = [p["D"] for p in parts if "D" in p]
-    return (torch.cat(us, dim=1).to(device) if us else None, torch.cat(vs, dim=1).to(device) if vs else None,
-            torch.stack(ds).sum(0).to(device) if ds else None)
+    U = torch.cat(us, dim=1).to(device) if us else None
+    V = torch.cat(vs, dim=1).to(device) if vs else None
+    D = torch.stack(ds).sum(0).to(device) if ds else None
+    if U is not None and U.shape[1] * (U.shape[0] + V.shape[0]) > 2 * U.shape[0] * V.shape[0]:
+        dense = U @ V.T
+        U, V, D = None, None, dense if D is None else D + dense.to(D.dtype)
+    return U, V, D
 
 
 def dense_weight_delta(part: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -53,9 +53,9 @@ def bound_parts(host: Any, parts: dict[str, dict[str, torch.Tensor]], bound: flo
         U, V = part["U"], part["V"]
         nn_ = _fro2(U, V, U, V)
         if car is not None and car.parts:
-            Ue, Ve, _ = car._factors(torch.device("cpu"))
-            dd = _fro2(Ue, Ve, Ue, Ve) if Ue is not None else 0.0
-            dn = _fro2(Ue, Ve, U, V) if Ue is not None else 0.0
+            C = car.weight_delta().to(U.dtype)  # (out, in), whatever form the stack keeps it in
+            dd = float((C * C).sum())
+            dn = float(((U.T @ C) * V.T).sum())
         else:
             dd = dn = 0.0
         if dd + 2 * dn + nn_ <= cap * cap or nn_ == 0:
