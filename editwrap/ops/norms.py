@@ -53,9 +53,10 @@ def bound_parts(host: Any, parts: dict[str, dict[str, torch.Tensor]], bound: flo
         U, V = part["U"], part["V"]
         nn_ = _fro2(U, V, U, V)
         if car is not None and car.parts:
-            C = car.weight_delta().to(U.dtype)  # (out, in), whatever form the stack keeps it in
+            # (out, in), whatever form the stack keeps it in; float64 on the CPU, as _fro2
+            C = car.weight_delta().to("cpu", torch.float64)
             dd = float((C * C).sum())
-            dn = float(((U.T @ C) * V.T).sum())
+            dn = float(((U.to("cpu", torch.float64).T @ C) * V.to("cpu", torch.float64).T).sum())
         else:
             dd = dn = 0.0
         if dd + 2 * dn + nn_ <= cap * cap or nn_ == 0:
