@@ -72,3 +72,20 @@ def test_many_low_rank_parts_fold_into_one_dense_delta_with_the_same_output_and_
     s = bound_parts(host, {"lin": new}, cap)["lin"]
     assert 0.0 < s < 1.0
     assert float((stack + new["U"] @ new["V"].T).norm()) == pytest.approx(cap * float(lin.weight.norm()), rel=1e-4)
+
+
+def test_reading_the_summed_delta_keeps_the_forward_cache():
+    """``weight_delta`` (norm reads, merge) reads the cached factors on the forward's device instead
+    of replacing them with a CPU copy, which made the next forward concatenate and fold again.
+    The meta device stands in for an accelerator: it has its own tensors and no data."""
+    from editwrap.entries.delta import Sidecar
+
+    car = Sidecar(torch.nn.Linear(6, 4, bias=False))
+    for i in range(3):
+        car.add(f"e{i}", {"U": torch.randn(4, 1), "V": torch.randn(6, 1)})
+    torch.testing.assert_close(car.weight_delta(), sum(p["U"] @ p["V"].T for p in car.parts.values()))
+    car.delta_out(torch.zeros(2, 6, device="meta"))
+    cached = car._cache
+    assert cached is not None and cached[0].device.type == "meta"
+    assert car.weight_delta().device.type == "meta"
+    assert car._cache is cached

@@ -96,8 +96,15 @@ class Sidecar:
         return output
 
     def weight_delta(self) -> torch.Tensor:
-        """The summed delta as an (out, in) matrix, for merge()."""
-        U, V, D = self._factors(torch.device("cpu"))
+        """The summed delta as an (out, in) matrix (merge, norm reads), on the device of the factors.
+
+        It reads the forward's cached factors wherever they are: asking for another device would
+        replace them, and the next forward would concatenate (and fold) them again.
+        """
+        if self._cache is None:
+            first = next(iter(self.parts.values()))
+            self._cache = _concat(list(self.parts.values()), next(iter(first.values())).device)
+        U, V, D = self._cache
         total = None
         if U is not None:
             total = U @ V.T
