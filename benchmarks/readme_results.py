@@ -79,8 +79,10 @@ def mixed_sequential(root: Path, plots: bool) -> str:
 
 
 def lifelong(root: Path, plots: bool) -> str:
-    """The lifelong runs, plus the earlier 100-edit mixed runs (knowedit/) of methods they lack (ROME)."""
-    have = {r["method"] for r in _runs(root, "lifelong", mode="sequential", dataset="mixed")}
+    """The lifelong runs, plus the earlier 100-edit mixed runs (knowedit/) of methods that have no
+    default-setting run in lifelong/ itself (ROME: only its ``ngd`` run is in a subfolder)."""
+    have = {r["method"] for r in _runs(root, "lifelong", mode="sequential", dataset="mixed")
+            if Path(r.get("_file", "")).parent.name == "lifelong"}
     extra = {r["method"] for r in _runs(root, "knowedit", mode="sequential", dataset="mixed")} - have
     return _sequential(root, ("lifelong",), "mixed", "lifelong/report/sequential-mixed.png",
                        {" [lifelong]": "", " [normcap]": ", max_delta_norm=0.3", " [fast]": ", v_lr=2.0, 16 steps", " [ngd]": ", v_optimizer=ngd, 12 steps, two threads",
