@@ -102,8 +102,8 @@ class Sidecar:
         replace them, and the next forward would concatenate (and fold) them again.
         """
         if self._cache is None:
-            first = next(iter(self.parts.values()))
-            self._cache = _concat(list(self.parts.values()), next(iter(first.values())).device)
+            first = next(iter(self.parts.values()), {})
+            self._cache = _concat(list(self.parts.values()), next(iter(first.values()), torch.empty(0)).device)
         U, V, D = self._cache
         total = None
         if U is not None:
