@@ -101,10 +101,8 @@ class Sidecar:
         It reads the forward's cached factors wherever they are: asking for another device would
         replace them, and the next forward would concatenate (and fold) them again.
         """
-        if self._cache is None:
-            first = next(iter(self.parts.values()), {})
-            self._cache = _concat(list(self.parts.values()), next(iter(first.values()), torch.empty(0)).device)
-        U, V, D = self._cache
+        first = next((t for part in self.parts.values() for t in part.values()), torch.empty(0))
+        U, V, D = self._cache if self._cache is not None else self._factors(first.device)
         total = None
         if U is not None:
             total = U @ V.T
