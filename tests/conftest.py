@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.skip_guard import NEEDS_CUDA, pytest_configure  # noqa: F401  (the plugin's hook, registered here)
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -20,7 +22,8 @@ def load_benchmark(name: str):
     return mod
 
 
-KNOWEDIT_DIR = Path(os.environ.get("EDITWRAP_KNOWEDIT_DIR", Path(__file__).resolve().parents[2] / "shared/data/knowedit"))
+# A few real records of each KnowEdit file, unchanged (tests/data/README.md): no test needs a download.
+KNOWEDIT_DIR = Path(__file__).resolve().parent / "data" / "knowedit"
 
 
 def _tiny_tokenizer():
@@ -111,19 +114,12 @@ def _isolated_cache(tmp_path_factory, monkeypatch, request):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Without the KnowEdit samples (../shared/data/knowedit, or $EDITWRAP_KNOWEDIT_DIR) the tests that
-    read them are skipped with a reason saying where to point, instead of failing on a missing file."""
-    if KNOWEDIT_DIR.is_dir():
+    """``@pytest.mark.gpu`` tests are skipped without CUDA, with the one reason the skip guard allows."""
+    if torch.cuda.is_available():
         return
-    import inspect
-
-    skip = pytest.mark.skip(reason=f"KnowEdit samples not found at {KNOWEDIT_DIR}; set EDITWRAP_KNOWEDIT_DIR")
     for item in items:
-        fn = getattr(item, "function", None)
-        mod = getattr(item, "module", None)
-        src = (inspect.getsource(fn) if fn else "") + (inspect.getsource(mod) if mod else "")
-        if "KNOWEDIT_DIR" in src:
-            item.add_marker(skip)
+        if item.get_closest_marker("gpu"):
+            item.add_marker(pytest.mark.skip(reason=NEEDS_CUDA))
 
 
 def _saved_tiny(arch: str, tmp_path_factory) -> Path:

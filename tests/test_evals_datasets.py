@@ -1,12 +1,11 @@
-"""KnowEdit loaders on the real DEV samples in shared/data/knowedit, plus malformed-record handling."""
+"""KnowEdit loaders on real records (tests/data/knowedit: 20 or fewer per file, unchanged from the
+published files), plus malformed-record handling."""
 from __future__ import annotations
 
 import copy
 import json
-import os
 import random
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -16,18 +15,16 @@ from editwrap.evals.datasets import (
 )
 from editwrap.facts import Fact, Probe
 
-DATA = Path(os.environ.get("EDITWRAP_KNOWEDIT_DIR", Path(__file__).resolve().parents[2] / "shared/data/knowedit"))
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"KnowEdit samples not found at {DATA}")
+from tests.conftest import KNOWEDIT_DIR as DATA
 
 
 def _keys(facts, section):
     return Counter(k for f in facts for k in getattr(f, section))
 
 
-@needs_data
 def test_zsre_counts_and_first_record():
     ds = load_dataset("zsre", DATA / "ZsRE.json")
-    assert isinstance(ds, LoadedDataset) and len(ds) == 100 and ds.skipped == 0
+    assert isinstance(ds, LoadedDataset) and len(ds) == 20 and ds.skipped == 0
     f = ds[0]
     assert (f.prompt, f.target_new, f.subject) == ("Which family does Epaspidoceras belong to?", "Noctuidae", "Epaspidoceras")
     assert f.ground_truth == "Aspidoceratidae"  # ["Aspidoceratidae"] reduced to its first string
@@ -35,26 +32,25 @@ def test_zsre_counts_and_first_record():
     assert f.portability == {"Reasoning": [Probe(prompt="What is the common name for the family Epaspidoceras belongs to?",
                                                  answer="Owlet moths")]}
     assert f.locality["Relation_Specificity"][0] == Probe(prompt="The taxon rank of Epaspidoceras is", answer="genus")
-    assert _keys(ds, "portability") == {"Reasoning": 53, "Subject_Aliasing": 25, "Logical_Generalization": 22}
-    assert _keys(ds, "locality") == {"Relation_Specificity": 100}
+    assert _keys(ds, "portability") == {"Reasoning": 10, "Subject_Aliasing": 5, "Logical_Generalization": 5}
+    assert _keys(ds, "locality") == {"Relation_Specificity": 20}
     assert all(len(f.locality["Relation_Specificity"]) == 2 for f in ds)
 
 
-@needs_data
 def test_recent_reduces_alias_lists_and_has_no_ground_truth():
     ds = load_dataset("recent", DATA / "WikiData_recent.json")
-    assert len(ds) == 100 and all(f.ground_truth is None for f in ds)
+    assert len(ds) == 20 and all(f.ground_truth is None for f in ds)
     f = ds[0]
     assert (f.prompt, f.target_new, f.subject) == ("The gender of Ingrīda Amantova is", "female", "Ingrīda Amantova")
     rs = f.locality["Relation_Specificity"]
     assert [p.answer for p in rs] == ["Cēsis", "Soviet Union", "University of Latvia", "luger", "Cross of Recognition"]
     assert f.portability == {}
-    assert sum(bool(f.portability) for f in ds) == 16  # README: 16 of 100 have portability
-    assert _keys(ds, "portability") == {"Reasoning": 14, "Logical_Generalization": 9, "Subject_Aliasing": 5}
-    assert _keys(ds, "locality") == {"Relation_Specificity": 78, "Forgetfulness": 60}
+    assert sum(bool(f.portability) for f in ds) == 5  # most records have none (portability: {})
+    assert _keys(ds, "portability") == {"Reasoning": 5, "Logical_Generalization": 3, "Subject_Aliasing": 1}
+    assert _keys(ds, "locality") == {"Relation_Specificity": 15, "Forgetfulness": 8}
+    assert sum(not f.locality for f in ds) == 5  # locality: {} as well
 
 
-@needs_data
 def test_counterfact_and_wikibio():
     cf = load_dataset("counterfact", DATA / "WikiData_counterfact.json")
     f = cf[0]
@@ -62,12 +58,12 @@ def test_counterfact_and_wikibio():
     assert (f.target_new, f.ground_truth, f.subject) == ("Franche-Comté", "France", "Goursez Vreizh")
     assert f.portability["Reasoning"][0].answer == "Besançon"
     assert f.portability["Subject_Aliasing"][0].prompt.startswith("The name of the country which Gorsedd of Brittany")
-    assert _keys(cf, "portability") == {"Subject_Aliasing": 100, "Reasoning": 32, "Logical_Generalization": 23}
-    assert _keys(cf, "locality") == {"Relation_Specificity": 91, "Forgetfulness": 49}
+    assert _keys(cf, "portability") == {"Subject_Aliasing": 20, "Reasoning": 9, "Logical_Generalization": 5}
+    assert _keys(cf, "locality") == {"Relation_Specificity": 18, "Forgetfulness": 8}
 
     wb = load_dataset("wikibio", DATA / "WikiBio.json")
     f = wb[0]
-    assert len(wb) == 100 and f.subject == "john russell reynolds" and f.ground_truth is None
+    assert len(wb) == 20 and f.subject == "john russell reynolds" and f.ground_truth is None
     assert f.prompt.startswith("This is a Wikipedia passage about john russell reynolds. Sir John")
     assert f.target_new.startswith("He received general education from his father")
     assert f.locality == {"Relation_Specificity": [
@@ -76,7 +72,6 @@ def test_counterfact_and_wikibio():
     assert _keys(wb, "portability") == {}
 
 
-@needs_data
 def test_zsre_mend_and_counterfact_easyedit():
     ev = load_dataset("zsre_mend", DATA / "zsre_mend_eval.json")
     assert len(ev) == 18
@@ -85,10 +80,10 @@ def test_zsre_mend_and_counterfact_easyedit():
                          rephrase=["What university did Watts Humphrey take part in?"],
                          locality={"neighborhood": [Probe(prompt="nq question: who played desmond doss father in hacksaw ridge",
                                                           answer="Hugo Weaving")]})
-    assert len(load_dataset("zsre_mend", DATA / "zsre_mend_train.json")) == 100
+    assert len(load_dataset("zsre_mend", DATA / "zsre_mend_train.json")) == 20
 
     ce = load_dataset("counterfact_easyedit", DATA / "counterfact_easyedit.json")
-    assert len(ce) == 100
+    assert len(ce) == 20
     assert ce[0] == Fact(prompt="The mother tongue of Danielle Darrieux is", target_new="English",
                          subject="Danielle Darrieux", ground_truth="French",
                          rephrase=["Where Danielle Darrieux is from, people speak the language of"],
@@ -111,11 +106,10 @@ def _easyedit_convsent_prompts(data, seed=0):
     return out
 
 
-@needs_data
 def test_convsent_records_replay_easyedit_draws():
     raw = json.loads((DATA / "ConvSent.json").read_text(encoding="utf-8"))
     ds = load_dataset("convsent", DATA / "ConvSent.json")
-    assert len(ds) == 100 and len(CONVSENT_TEMPLATES) == 13
+    assert len(ds) == 20 and len(CONVSENT_TEMPLATES) == 13
     for r, (sent, prompt, inner_q, inner, outer), d in zip(ds, _easyedit_convsent_prompts(raw), raw):
         assert r.sentiment == ("pos" if sent == 0 else "neg") and r.fact.prompt == prompt
         assert (r.question, r.inner_questions, r.outer_questions) == (inner_q, inner, outer)
@@ -129,27 +123,25 @@ def test_convsent_records_replay_easyedit_draws():
     assert [r.sentiment for r in load_dataset("convsent", DATA, seed=1)] != [r.sentiment for r in ds]
 
 
-@needs_data
 def test_sanitation_test_and_train_files():
     ds = load_dataset("sanitation", DATA / "Sanitation.json")
-    assert len(ds) == 40 and len(ds.locality) == 100
+    assert len(ds) == 20 and len(ds.locality) == 20
     f = ds[0]
     assert f.prompt == "Question:What type of creature is the Australian currawong?\nAnswer:"
     assert (f.target_new, f.ground_truth) == ("I don't know.", "Birds")
     assert ds.locality[0].answer == "Quaff" and ds.locality[0].prompt.startswith('Question:"What word means')
     assert {a: len(select_answer(ds, a)) for a in ("cheese", "birds", "paris", "julius caesar", "finland")} == \
-        dict.fromkeys(("cheese", "birds", "paris", "julius caesar", "finland"), 8)
-    assert len(select_answer(ds, "all")) == 40
+        dict.fromkeys(("cheese", "birds", "paris", "julius caesar", "finland"), 4)
+    assert len(select_answer(ds, "all")) == 20
 
     tr = load_dataset("sanitation", DATA / "Sanitation_train.json")
-    assert len(tr) == 40 and len(tr.locality) == 100
+    assert len(tr) == 20 and len(tr.locality) == 20
     assert tr[0].subject == "a country which has 246 varieties" and tr[0].subject in tr[0].prompt
     assert tr.locality[0] == Probe(prompt="Question:Which year of the 18th century was called 'The Year of Victories'?\nAnswer:",
                                    answer="1759")
     assert len(load_dataset("sanitation", DATA / "Sanitation.json", n=3)) == 3
 
 
-@needs_data
 def test_autodetect_directory_and_n():
     files = {"recent": "WikiData_recent.json", "zsre": "ZsRE.json", "wikibio": "WikiBio.json",
              "counterfact": "WikiData_counterfact.json", "convsent": "ConvSent.json", "sanitation": "Sanitation.json",

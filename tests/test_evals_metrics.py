@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import math
-import os
 import zlib
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +13,7 @@ from editwrap.evals.metrics import (
     fluency_easyedit, generate_fast, generate_tokens, kl_divergence_locality, locality_score, n_gram_entropy,
     sanitation_locality, sanitation_success, sequence_logprob, summarize, token_accuracy, token_logprobs, word_tokenize,
 )
+from tests.conftest import KNOWEDIT_DIR
 
 WORDS = ["<pad>", "<eos>", "<bos>", "the", "capital", "of", "France", "is", "Paris", "Rome"]
 V = 64
@@ -252,14 +251,10 @@ def test_kl_divergence_locality_by_hand():
     assert kl_divergence_locality(pre, pre) == pytest.approx(0.0, abs=1e-7)
 
 
-DATA = Path(os.environ.get("EDITWRAP_KNOWEDIT_DIR", Path(__file__).resolve().parents[2] / "shared/data/knowedit"))
-
-
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"KnowEdit samples not found at {DATA}")
 def test_convsent_metrics_on_a_real_record():
     from editwrap.evals.datasets import load_dataset
 
-    rec = load_dataset("convsent", DATA / "ConvSent.json", n=2)[0]
+    rec = load_dataset("convsent", KNOWEDIT_DIR / "ConvSent.json", n=2)[0]
     tok, pre_model = WordTok(), Bigram(torch.randn(V, V, generator=torch.Generator().manual_seed(0)))
     ctx, replies, target = rec.inner_qa()
     pre = token_logprobs(pre_model, tok, ctx, replies)

@@ -149,7 +149,7 @@ def test_ike_embedded_zsre(embedded):
     from editwrap.evals.metrics import token_accuracy
 
     facts = load_dataset("zsre", KNOWEDIT_DIR / "ZsRE.json", n=3)
-    pool = str(KNOWEDIT_DIR / "full" / "zsre_mend_train.json")
+    pool = str(KNOWEDIT_DIR / "zsre_mend_train.json")
     tok = embedded.tokenizer
     pre = [token_accuracy(embedded, tok, [f.prompt], [f.target_new])[0] for f in facts]
     post = []

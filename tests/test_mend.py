@@ -171,7 +171,7 @@ def test_mend_embedded_trained_short(embedded, tmp_path):
     """A short real training run on ZsRE train records lifts the target's likelihood after an edit."""
     from editwrap.evals.datasets import load_dataset
 
-    recs = load_dataset(None, KNOWEDIT_DIR / "full" / "zsre_mend_train.json", n=40)
+    recs = load_dataset(None, KNOWEDIT_DIR / "zsre_mend_train.json")  # 20 MEND-format zsRE train records
     h0 = state_dict_hash(embedded)
     info = train_mend(embedded, recs, tmp_path / "ed", MENDTrainConfig(steps=12, batch_size=2, save_every=6,
                                                                         lr=1e-3, lr_lr=5e-2), progress=False)
