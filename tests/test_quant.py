@@ -16,7 +16,6 @@ from editwrap.stack import StackError
 
 from .conftest import build_tiny
 
-bnb = pytest.importorskip("bitsandbytes")
 
 FACT = {"prompt": "The Eiffel Tower is located in the city of", "subject": "Eiffel Tower", "target_new": "Rome"}
 FAST = {"mom2_n_tokens": 500, "v_num_grad_steps": 3, "context_templates": [[4, 1]]}
@@ -149,10 +148,6 @@ def test_nf4_rome_pop_exact(tiny_llama_dir):
 
 
 def test_lora_on_int8(q8):
-    from editwrap.methods.base import METHODS
-
-    if "lora" not in METHODS:
-        pytest.skip("editwrap.methods.lora is not available")
     before, s0 = _logits(q8), state_dict_hash(q8)
     e = q8.edit(FACT, method="lora", num_steps=3)
     assert not torch.equal(_logits(q8), before)
@@ -190,8 +185,7 @@ def test_embedded_int8_rome_pop_exact():
     assert int8_state(m) == h0 and state_dict_hash(m) == s0
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu  # skipped without CUDA (conftest)
 def test_cuda_int8_rome_pop_exact(tiny_llama_dir):
     from editwrap.integrations.quant import int8_state, load_quantized
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -86,7 +85,6 @@ def test_torn_ledger_starts_over(tmp_path):
     assert led.totals()["processes"] == 1 and led.totals()["total_edit_seconds"] == 0.75
 
 
-@pytest.mark.skipif(os.name != "posix", reason="SIGTERM")
 def test_cli_sigterm_writes_the_ledger(tmp_path):
     """`kill` of a CLI run unwinds it: the ledger records the process's time and edits."""
     code = ("import sys, time\n"

@@ -11,11 +11,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
-
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
 
 Q = ["The Eiffel Tower is located in the city of", "The capital of France is"]
 FT = {"num_steps": 40, "lr": 0.05, "layers": [1, 2]}
