@@ -67,3 +67,14 @@ def test_ci_runs_the_readme_test_command_with_the_guard():
     assert "make test " in (ROOT / "README.md").read_text()
     make = (ROOT / "Makefile").read_text().split("\ntest:")[1].split("\n\n")[0]
     assert "-m pytest tests" in make and " -m " not in make.split("pytest tests")[1]  # every test, slow ones too
+
+
+def test_the_suite_registers_the_guard(request):
+    """tests/conftest.py carries the guard's hook (a pytest_configure of its own there would drop it),
+    and under .ci/run's variable the guard is active in this very run."""
+    import tests.conftest
+    from tests import skip_guard
+
+    assert tests.conftest.pytest_configure is skip_guard.pytest_configure
+    active = request.config.pluginmanager.has_plugin("editwrap-skip-guard")
+    assert active == (os.environ.get(ENV, "") not in ("", "0"))
