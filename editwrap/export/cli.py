@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ def cmd_peft(args: argparse.Namespace) -> int:
         print(f"serve them with: vllm serve <base model> --enable-lora --lora-modules {mods}")
         return 0
     p = export_peft(model, args.out, **_selection(args), **kw)
-    print(f"wrote PEFT LoRA adapter {p} (load: PeftModel.from_pretrained(base, '{p}'))")
+    r = json.loads((Path(p) / "adapter_config.json").read_text(encoding="utf-8"))["r"]
+    print(f"wrote PEFT LoRA adapter {p}, rank {r} (load: PeftModel.from_pretrained(base, '{p}'); "
+          f"vLLM: --enable-lora --max-lora-rank >= {r} --lora-modules NAME={p})")
     return 0
 
 

@@ -51,7 +51,7 @@ def merged_state_dict(model: Any, sel: Selection) -> dict[str, torch.Tensor]:
         dw = dense_delta([p for _, p in items])
         if is_conv1d(model.get_submodule(name)):
             dw = dw.T
-        sd[f"{name}.weight"] = (w.detach().to("cpu", torch.float64) + dw).to(w.dtype)
+        sd[f"{name}.weight"] = (w.detach().to("cpu", torch.float64) + dw).to(w.device, w.dtype)
     return sd
 
 
