@@ -5,6 +5,7 @@ Llama and GPT-2 models; the slow test checks the edited answer on the embedded S
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -29,16 +30,26 @@ def logits(m, text: str = TEXT) -> torch.Tensor:
         return m(**m.tokenizer(text, return_tensors="pt")).logits
 
 
-def peft_logits(m, path: Path) -> torch.Tensor:
-    """Logits of PEFT's own LoRA layers on ``m`` (its stack emptied first), then PEFT removed."""
+@contextlib.contextmanager
+def peft_on(m, path: Path):
+    """PEFT's own LoRA layers loaded on ``m`` (its stack emptied first); removed on exit, with the
+    ``requires_grad`` flags PEFT turns off put back (the embedded model is shared by the session)."""
     from peft import PeftModel
 
     m.clear()
+    flags = {n: p.requires_grad for n, p in m.named_parameters()}
     pm = PeftModel.from_pretrained(m, str(path))
     try:
-        return logits(pm)
+        yield pm
     finally:
         pm.unload()
+        for n, p in m.named_parameters():
+            p.requires_grad_(flags[n])
+
+
+def peft_logits(m, path: Path) -> torch.Tensor:
+    with peft_on(m, path) as pm:
+        return logits(pm)
 
 
 def mixed_stack(m) -> None:
@@ -315,15 +326,10 @@ def test_embedded_rome_answer_survives_every_export(embedded, tmp_path):
         merged = export_merged(m, tmp_path / "merged")
     finally:
         m.clear()
-    from peft import PeftModel
-
-    pm = PeftModel.from_pretrained(m, str(adapter))
-    try:
+    with peft_on(m, adapter) as pm:
         ids = m.tokenizer(probe, return_tensors="pt")
         out = pm.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=m.tokenizer.pad_token_id)
-        assert m.tokenizer.decode(out[0, ids["input_ids"].shape[1]:]).strip().startswith("Rome")
-    finally:
-        pm.unload()
+    assert m.tokenizer.decode(out[0, ids["input_ids"].shape[1]:]).strip().startswith("Rome")
     plain = EditableModel.wrap(AutoModelForCausalLM.from_pretrained(str(merged)),
                                AutoTokenizer.from_pretrained(str(merged)))
     assert plain.generate_text(probe, max_new_tokens=4).strip().startswith("Rome")
