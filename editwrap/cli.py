@@ -19,6 +19,7 @@ PLUGINS = [
     "editwrap.methods.serac.cli",
     "editwrap.analysis.cli",
     "editwrap.server.cli",
+    "editwrap.export.cli",
 ]
 
 

@@ -43,6 +43,22 @@ def _as_facts(facts: Any) -> list[Fact]:
     return out
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model",
+                    "vocab.txt")
+
+
+def _check_tokenizer_files(path: str) -> None:
+    """A local model folder without any tokenizer file: say how to pass one (transformers would end
+    in an error about converting a slow tokenizer)."""
+    if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in _TOKENIZER_FILES):
+        raise ValueError(
+            f"model folder {path} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}). Pass one: "
+            "EditableModel.from_pretrained(path, tokenizer=<folder or hub id of the base model's tokenizer, or a "
+            "tokenizer object>) or EditableModel.wrap(model, tokenizer), or save it beside the weights "
+            "(tokenizer.save_pretrained(path)); "
+            "`editwrap export merged` writes model and tokenizer together")
+
+
 class EditableModel:
     """Mixin that turns a transformers ``PreTrainedModel`` instance into an editable one."""
 
@@ -64,6 +80,8 @@ class EditableModel:
             pretrained_model_name_or_path = embedded_model_dir(name)
             kwargs.setdefault("dtype", torch.float32)
         path = str(pretrained_model_name_or_path)
+        if tokenizer is None:
+            _check_tokenizer_files(path)  # before the (slow) weights: a missing tokenizer fails fast and clearly
         model = AutoModelForCausalLM.from_pretrained(path, *args, **kwargs)
         if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or path))
@@ -89,6 +107,7 @@ class EditableModel:
         if tokenizer is None:
             from transformers import AutoTokenizer
 
+            _check_tokenizer_files(self.config._name_or_path)
             tokenizer = AutoTokenizer.from_pretrained(self.config._name_or_path)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token

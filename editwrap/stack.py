@@ -130,6 +130,13 @@ class EditStack:
         """Write ``edits.json`` + ``edits.safetensors`` atomically (temp dir, then rename)."""
         return save_stack_dir(self.edits, Path(path), self._host)
 
+    def export_peft(self, path: str | os.PathLike, edit_set: str | Sequence[str] | None = None, **kw: Any) -> Path:
+        """Write the side-car edits (all, or those ``model.using(edit_set)`` applies) as one PEFT LoRA
+        adapter (:func:`editwrap.export.export_peft`)."""
+        from .export import export_peft
+
+        return export_peft(self._host, path, edit_set, **kw)
+
     def consolidate(self, edits: Any = None, method: str | None = None, **overrides: Any) -> Edit:
         """Re-solve MEMIT/AlphaEdit entries (all, a slice, or a list) jointly into one entry
         (:func:`editwrap.consolidate.consolidate`)."""
