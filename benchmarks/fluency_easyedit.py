@@ -20,6 +20,7 @@ from pathlib import Path
 from editwrap import EditableModel
 from editwrap.evals.datasets import load_dataset
 from editwrap.evals.metrics import fluency, fluency_easyedit
+from editwrap.paths import portable_path
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/knowedit/ZsRE.json"
 
@@ -40,7 +41,7 @@ def main() -> None:
     tok = model.tokenizer
     prompts = [model._route(f.text_prompt)[0] for f in list(load_dataset(a.dataset, a.data, n=a.n))[:a.n]]
     seeds = [int(s) for s in a.seeds.split(",")]
-    res: dict = {"model": model.name_or_path, "dataset": a.dataset, "n": len(prompts), "seeds": seeds,
+    res: dict = {"model": portable_path(model.name_or_path), "dataset": a.dataset, "n": len(prompts), "seeds": seeds,
                  "device": a.device, "per_seed": {}, "per_record": {}}
     t0 = time.time()
     for s in seeds:

@@ -41,8 +41,7 @@ METRICS = ("Edit Succ.", "Rephrase", "Portability", "Locality")
 def _runs(root: Path, *folders: str, mode: str | None = None, dataset: str | None = None) -> list[dict]:
     """Runs (finished or partial) under ``docs/results/<folder>``, in a stable order."""
     runs = load_summaries([root / RES / f for f in folders])
-    runs = [r for r in runs if "/superseded/" not in r.get("_file", "").replace("\\", "/")
-            and (mode is None or r.get("mode") == mode) and (dataset is None or r.get("dataset") == dataset)]
+    runs = [r for r in runs if (mode is None or r.get("mode") == mode) and (dataset is None or r.get("dataset") == dataset)]
     return sorted(runs, key=lambda r: (r["method"], r.get("_file", "")))
 
 

@@ -1,6 +1,6 @@
 """editwrap vs a local EasyEdit checkout: CPU seconds per edited fact and edit quality, side by side.
 
-    OMP_NUM_THREADS=1 python benchmarks/vs_easyedit.py --easyedit /tmp/EasyEdit --methods rome,memit:10,ft-m \
+    OMP_NUM_THREADS=1 python benchmarks/vs_easyedit.py --easyedit ../EasyEdit --methods rome,memit:10,ft-m \
         --n 3 --out docs/results/speed/vs_easyedit.json
 
 Why: ``edit_speed.py`` times editwrap alone; a speed claim needs the reference implementation next to
@@ -284,6 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_result", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    from editwrap.paths import portable
+
     root = easyedit_root(args.easyedit)
     specs = parse_specs(args.methods)
     if args._worker:
@@ -305,8 +307,8 @@ def main(argv: list[str] | None = None) -> None:
                      **sides})
         print(table(rows[-1:]), flush=True)
         if args.out:
-            Path(args.out).write_text(json.dumps({"easyedit": str(root), "easyedit_commit": commit.strip() or None,
-                                                  "rows": rows}, indent=2))
+            res = {"easyedit": str(root), "easyedit_commit": commit.strip() or None, "rows": rows}
+            Path(args.out).write_text(json.dumps(portable(res, Path(args.out).parent), indent=2))  # no machine paths
     print(table(rows))
 
 

@@ -15,7 +15,7 @@ Or compute the edits here (the first ``--compute`` records, one after another, a
 runner does), to see how hyperparameters move the router before spending hours on a full run:
 
     python benchmarks/wise_routing.py --compute 10 --checkpoints 1,5,10 \
-        --data ../shared/data/knowedit/full/ZsRE.json --hparams '{"alpha": 15}' --save /tmp/wise10
+        --data ../shared/data/knowedit/full/ZsRE.json --hparams '{"alpha": 15}' --save results/wise10
 """
 from __future__ import annotations
 

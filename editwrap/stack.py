@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from .entries.base import Entry, entry_from_saved
 from .facts import Fact
 from .ops.fingerprint import checkpoint_probe, quantization_label, same_checkpoint
+from .paths import portable_path
 
 if TYPE_CHECKING:
     from .model import EditableModel
@@ -179,7 +180,7 @@ def save_stack_dir(edits: Sequence[Edit], path: Path, host: "EditableModel", app
 
     path = Path(path)
     header = {"format_version": FORMAT_VERSION, "editwrap_version": __version__,
-              "base_fingerprint": host.fingerprint(), "base_model": host.name_or_path,
+              "base_fingerprint": host.fingerprint(), "base_model": portable_path(host.name_or_path),
               "base_checkpoint": checkpoint_probe(host), "base_quantization": quantization_label(host)}
     if append and _append(edits, path, header):
         return path

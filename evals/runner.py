@@ -28,6 +28,7 @@ import torch
 from editwrap.methods.base import get_method
 from editwrap.ops.fingerprint import state_dict_hash
 from editwrap.ops.memory import device_name, peak_memory_mb
+from editwrap.paths import portable, portable_path
 
 from .datasets import DATASETS, DEFAULT_FILES, load_dataset
 from .generation import DEFAULT_MARGIN
@@ -152,7 +153,7 @@ def _hparams_differ(method: str, old: dict, new: dict) -> bool:
 
 def _check_meta(path: Path, meta: dict, overwrite: bool, results: Path) -> None:
     if path.exists() and not overwrite:
-        old = json.loads(path.read_text(encoding="utf-8"))
+        old = portable(json.loads(path.read_text(encoding="utf-8")), path.parent)  # runs written with full paths
 
         def differs(k: str) -> bool:
             if k == "n" or (k in _PATH_KEYS and _PATH_KEYS[k] in old):
@@ -266,6 +267,9 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
                  base_stack=len(model.stack), hparams=hp.model_dump(mode="json"),
                  fluency=(fluency_mode if fluency_mode != "greedy" else True) if with_fluency else False,
                  gen_tokens=gen_tokens, retain_n=retain_n)
+    # the run folder is shared and committed: names and folder-relative paths, not this machine's paths
+    meta.update(model=portable_path(meta["model"], out), data=portable_path(meta["data"], out),
+                hparams=portable(meta["hparams"], out))
     if consolidate_every:
         if mode != "sequential":
             raise ValueError("--consolidate-every applies to --mode sequential only")

@@ -53,6 +53,7 @@ def _limit(v: float | None) -> int | float | None:
 
 def cmd_lm_eval(args: argparse.Namespace) -> int:
     from editwrap.integrations import lm_eval as L
+    from editwrap.paths import portable, portable_path
 
     if args.print_tasks_dir:
         print(L.TASKS_DIR)
@@ -88,7 +89,7 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
         facts = L.load_edit_facts(args.edits)
         runs.append(L.regression(model, tasks, edits=facts, method=args.method, sequential=not args.batch_edit,
                                  **common))
-    title = f"lm-eval general-ability regression ({model.name_or_path or 'model'}, limit {common['limit']})"
+    title = f"lm-eval general-ability regression ({portable_path(model.name_or_path) or 'model'}, limit {common['limit']})"
     table = L.regression_markdown(runs, title=title)
     print(table)
     print(f"total {time.time() - t0:.0f} s")
@@ -96,7 +97,8 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
         Path(args.markdown).write_text(table + "\n", encoding="utf-8")
     if args.out:
         slim = [{k: v for k, v in r.items() if k != "raw_before"} for r in runs]
-        Path(args.out).write_text(json.dumps({"tasks": tasks, "runs": slim}, indent=2, default=str), encoding="utf-8")
+        Path(args.out).write_text(json.dumps(portable({"tasks": tasks, "runs": slim}, Path(args.out).parent), indent=2,
+                                            default=str), encoding="utf-8")
     return 0 if all(r["bit_exact"] is not False for r in runs) else 1
 
 

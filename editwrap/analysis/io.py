@@ -20,8 +20,11 @@ def dumps(obj: Any) -> str:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
+    """``obj`` as JSON, this machine's paths in it made portable (:mod:`editwrap.paths`)."""
+    from ..paths import portable
+
     path = Path(path)
-    path.write_text(dumps(obj) + "\n", encoding="utf-8")
+    path.write_text(dumps(portable(obj, path.parent)) + "\n", encoding="utf-8")
     return path
 
 

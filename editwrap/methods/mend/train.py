@@ -36,6 +36,7 @@ from ...hparams.mend import MENDTrainConfig
 from ...ops.hooks import frozen, get_module, patch_output
 from ...ops.memory import peak_memory_mb
 from ...ops.tokens import batch_encode, target_ids
+from editwrap.paths import portable_path
 from .model import MENDEditor, encode_edit, grad_taps, nll
 
 __all__ = ["train_mend", "CHECKPOINT_DIR", "module_shape", "data_hash"]
@@ -165,7 +166,7 @@ def train_mend(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike, 
     fp = model.fingerprint() if hasattr(model, "fingerprint") else ""
     dh = data_hash(records)
     run = {"config": cfg.model_dump(mode="json"), "modules": modules, "base_fingerprint": fp,
-           "base_model": str(getattr(model.config, "_name_or_path", "")), "data_hash": dh,
+           "base_model": portable_path(getattr(model.config, "_name_or_path", None)), "data_hash": dh,
            "n_records": len(records), "data": data_name}
     step, history, elapsed = 0, [], 0.0
     if resume and (out / CHECKPOINT_DIR / "state.json").is_file():

@@ -31,6 +31,7 @@ from ...hparams.arch import arch_of
 from ...hparams.serac import SERACTrainConfig
 from ...ops.hooks import patch_output
 from ...ops.tokens import batch_encode, target_ids
+from editwrap.paths import portable_path
 from .artifact import ARTIFACT_FILES, ScopeClassifier, cf_text, clone_base, file_hash
 
 __all__ = ["train_serac", "scope_pairs", "train_classifier"]
@@ -185,7 +186,7 @@ def train_serac(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike,
     tensors = {f"classifier/{k}": v.detach().cpu().contiguous() for k, v in clf.state_dict().items()}
     tensors.update({f"cf/{m}/{k}": v for m, p in parts.items() for k, v in p.items()})
     info = {"records": len(train), "val_records": len(val), "data": data_name,
-            "base_model": str(getattr(model.config, "_name_or_path", "")),
+            "base_model": portable_path(getattr(model.config, "_name_or_path", None)),
             "base_fingerprint": model.fingerprint() if hasattr(model, "fingerprint") else "",
             "classifier_train": _accuracy(clf, tr_pairs, emb, cfg.threshold),
             "classifier_val": _accuracy(clf, va_pairs, emb, cfg.threshold),
