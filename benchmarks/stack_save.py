@@ -1,7 +1,7 @@
 """Wall time of saving a growing stack of dense deltas: whole rewrite vs append-only.
 
     python benchmarks/stack_save.py                      # 250 FT-L-sized entries, saves every 50
-    python benchmarks/stack_save.py --entries 500 --every 50 --out /tmp/save.json
+    python benchmarks/stack_save.py --entries 500 --every 50 --out results/stack_save.json
 
 Why: a sequential run saves its stack every ``--save-every`` edits. FT-L's entries are dense
 (one 576 x 1,536 float32 delta, 3.5 MB, per edit on the embedded model), so a rewrite of the whole

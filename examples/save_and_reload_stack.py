@@ -1,7 +1,7 @@
 """Save only the edits (a few MB, JSON + safetensors), reload them onto a fresh base model, and
 export a merged plain-transformers checkpoint for serving without editwrap.
 
-    python examples/save_and_reload_stack.py /tmp/my-edits
+    python examples/save_and_reload_stack.py my-edits
 """
 import sys
 
