@@ -212,11 +212,11 @@ def resolve_data(data: str | os.PathLike) -> Path:
 
 def name_of_path(path: str | Path) -> str | None:
     """The dataset name of a file inside ``$EDITWRAP_DATA_DIR`` or the Hugging Face cache, else None."""
-    p = Path(path).resolve()
+    p = Path(os.path.abspath(path))  # not resolve(): the cache's snapshot files are links to blobs
     local = os.environ.get(DATA_DIR_ENV)
     if local:
         try:
-            rel = p.relative_to(Path(local).resolve()).as_posix()
+            rel = p.relative_to(os.path.abspath(local)).as_posix()
         except ValueError:
             rel = None
         hit = next((f for f in _FILES if rel in f.candidates()), None) if rel else None
