@@ -54,7 +54,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], None]) -> None:
     d = subparsers.add_parser("data", help="fetch datasets (KnowEdit from the Hugging Face Hub) and list dataset names")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="{knowedit,list}")
-    k = dsub.add_parser("knowedit", help="download the KnowEdit files from the Hub dataset zjunlp/KnowEdit and check them",
+    k = dsub.add_parser("knowedit",
+                        help="download the KnowEdit files from the Hub dataset zjunlp/KnowEdit and check them",
                         description="Download the KnowEdit files (Hub dataset zjunlp/KnowEdit, MIT) into the "
                                     "Hugging Face cache, check each (record count and sha256 where published) and "
                                     "print where they are. Afterwards --data knowedit:<file> finds them, offline too.")

@@ -38,7 +38,8 @@ from .measure import Scorer, item_fact
 from .metrics import FLUENCY_MODES, summarize
 from .provenance import data_label, model_label
 
-__all__ = ["run_knowedit", "ResultLog", "read_result_lines", "load_records", "mixed_files", "MODES", "MIXED_SOURCES", "DEFAULT_CHECKPOINTS"]
+__all__ = ["run_knowedit", "ResultLog", "read_result_lines", "load_records", "mixed_files", "MODES", "MIXED_SOURCES",
+           "DEFAULT_CHECKPOINTS"]
 
 MODES = ("single", "batch", "sequential")
 MIXED_SOURCES = ("zsre", "recent", "counterfact")

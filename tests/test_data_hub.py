@@ -26,7 +26,8 @@ def _zsre(i: int) -> dict:
     return {"subject": f"Subject {i}", "target_new": f"New {i}", "prompt": f"What is Subject {i} known for?",
             "ground_truth": [f"Old {i}"], "rephrase_prompt": f"Subject {i} is known for what?",
             "cond": f"Old {i} >> New {i} || What is Subject {i} known for?",
-            "locality": {"Relation_Specificity": [{"prompt": f"Where was Subject {i} born?", "ground_truth": ["Town"]}]},
+            "locality": {"Relation_Specificity": [{"prompt": f"Where was Subject {i} born?",
+                                                   "ground_truth": ["Town"]}]},
             "portability": {"Reasoning": [{"prompt": f"Why is Subject {i} known?", "ground_truth": "Because"}]}}
 
 
@@ -75,7 +76,8 @@ def test_names_parse_case_insensitively_and_paths_are_not_names(tmp_path, monkey
         hub.resolve_data("knowedit")
     _write(tmp_path / "knowedit:ZsRE", [_zsre(0)])  # an existing path wins over the name
     monkeypatch.chdir(tmp_path)
-    assert hub.resolve_data("knowedit:ZsRE") == Path("knowedit:ZsRE") and len(load_dataset("zsre", "knowedit:ZsRE")) == 1
+    assert hub.resolve_data("knowedit:ZsRE") == Path("knowedit:ZsRE")
+    assert len(load_dataset("zsre", "knowedit:ZsRE")) == 1
 
 
 @pytest.mark.parametrize("layout", ["flat", "hub"])
@@ -125,8 +127,8 @@ def test_cli_offline_error_has_no_traceback(offline_env, capsys):
 
 
 def test_cli_process_offline_exit_code_and_message(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf/hub"),
-           "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_CACHE": str(tmp_path / "hf/hub"), "PYTHONPATH": str(ROOT)}
     env.pop(hub.DATA_DIR_ENV, None)
     r = subprocess.run([sys.executable, "-m", "editwrap.cli", "data", "knowedit", "--only", "ZsRE,WikiBio"],
                        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
@@ -186,7 +188,8 @@ def fake_hub(monkeypatch, tmp_path, no_network):
     monkeypatch.delenv(hub.DATA_DIR_ENV, raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     src = tmp_path / "published"
-    files = {"benchmark/wiki_recent/recent_test.json": _write(src / "recent_test.json", [_fact(i, False) for i in range(4)]),
+    files = {"benchmark/wiki_recent/recent_test.json": _write(src / "recent_test.json",
+                                                              [_fact(i, False) for i in range(4)]),
              "benchmark/ZsRE/ZsRE-test-all.json": _write(src / "ZsRE-test-all.json", [_zsre(i) for i in range(3)])}
     fake = FakeHub(tmp_path / "hf", files)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
