@@ -50,13 +50,16 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
     from editwrap.cli import _load_model, _parse_hparams
     from editwrap.methods.base import get_method
 
-    from .hub import resolve_data
+    from .hub import is_data_name, lookup, resolve_data
     from .runner import mixed_files, run_knowedit
 
     get_method(args.method)  # fail on a bad name or missing data before loading the model
     if args.dataset == "mixed":
         mixed_files(args.data)
     else:
+        if is_data_name(args.data) and ":" in str(args.data) and lookup(args.data).dataset != args.dataset:
+            raise ValueError(f"--data {lookup(args.data).name} is a {lookup(args.data).dataset} file: "
+                             f"use --dataset {lookup(args.data).dataset} (or another --data)")
         resolve_data(args.data)
     hp = _parse_hparams(args.hparam)
     model = _load_model(args)

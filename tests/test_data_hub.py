@@ -262,3 +262,10 @@ def test_run_records_the_dataset_name(tiny_llama, tmp_path, monkeypatch):
     s = run_knowedit(tiny_llama, "zsre", plain, "ft-m", n=1, hparams={"num_steps": 1}, out=tmp_path / "run2",
                      progress=False, generation=False)
     assert s["data"] == "../elsewhere/z.json"
+
+
+def test_cli_names_the_dataset_a_name_is_read_as(offline_env, capsys):
+    from editwrap.cli import main
+
+    assert main(["eval", "knowedit", "--dataset", "zsre", "--data", "knowedit:WikiBio", "--method", "rome"]) == 2
+    assert "--data knowedit:WikiBio is a wikibio file: use --dataset wikibio" in capsys.readouterr().err
