@@ -5,6 +5,9 @@ Edit Succ. = EasyEdit's teacher-forced token accuracy of ``target_new`` after th
 whether every pop restored the state-dict hash and the logits bit for bit, and seconds per edit.
 
     python benchmarks/adapters_zsre.py --n 10 --methods grace,wise,lora,adalora,melo
+
+``--data``: a ZsRE file or dataset name (default ``knowedit:ZsRE``, from the Hugging Face Hub dataset
+zjunlp/KnowEdit; ``editwrap data knowedit`` fetches it, docs/data.md).
 """
 from __future__ import annotations
 
@@ -12,25 +15,24 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from editwrap import EditableModel, state_dict_hash
+from editwrap.evals.hub import resolve_data
 from editwrap.evals.metrics import token_accuracy
 
-ZSRE = Path(__file__).resolve().parents[2] / "shared/data/knowedit/ZsRE.json"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--methods", default="grace,wise,lora,adalora,melo")
-    ap.add_argument("--data", default=str(ZSRE))
+    ap.add_argument("--data", default="knowedit:ZsRE")
     ap.add_argument("--hparams", default="{}", help='JSON: {"lora": {"num_steps": 40}}')
     args = ap.parse_args()
     overrides = json.loads(args.hparams)
-    recs = json.loads(Path(args.data).read_text())[: args.n]
+    recs = json.loads(resolve_data(args.data).read_text())[: args.n]
     model = EditableModel.from_pretrained()
     tok = model.tokenizer
     h0 = state_dict_hash(model)

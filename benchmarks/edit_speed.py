@@ -14,12 +14,17 @@ into the model is in the way.
 
 ``--resolve``: the solve stage alone over N facts (``method.resolve``), which is what
 ``stack.consolidate`` and ``retract`` rerun on stored target values; the values are drawn at random
-(the cost does not depend on them), the facts are the first N of the mixed pool.
+(the cost does not depend on them), the facts are the first N of the mixed pool (``--pool``).
 
-For each of the first N ZsRE records (KnowEdit test sample in ../shared/data/knowedit): compute and
+For each of the first N ZsRE records (``--data``, default ``knowedit:ZsRE``): compute and
 push the edit, measure the teacher-forced token accuracy of the target (EasyEdit's Edit Succ.) and
 the rephrase accuracy, pop, and check the state dict hash is unchanged. Also times MEMIT on batches
 (--batches 10,100) and reports pop time and bytes held per stack entry. Prints a markdown table.
+
+``--data`` / ``--pool``: a file (folder for ``--pool``) or a dataset name (docs/data.md); the defaults
+are the KnowEdit test files from the Hugging Face Hub dataset zjunlp/KnowEdit (``knowedit:ZsRE``, 1,301
+records; ``knowedit`` = ZsRE + WikiData_recent + WikiData_counterfact), fetched by
+``editwrap data knowedit``; ``EDITWRAP_DATA_DIR`` points at a local copy.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ from editwrap import EditableModel, state_dict_hash
 from editwrap.evals.datasets import load_dataset
 from editwrap.evals.metrics import answer_tokens, locality_score, token_accuracy
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/knowedit/ZsRE.json"
+DEFAULT_DATA = "knowedit:ZsRE"
 
 
 def run_single(model, facts, method: str, hparams: dict | None = None) -> dict:
@@ -172,7 +177,8 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--data", default=DEFAULT_DATA, help="ZsRE file or dataset name (default knowedit:ZsRE)")
+    ap.add_argument("--pool", default="knowedit", help="--resolve: the mixed pool (knowedit or a folder)")
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--methods", default="rome,memit,ft-m,ft-l")
     ap.add_argument("--batches", default="10,100", help="MEMIT batch sizes ('' to skip)")
@@ -192,7 +198,7 @@ def main() -> None:
         from editwrap.evals.runner import load_records
         specs = [s for s in args.resolve.split(",") if s]
         n = max(int(s.partition(":")[2] or 10) for s in specs) + 2
-        facts = [item_fact(it) for it in load_records("mixed", Path(args.data).parent / "full", n)[0]]
+        facts = [item_fact(it) for it in load_records("mixed", args.pool, n)[0]]
         rows = profile_resolve(model, facts, specs)
         _write(rows, args.out)
         return

@@ -6,8 +6,12 @@ unchanged by the edit. One edit at a time, popped after scoring. Text-plane entr
 are scored on ``model._prepare_text(prompt)``, the text the edited model actually sees (EasyEdit
 also prepends the IKE context for every probe, locality included).
 
-    python benchmarks/external_zsre.py --methods ike,ice,mend --n 10 \
-        --ike-pool /work/shared/data/knowedit/full/zsre_mend_train.json --mend-editor DIR
+    python benchmarks/external_zsre.py --methods ike,ice,mend --n 10 --ike-pool zsre_mend:train --mend-editor DIR
+
+``--data`` (default ``knowedit:ZsRE``, the KnowEdit ZsRE test file from the Hugging Face Hub, fetched by
+``editwrap data knowedit``) and ``--ike-pool`` (default ``zsre_mend:train``, the MEND/ROME zsRE train
+file, which no Hub repository from its authors publishes: ROME's data site has it, docs/data.md) take
+a file or a dataset name; ``EDITWRAP_DATA_DIR`` points at a folder holding local copies.
 """
 from __future__ import annotations
 
@@ -15,9 +19,6 @@ import argparse
 import json
 import time
 from pathlib import Path
-
-KNOWEDIT = Path(__file__).resolve().parents[2] / "shared/data/knowedit"
-
 
 def score_method(model, facts, method: str, overrides: dict) -> dict:
     from editwrap.evals.metrics import answer_tokens, locality_score, summarize, token_accuracy
@@ -48,8 +49,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default="ike,ice,mend")
     ap.add_argument("--n", type=int, default=10)
-    ap.add_argument("--data", default=str(KNOWEDIT / "ZsRE.json"))
-    ap.add_argument("--ike-pool", default=str(KNOWEDIT / "full" / "zsre_mend_train.json"))
+    ap.add_argument("--data", default="knowedit:ZsRE")
+    ap.add_argument("--ike-pool", default="zsre_mend:train")
     ap.add_argument("--ike-k", type=int, default=16)
     ap.add_argument("--mend-editor", default=None)
     ap.add_argument("--model", default=None)

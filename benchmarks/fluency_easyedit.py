@@ -22,14 +22,14 @@ from editwrap.evals.datasets import load_dataset
 from editwrap.evals.metrics import fluency, fluency_easyedit
 from editwrap.paths import portable_path
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/knowedit/ZsRE.json"
+DEFAULT_DATA = "knowedit:ZsRE"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="model path / hub id (default: the embedded SmolLM2-135M)")
     ap.add_argument("--dataset", default="zsre")
-    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--data", default=DEFAULT_DATA, help="file or dataset name (docs/data.md)")
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--device", default="cpu")

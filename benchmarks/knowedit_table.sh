@@ -4,16 +4,17 @@
 # samples, single mode, with fluency; then the 100-edit sequential mixed run for ROME and FT-L.
 # Every run resumes where it stopped, so rerunning this script after an interruption finishes it.
 # Wall time per run goes to $OUT/walltimes.tsv.  Usage: bash benchmarks/knowedit_table.sh [methods] [datasets]
+# Data by name (docs/data.md): the KnowEdit test files from the Hugging Face Hub dataset zjunlp/KnowEdit
+# (run `editwrap data knowedit` once first: the jobs run with HF_HUB_OFFLINE=1), or a local copy in $EDITWRAP_DATA_DIR.
 set -u
-K=${EDITWRAP_KNOWEDIT_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data/knowedit}
 OUT=${OUT:-results/knowedit}
 METHODS=${1:-ft-m,ft-l,rome,memit}
 DATASETS=${2:-zsre,recent,wikibio,counterfact,convsent,sanitation}
 N=${N:-50}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 mkdir -p "$OUT"
-declare -A FILE=([zsre]=ZsRE.json [recent]=WikiData_recent.json [wikibio]=WikiBio.json
-                 [counterfact]=WikiData_counterfact.json [convsent]=ConvSent.json [sanitation]=Sanitation.json)
+declare -A FILE=([zsre]=ZsRE [recent]=WikiData_recent [wikibio]=WikiBio
+                 [counterfact]=WikiData_counterfact [convsent]=ConvSent [sanitation]=Sanitation)
 run() {  # label, args...
   local label=$1; shift
   local t0=$(date +%s)
@@ -24,11 +25,11 @@ run() {  # label, args...
 for m in ${METHODS//,/ }; do
   for d in ${DATASETS//,/ }; do
     flu=--fluency; [ "$d" = convsent ] || [ "$d" = sanitation ] && flu=
-    run "$d-$m" --dataset "$d" --data "$K/${FILE[$d]}" --method "$m" --n "$N" $flu
+    run "$d-$m" --dataset "$d" --data "knowedit:${FILE[$d]}" --method "$m" --n "$N" $flu
   done
 done
 if [ "${SEQUENTIAL:-1}" = 1 ]; then
   for m in rome ft-l; do
-    run "mixed-$m-seq" --dataset mixed --data "$K" --method "$m" --mode sequential --n 100 --checkpoints 10,25,50,100
+    run "mixed-$m-seq" --dataset mixed --data knowedit --method "$m" --mode sequential --n 100 --checkpoints 10,25,50,100
   done
 fi

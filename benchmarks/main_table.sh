@@ -5,8 +5,13 @@
 # Runs resume where they stopped; wall time per run goes to $OUT/walltimes.tsv.
 # Then: editwrap report $OUT --out docs/results/main --cases 5   (or python benchmarks/readme_results.py)
 # Usage: [OTHER_METHODS=m1,m2] bash benchmarks/main_table.sh [methods]   (default: all of them, cheapest first)
+# Data by name (docs/data.md): the KnowEdit files from the Hugging Face Hub dataset zjunlp/KnowEdit
+# (run `editwrap data knowedit` once first: the jobs run with HF_HUB_OFFLINE=1) or a local copy in
+# $EDITWRAP_DATA_DIR. Training pools: TRAIN_POOL for SERAC/MEND (default knowedit:ZsRE, the evaluated
+# records held out) and IKE_POOL (default zsre_mend:train, published on ROME's data site, not the Hub).
 set -u
-K=${EDITWRAP_KNOWEDIT_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data/knowedit}
+TRAIN_POOL=${TRAIN_POOL:-knowedit:ZsRE}
+IKE_POOL=${IKE_POOL:-zsre_mend:train}
 OUT=${OUT:-results/main}
 ART=${ART:-art}
 N=${N:-50}
@@ -23,16 +28,16 @@ run() {  # label, command...
 ev() { editwrap eval knowedit --n "$N" --out "$OUT" --no-progress "$@"; }
 for m in ${METHODS//,/ }; do
   case $m in
-    ike)   run zsre-ike ev --dataset zsre --data "$K/ZsRE.json" --method ike --hparam pool="$K/full/zsre_mend_train.json" ;;
+    ike)   run zsre-ike ev --dataset zsre --data knowedit:ZsRE --method ike --hparam pool="$IKE_POOL" ;;
     serac|mend)
       [ -f "$ART/$m-zsre/serac.json" ] || [ -f "$ART/$m-zsre/editor.json" ] || \
-        run train-$m editwrap train $m --data "$K/full/ZsRE.json" --exclude "$K/ZsRE.json" --out "$ART/$m-zsre" \
+        run train-$m editwrap train $m --data "$TRAIN_POOL" --exclude knowedit:ZsRE --exclude-n "$N" --out "$ART/$m-zsre" \
             $([ $m = mend ] && echo --steps 300)
-      run zsre-$m ev --dataset zsre --data "$K/ZsRE.json" --method $m --trained-on "$ART/$m-zsre" ;;
-    *)     run zsre-$m ev --dataset zsre --data "$K/ZsRE.json" --method $m ;;
+      run zsre-$m ev --dataset zsre --data knowedit:ZsRE --method $m --trained-on "$ART/$m-zsre" ;;
+    *)     run zsre-$m ev --dataset zsre --data knowedit:ZsRE --method $m ;;
   esac
 done
 for m in ${OTHER_METHODS//,/ }; do
-  run recent-$m ev --dataset recent --data "$K/WikiData_recent.json" --method $m
-  run counterfact-$m ev --dataset counterfact --data "$K/WikiData_counterfact.json" --method $m
+  run recent-$m ev --dataset recent --data knowedit:WikiData_recent --method $m
+  run counterfact-$m ev --dataset counterfact --data knowedit:WikiData_counterfact --method $m
 done

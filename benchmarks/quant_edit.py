@@ -3,12 +3,16 @@
     python benchmarks/quant_edit.py --n 50 --methods rome,memit,ft-m,lora --out results/quant_edit.json
 
 For each mode (``fp32``, ``int8``; each in its own subprocess so peak RSS is per mode) and method,
-single-edit protocol on the first N ZsRE records of ../shared/data/knowedit: record the unedited
+single-edit protocol on the first N ZsRE records of ``--data``: record the unedited
 locality answers, edit, measure Edit Succ. (teacher-forced token accuracy of the target,
 EasyEdit's definition), rephrase accuracy and locality (fraction of locality answer tokens
 unchanged), pop, and check the whole state dict (int8 data and SCB scales included) is
 bit-identical to before. ``--hp key=value`` overrides a hyperparameter for every method that has
 it (e.g. ``--hp mom2_n_tokens=4000`` to shorten the covariance pass). Prints a markdown table.
+
+``--data``: a file or a dataset name (docs/data.md); the default ``knowedit:ZsRE`` is the KnowEdit ZsRE
+test file (1,301 records) from the Hugging Face Hub dataset zjunlp/KnowEdit: ``editwrap data knowedit``
+fetches it, ``EDITWRAP_DATA_DIR`` points at a local copy.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/knowedit/ZsRE.json"
+DEFAULT_DATA = "knowedit:ZsRE"
 
 
 def _load(mode: str):
@@ -99,7 +103,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--data", default=DEFAULT_DATA, help="file or dataset name (default knowedit:ZsRE)")
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--methods", default="rome,memit,ft-m,lora")
     ap.add_argument("--modes", default="fp32,int8", help="comma-separated: fp32, int8, nf4")

@@ -4,8 +4,9 @@
 # s/edit, peak memory, pop verified bit-exact on every record (int8 data and scales included in the
 # state-dict hash). Resumable; rerun after an interruption. Table: editwrap report $OUT/fp32 $OUT/int8
 # Usage: bash benchmarks/quant_table.sh [methods] [modes]
+# Data: knowedit:ZsRE (docs/data.md): run `editwrap data knowedit --only ZsRE` once first (the jobs run with
+# HF_HUB_OFFLINE=1), or point $EDITWRAP_DATA_DIR at a local copy.
 set -u
-K=${EDITWRAP_KNOWEDIT_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data/knowedit}
 OUT=${OUT:-results/quant}
 METHODS=${1:-rome,memit,ft-m,lora}
 MODES=${2:-int8,fp32}
@@ -16,7 +17,7 @@ for mode in ${MODES//,/ }; do
   flag=; [ "$mode" = int8 ] && flag=--load-in-8bit
   for m in ${METHODS//,/ }; do
     t0=$(date +%s)
-    editwrap eval knowedit --dataset zsre --data "$K/ZsRE.json" --method "$m" --n "$N" $flag \
+    editwrap eval knowedit --dataset zsre --data knowedit:ZsRE --method "$m" --n "$N" $flag \
       --out "$OUT/$mode" --no-progress > "$OUT/$mode/zsre-$m.log" 2>&1
     printf '%s\t%s\t%s\t%s\n' "$mode-$m" "$?" "$(( $(date +%s) - t0 ))" "$(date -Is)" >> "$OUT/walltimes.tsv"
   done

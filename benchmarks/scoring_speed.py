@@ -4,8 +4,10 @@
 
 On the embedded model, unedited (``post`` right after ``pre``: the forwards and generations are the
 same work as after an edit), for the first N ``mixed`` records (ZsRE + WikiData_recent +
-WikiData_counterfact, full KnowEdit files): the seconds of ``pre`` + ``post`` one record at a time and
-merged, with and without generated answers, and whether the JSON records are identical.
+WikiData_counterfact; ``--data knowedit``: the KnowEdit test files from the Hugging Face Hub, fetched by
+``editwrap data knowedit``, or a folder holding them, docs/data.md): the seconds of ``pre`` + ``post``
+one record at a time and merged, with and without generated answers, and whether the JSON records
+are identical.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from editwrap import EditableModel
 from editwrap.evals.measure import Scorer
 from editwrap.evals.runner import load_records
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/knowedit/full"
+DEFAULT_DATA = "knowedit"
 
 
 def _diff(a: list, b: list) -> list[int]:
@@ -47,7 +49,7 @@ def measure(model: EditableModel, items: list, generation: bool) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--data", default=DEFAULT_DATA, help="mixed pools: knowedit or a folder")
     ap.add_argument("--no-generation-only", action="store_true", help="skip the run with generated answers")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()

@@ -9,6 +9,8 @@ A real server process (uvicorn) on localhost and a real HTTP client. The edits a
 WikiData_recent records (statement prompts, which the model continues; the same prompts are sent
 in every configuration) with a short value optimisation (``--v-steps``, default 5): what is measured is the
 cost of serving a stack of side-cars, not the edits' quality. Edits are pushed through the API.
+``--data``: a file or dataset name (default ``knowedit:WikiData_recent_train``, the KnowEdit
+WikiData_recent train split from the Hugging Face Hub, fetched by ``editwrap data knowedit``; docs/data.md).
 """
 from __future__ import annotations
 
@@ -27,8 +29,6 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-K = Path(os.environ.get("EDITWRAP_KNOWEDIT_DIR", ROOT.parent / "shared/data/knowedit"))
 
 
 def start(stack_dir: Path, threads: int) -> tuple[subprocess.Popen, str]:
@@ -59,9 +59,12 @@ def main() -> None:
     ap.add_argument("--v-steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
+    ap.add_argument("--data", default="knowedit:WikiData_recent_train", help="WikiData_recent file or dataset name")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    records = json.loads((K / "full" / "WikiData_recent.json").read_text())
+    from editwrap.evals.hub import resolve_data
+
+    records = json.loads(resolve_data(args.data).read_text())
     sets = [f"tenant-{i}" for i in range(args.sets)]
     rnd = random.Random(0)
     rows = []

@@ -17,6 +17,11 @@ caches context templates and covariance), and the three scores x100.
 fact ran and its final loss and target probability; ``--flops`` adds its matrix-product GFLOP per
 fact (compare with ``benchmarks/matmul_rate.py``). ``--padding``: the share of padded positions
 a step computes (no forward is run).
+
+``--data``: the mixed pools, ``knowedit`` (default: the KnowEdit ZsRE, WikiData_recent and
+WikiData_counterfact test files from the Hugging Face Hub dataset zjunlp/KnowEdit, fetched by
+``editwrap data knowedit``) or a folder holding ZsRE.json, WikiData_recent.json and
+WikiData_counterfact.json (docs/data.md).
 """
 from __future__ import annotations
 
@@ -24,13 +29,12 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 from editwrap import EditableModel, state_dict_hash
 from editwrap.evals.probe import edit_and_probe
 from editwrap.evals.runner import item_fact, load_records
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/knowedit/full"
+DEFAULT_DATA = "knowedit"
 
 
 def edit_and_score(model, facts, method: str, batch: int, hp: dict) -> dict:
@@ -124,7 +128,7 @@ def _value(text: str):
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("method", choices=["rome", "memit", "alphaedit", "pmet"])
-    ap.add_argument("--data", default=str(DEFAULT_DATA), help="folder with the mixed pools (KnowEdit full/)")
+    ap.add_argument("--data", default=DEFAULT_DATA, help="the mixed pools: knowedit (the Hub files) or a folder")
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--batch", type=int, default=10, help="facts per edit (ROME: always 1)")
     ap.add_argument("--hparam", action="append", default=[], metavar="NAME=JSON")

@@ -61,7 +61,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/knowedit/ZsRE.json"
+DEFAULT_DATA = "knowedit:ZsRE"
 EASYEDIT_HINT = ("pass --easyedit PATH (or set EASYEDIT_PATH) to an EasyEdit checkout, i.e. a directory with "
                  "easyeditor/models/rome/rome_main.py and hparams/ROME/llama-7b.yaml; get one with "
                  "`git clone https://github.com/zjunlp/EasyEdit`")
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="EasyEdit checkout (default: $EASYEDIT_PATH); its commit is read from .git or a COMMIT file")
     ap.add_argument("--methods", default="rome,memit:10,ft-m", help="method[:batch], comma-separated")
     ap.add_argument("--n", type=int, default=3, help="records per method (rounded up to whole batches)")
-    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--data", default=DEFAULT_DATA, help="ZsRE file or dataset name (docs/data.md)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_result", default=None, help=argparse.SUPPRESS)

@@ -9,13 +9,13 @@ distance the router uses. Activations of the main memory are captured once per t
 memories of every checkpoint are applied to them, so the run costs one forward per text.
 
     python benchmarks/wise_routing.py --stack results/adapters/zsre-wise-sequential.stack \
-        --data ../shared/data/knowedit/full/ZsRE.json --checkpoints 10,50,100 --unrelated 100
+        --data knowedit:ZsRE --checkpoints 10,50,100 --unrelated 100
 
 Or compute the edits here (the first ``--compute`` records, one after another, as the sequential
 runner does), to see how hyperparameters move the router before spending hours on a full run:
 
     python benchmarks/wise_routing.py --compute 10 --checkpoints 1,5,10 \
-        --data ../shared/data/knowedit/full/ZsRE.json --hparams '{"alpha": 15}' --save results/wise10
+        --data knowedit:ZsRE --hparams '{"alpha": 15}' --save results/wise10
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--compute", type=int, default=0, help="instead: compute this many edits from --data")
     ap.add_argument("--hparams", default="{}", help="JSON overrides of WiseHparams for --compute")
     ap.add_argument("--save", help="save the computed stack here")
-    ap.add_argument("--data", required=True, help="the ZsRE file the stack's facts came from")
+    ap.add_argument("--data", required=True, help="the ZsRE file (or dataset name, e.g. knowedit:ZsRE) the stack's facts came from")
     ap.add_argument("--checkpoints", default="10,50,100,200")
     ap.add_argument("--unrelated", type=int, default=100)
     ap.add_argument("--json", help="also write the table here")

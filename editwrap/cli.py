@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 PLUGINS = [
     "editwrap.evals.cli",
+    "editwrap.evals.data_cli",
     "editwrap.integrations.cli",
     "editwrap.methods.mend.cli",
     "editwrap.methods.serac.cli",

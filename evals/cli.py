@@ -50,9 +50,17 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
     from editwrap.cli import _load_model, _parse_hparams
     from editwrap.methods.base import get_method
 
-    from .runner import run_knowedit
+    from .hub import is_data_name, lookup, resolve_data
+    from .runner import mixed_files, run_knowedit
 
-    get_method(args.method)  # fail on a bad name before loading the model
+    get_method(args.method)  # fail on a bad name or missing data before loading the model
+    if args.dataset == "mixed":
+        mixed_files(args.data)
+    else:
+        if is_data_name(args.data) and ":" in str(args.data) and lookup(args.data).dataset != args.dataset:
+            raise ValueError(f"--data {lookup(args.data).name} is a {lookup(args.data).dataset} file: "
+                             f"use --dataset {lookup(args.data).dataset} (or another --data)")
+        resolve_data(args.data)
     hp = _parse_hparams(args.hparam)
     model = _load_model(args)
     # `kill` / a scheduler's SIGTERM unwinds like Ctrl-C: the run's time ledger is written, edits popped
@@ -103,7 +111,9 @@ def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], No
     model_args(k)
     k.add_argument("--dataset", required=True, choices=DATASET_CHOICES,
                    help="dataset format; 'mixed' draws ZsRE/WikiData_recent/WikiData_counterfact records at random")
-    k.add_argument("--data", required=True, help="dataset JSON file (or a directory holding the KnowEdit files)")
+    k.add_argument("--data", required=True,
+                   help="dataset JSON file, a directory holding the KnowEdit files, or a name: knowedit:ZsRE, "
+                        "knowedit:WikiData_recent, ... (knowedit for --dataset mixed; `editwrap data list`, docs/data.md)")
     k.add_argument("--method", required=True, help="editing method (rome, memit, ft-l, ft-m, lora, grace, ike, ...)")
     k.add_argument("--n", type=_positive, default=None, help="number of records (default: all)")
     k.add_argument("--mode", choices=("single", "batch", "sequential"), default="single")

@@ -22,15 +22,17 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from editwrap.facts import Fact, Probe
 
+from .hub import CATALOG, find_local, resolve_data
+
 __all__ = [
     "DATASETS", "DEFAULT_FILES", "CONVSENT_TEMPLATES", "SANITATION_TEMPLATE", "DatasetError",
     "LoadedDataset", "ConvSentRecord", "first_answer", "detect_format", "load_dataset",
-    "select_answer",
+    "select_answer", "folder_file",
 ]
 
 DATASETS = ("recent", "zsre", "wikibio", "counterfact", "convsent", "sanitation", "zsre_mend",
             "counterfact_easyedit", "counterfact_rome")
-# File names used when ``path`` is a directory (the names of the DEV samples in shared/data).
+# File names used when ``path`` is a directory (a flat local copy; docs/data.md).
 DEFAULT_FILES = {
     "recent": "WikiData_recent.json", "zsre": "ZsRE.json", "wikibio": "WikiBio.json",
     "counterfact": "WikiData_counterfact.json", "convsent": "ConvSent.json",
@@ -399,6 +401,14 @@ def _load_sanitation(out: LoadedDataset, data: Any, n: int | None, skip: bool, t
         out.locality = [p for p in _collect(out, data[lkey], probe, None, skip, lkey) if p is not None]
 
 
+def folder_file(folder: str | Path, name: str) -> Path:
+    """Dataset ``name``'s file in a local folder: :data:`DEFAULT_FILES` ``[name]``, else the same
+    file in the Hub layout (``benchmark/ZsRE/ZsRE-test-all.json``); the flat path when neither is there."""
+    flat = Path(folder) / DEFAULT_FILES[name]
+    entry = next((f for f in CATALOG.values() if f.flat == DEFAULT_FILES[name]), None)
+    return flat if flat.is_file() or entry is None else find_local(entry, folder) or flat
+
+
 def load_dataset(name: str | None, path: str | Path, *, n: int | None = None,
                  skip_malformed: bool = False, seed: int = 0,
                  template: str = SANITATION_TEMPLATE) -> LoadedDataset:
@@ -409,17 +419,18 @@ def load_dataset(name: str | None, path: str | Path, *, n: int | None = None,
     ``template.format(question)``, target "I don't know.") and ``.locality`` holds the retain-set
     probes. ``n`` keeps the first ``n`` usable records (all retain probes are kept). ``seed`` drives
     ConvSent's sentiment/template draws (EasyEdit uses 0). A directory ``path`` is joined with
-    :data:`DEFAULT_FILES` ``[name]``.
+    :data:`DEFAULT_FILES` ``[name]`` (or that file's Hub layout path). ``path`` may also be a dataset
+    name such as ``knowedit:ZsRE`` (:func:`editwrap.evals.hub.resolve_data`).
     """
     if name is not None and name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if n is not None and n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    p = Path(path)
+    p = resolve_data(path)
     if p.is_dir():
         if name is None:
             raise ValueError("a directory path needs a dataset name")
-        p = p / DEFAULT_FILES[name]
+        p = folder_file(p, name)
     data = _read(p)
     if name is None:
         try:

@@ -15,9 +15,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from editwrap.paths import portable_path
-
 from .errors import error_section
+from .provenance import model_name
 
 __all__ = ["paper_rows", "run_table", "case_tables", "write_run", "build_report", "load_summaries", "partial_summary", "plot_sequential",
            "general_ability_table", "cross_domain_table", "paper_comparison_table"]
@@ -52,18 +51,13 @@ def _fmt(v: Any) -> str:
     return f"{v:.2f}" if isinstance(v, (int, float)) else str(v)
 
 
-def _model(run: dict) -> str:
-    """The run's model by name (runs recorded before names were: their full path, shortened)."""
-    return Path(portable_path(str(run.get("model") or ""))).name
-
-
 def _labels(runs: Sequence[dict]) -> list[str]:
     """Column names: the method, plus the model / folder where needed to tell columns apart."""
     labels = [r["method"] + (f" ({r['trained_on']} ⇒)" if r.get("trained_on") else "")
               + (f" ×{r['batch_size']}/edit" if r.get("mode") == "sequential" and (r.get("batch_size") or 1) > 1 else "")
               + (f" +consolidate/{r['consolidate_every']}" if r.get("consolidate_every") else "") for r in runs]
-    if len({_model(r) for r in runs}) > 1:  # the same model at other paths is one
-        labels = [f"{lab} ({_model(r) or 'model'})" for lab, r in zip(labels, runs)]
+    if len({model_name(r.get("model")) for r in runs}) > 1:  # the same model at other paths is one
+        labels = [f"{lab} ({model_name(r.get('model')) or 'model'})" for lab, r in zip(labels, runs)]
     if len(set(labels)) < len(labels):  # the same method from two folders: name the folders
         folders = [Path(r.get("_file", "")).parent for r in runs]
         depth = 2 if len({f.name for f in folders}) < len(set(folders)) else 1
@@ -184,7 +178,7 @@ def write_run(summary: dict, out: str | Path, stem: str) -> None:
     sequential runs, ``<stem>.png``."""
     out = Path(out)
     (out / f"{stem}.summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    title = f"{NAMES.get(summary['dataset'], summary['dataset'])} — {summary['mode']} ({summary.get('model') or 'model'})"
+    title = f"{NAMES.get(summary['dataset'], summary['dataset'])} — {summary['mode']} ({model_name(summary.get('model')) or 'model'})"
     parts = [run_table([summary], title), "", _breakdown(summary)]
     if summary.get("fluency") == "easyedit":
         parts += ["", f"Fluency: EasyEdit mode (top-5 sampling to 100 tokens including the prompt, seed "
@@ -290,7 +284,7 @@ def paper_comparison_table(runs: Sequence[dict]) -> str:
     parts = []
     for ds in [d for d in NAMES if any(r["dataset"] == d for r in single)]:
         rs = sorted((r for r in single if r["dataset"] == ds), key=lambda r: r["method"])
-        model = _model(rs[0]) or "ours"
+        model = model_name(rs[0].get("model")) or "ours"
         head = " | ".join(f"{r['method']} ours (n={r.get('n', '–')}{' of ' + str(r['n_requested']) if r.get('in_progress') else ''})"
                           f" | {r['method']} paper" for r in rs)
         lines = [f"#### {NAMES[ds]} (ours: {model})", "", f"| metric | {head} |", "|---|" + "---:|" * (2 * len(rs))]

@@ -28,16 +28,19 @@ import torch
 from editwrap.methods.base import get_method
 from editwrap.ops.fingerprint import state_dict_hash
 from editwrap.ops.memory import device_name, peak_memory_mb
-from editwrap.paths import portable, portable_path
+from editwrap.paths import portable
 
-from .datasets import DATASETS, DEFAULT_FILES, load_dataset
+from .datasets import DATASETS, DEFAULT_FILES, folder_file, load_dataset
 from .generation import DEFAULT_MARGIN
+from .hub import is_data_name, resolve_data
 from .ledger import TimeLedger
 from .resultlog import ResultLog, read_result_lines
 from .measure import Scorer, item_fact
 from .metrics import FLUENCY_MODES, summarize
+from .provenance import data_label, model_label
 
-__all__ = ["run_knowedit", "ResultLog", "read_result_lines", "load_records", "MODES", "MIXED_SOURCES", "DEFAULT_CHECKPOINTS"]
+__all__ = ["run_knowedit", "ResultLog", "read_result_lines", "load_records", "mixed_files", "MODES", "MIXED_SOURCES",
+           "DEFAULT_CHECKPOINTS"]
 
 MODES = ("single", "batch", "sequential")
 MIXED_SOURCES = ("zsre", "recent", "counterfact")
@@ -48,16 +51,27 @@ NO_GENERATION = {"convsent", "sanitation"}  # not fact QA (Sanitation is scored 
 _LEGACY = {"generation": False}
 
 
+def mixed_files(data: str | Path) -> dict[str, Path]:
+    """The files ``--dataset mixed`` draws from: ``knowedit`` (the collection name) resolves
+    ``knowedit:zsre``, ``knowedit:recent`` and ``knowedit:counterfact``; a directory holds them
+    under their flat names or in the Hub layout."""
+    if is_data_name(data) and str(data).lower() == "knowedit":
+        return {s: resolve_data(f"knowedit:{s}") for s in MIXED_SOURCES}
+    d = Path(data)
+    if not d.is_dir():
+        raise ValueError(f"--dataset mixed needs --data knowedit or a directory holding "
+                         f"{', '.join(DEFAULT_FILES[s] for s in MIXED_SOURCES)}; got {data}")
+    return {s: folder_file(d, s) for s in MIXED_SOURCES}
+
+
 def load_records(dataset: str, data: str | Path, n: int | None = None, *, seed: int = 0) -> tuple[list, list, list]:
-    """(items, sources, retain probes). ``mixed``: ZsRE + WikiData_recent + WikiData_counterfact
-    from the directory ``data``, shuffled with ``seed`` (the first ``n`` of one fixed order, so a
-    larger ``n`` extends a smaller run)."""
+    """(items, sources, retain probes). ``data``: a file, a directory or a dataset name
+    (``knowedit:ZsRE``; :mod:`editwrap.evals.hub`). ``mixed``: ZsRE + WikiData_recent +
+    WikiData_counterfact from :func:`mixed_files`, shuffled with ``seed`` (the first ``n`` of one
+    fixed order, so a larger ``n`` extends a smaller run)."""
     if dataset == "mixed":
-        d = Path(data)
-        if not d.is_dir():
-            raise ValueError(f"--dataset mixed needs a directory holding {', '.join(DEFAULT_FILES[s] for s in MIXED_SOURCES)}; "
-                             f"got {data}")
-        pool = [(s, f) for s in MIXED_SOURCES for f in load_dataset(s, d / DEFAULT_FILES[s])]
+        files = mixed_files(data)
+        pool = [(s, f) for s in MIXED_SOURCES for f in load_dataset(s, files[s])]
         random.Random(seed).shuffle(pool)
         pool = pool[:n] if n is not None else pool
         return [f for _, f in pool], [s for s, _ in pool], []
@@ -127,12 +141,17 @@ _PATH_KEYS = {"data": "data_sha256", "model": "model_fingerprint"}
 
 
 def _data_sha256(data: str | Path) -> str:
-    """Hash of the dataset file, or of the top-level JSON files of a dataset folder (``mixed``)."""
-    p = Path(data)
-    if not p.is_dir():
-        return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    """Hash of the dataset file, of the top-level JSON files of a dataset folder (``mixed``), or
+    of the three files ``mixed`` reads for the collection name ``knowedit``."""
+    if is_data_name(data) and str(data).lower() == "knowedit":
+        files = sorted(mixed_files(data).values(), key=lambda f: f.name)
+    else:
+        p = resolve_data(data)
+        if not p.is_dir():
+            return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+        files = sorted(p.glob("*.json"))
     h = hashlib.sha256()
-    for f in sorted(p.glob("*.json")):
+    for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
 
@@ -189,7 +208,9 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     """Evaluate ``method`` on a KnowEdit dataset; returns the summary (also written to ``out``).
 
     ``model``: an EditableModel, a model path/hub id, or None (the embedded model). ``data``: the
-    dataset file (a directory is joined with the default file name; required for ``mixed``).
+    dataset file or its name (``knowedit:ZsRE``; a directory is joined with the default file name;
+    ``mixed`` takes a directory or ``knowedit``). The summary records the data by name or relative
+    to ``out`` and the model as ``embedded:<name>``, a hub id or a path relative to ``out``.
     ``hparams``: method hyperparameter overrides. ``save_stacks``: sequential runs save the stack at
     each checkpoint, and every ``save_every`` facts between checkpoints, to resume without
     recomputing (False: replay instead; dense FT deltas are 3.5 MB per edit on SmolLM2), and
@@ -261,15 +282,15 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
         raise ValueError(f"--stop-after {stop_after}: give one of the checkpoints of a --mode sequential run "
                          f"({', '.join(map(str, cps)) if cps else 'none in this mode'})")
     run_cps = [c for c in cps if c <= stop_after] if cps and stop_after is not None else cps
-    meta = dict(dataset=dataset, data=str(Path(data).resolve()), method=m.name, mode=mode, n=len(items),
-                 batch_size=batch_size if mode in ("batch", "sequential") else 1, seed=seed, model=model.name_or_path,
+    meta = dict(dataset=dataset, data=data_label(data, out), method=m.name, mode=mode, n=len(items),
+                 batch_size=batch_size if mode in ("batch", "sequential") else 1, seed=seed,
+                 model=model_label(model.name_or_path, out),
                  data_sha256=_data_sha256(data), model_fingerprint=model.fingerprint(),
                  base_stack=len(model.stack), hparams=hp.model_dump(mode="json"),
                  fluency=(fluency_mode if fluency_mode != "greedy" else True) if with_fluency else False,
                  gen_tokens=gen_tokens, retain_n=retain_n)
     # the run folder is shared and committed: names and folder-relative paths, not this machine's paths
-    meta.update(model=portable_path(meta["model"], out), data=portable_path(meta["data"], out),
-                hparams=portable(meta["hparams"], out))
+    meta.update(hparams=portable(meta["hparams"], out))
     if consolidate_every:
         if mode != "sequential":
             raise ValueError("--consolidate-every applies to --mode sequential only")

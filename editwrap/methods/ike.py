@@ -76,8 +76,11 @@ def load_pool(hp: IKEHparams) -> tuple[list[str], list[str], torch.Tensor]:
     if not path:
         raise ValueError(
             "IKE needs a pool of training records to retrieve demonstrations from: pass pool='path/to/train.json' "
-            f"(e.g. KnowEdit full/zsre_mend_train.json) or set ${POOL_ENV}; use method='ice' (or k=0) for none")
-    p = Path(path)
+            f"or a dataset name (e.g. zsre_mend:train, docs/data.md) or set ${POOL_ENV}; use method='ice' (or k=0) "
+            "for none")
+    from ..evals.hub import resolve_data
+
+    p = resolve_data(path)  # a file, or a dataset name such as zsre_mend:train
     if not p.is_file():
         raise FileNotFoundError(f"IKE pool file {p} does not exist")
     return _pool_cached(str(p.resolve()), p.stat().st_mtime, hp.pool_n, tuple(hp.demo_kinds), hp.embedder)

@@ -1,6 +1,10 @@
 """Rebuild the offline task data in ``data/`` from real records already on disk (run by hand).
 
-    python integrations/tasks/_build_data.py [KNOWEDIT_DIR]
+    python integrations/tasks/_build_data.py [DATA_DIR]
+
+The KnowEdit/CounterFact files are found by dataset name (docs/data.md): in ``DATA_DIR`` when
+given (a folder as for ``$EDITWRAP_DATA_DIR``), else as ``--data`` finds them. The shipped
+``data/`` was built from 100-record samples of these files.
 
 Sources (nothing is generated or paraphrased; records are selected and re-shaped only):
 
@@ -28,6 +32,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "data"
@@ -35,6 +40,16 @@ OUT = HERE / "data"
 
 def _bit(s: str) -> int:
     return hashlib.sha256(s.encode()).digest()[0] & 1
+
+
+def _load(kd: Path | None, name: str) -> Any:
+    """A dataset file by name: from the folder ``kd`` when given, else as ``--data`` resolves it."""
+    from editwrap.evals.hub import find_local, lookup, resolve_data
+
+    path = find_local(lookup(name), kd) if kd is not None else resolve_data(name)
+    if path is None:
+        raise SystemExit(f"{kd} holds none of {', '.join(lookup(name).candidates())} ({name}; docs/data.md)")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def mmlu_dev() -> list[dict]:
@@ -57,10 +72,10 @@ def mmlu_dev() -> list[dict]:
     return out
 
 
-def counterfact_mc(kd: Path) -> list[dict]:
+def counterfact_mc(kd: Path | None) -> list[dict]:
     out = []
-    for src, recs in (("counterfact_easyedit", json.loads((kd / "counterfact_easyedit.json").read_text())),
-                      ("WikiData_counterfact", json.loads((kd / "WikiData_counterfact.json").read_text()))):
+    for src, recs in (("counterfact_easyedit", _load(kd, "counterfact:edit")),
+                      ("WikiData_counterfact", _load(kd, "knowedit:WikiData_counterfact"))):
         for r in recs:
             true, new = str(r["ground_truth"]).strip(), str(r["target_new"]).strip()
             if not true or not new or true == new:
@@ -72,20 +87,20 @@ def counterfact_mc(kd: Path) -> list[dict]:
     return out
 
 
-def counterfact_gen(kd: Path) -> list[dict]:
+def counterfact_gen(kd: Path | None) -> list[dict]:
     out = []
-    for r in json.loads((kd / "counterfact_easyedit.json").read_text()):
+    for r in _load(kd, "counterfact:edit"):
         out.append({"source": "counterfact_easyedit.locality", "prompt": r["locality_prompt"],
                     "answers": [r["locality_ground_truth"]]})
-    for r in json.loads((kd / "WikiData_counterfact.json").read_text()):
+    for r in _load(kd, "knowedit:WikiData_counterfact"):
         out.append({"source": "WikiData_counterfact", "prompt": r["prompt"], "answers": [str(r["ground_truth"])]})
     return out
 
 
-def triviaqa(kd: Path) -> list[dict]:
+def triviaqa(kd: Path | None) -> list[dict]:
     seen, out = set(), []
-    recs = [("Sanitation.locality", r) for r in json.loads((kd / "Sanitation.json").read_text())["locality"]]
-    recs += [("Sanitation_train.K_R", r) for r in json.loads((kd / "Sanitation_train.json").read_text())["K_R"]]
+    recs = [("Sanitation.locality", r) for r in _load(kd, "knowedit:Sanitation")["locality"]]
+    recs += [("Sanitation_train.K_R", r) for r in _load(kd, "knowedit:Sanitation_train")["K_R"]]
     for src, r in recs:
         q = r["question"].strip().strip('"').rstrip("?").strip()
         if q in seen:
@@ -96,7 +111,7 @@ def triviaqa(kd: Path) -> list[dict]:
 
 
 def main(argv: list[str]) -> None:
-    kd = Path(argv[0]) if argv else Path(__file__).resolve().parents[3] / "shared/data/knowedit"
+    kd = Path(argv[0]) if argv else None
     OUT.mkdir(exist_ok=True)
     for name, rows in (("mmlu_dev", mmlu_dev()), ("counterfact_mc", counterfact_mc(kd)),
                        ("counterfact_gen", counterfact_gen(kd)), ("triviaqa", triviaqa(kd))):
