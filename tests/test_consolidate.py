@@ -91,7 +91,7 @@ def test_failed_consolidation_restores_the_stack(tiny_llama, monkeypatch):
     e1 = m.edit([F1], method="memit", **FAST)
     e2 = m.edit([F2], method="memit", **FAST)
     edited = logits(m)
-    from editwrap.methods.memit import MEMIT
+    from editwrap.methods.memit.method import MEMIT
 
     def boom(*a, **k):
         raise RuntimeError("solver failed")

@@ -8,8 +8,8 @@ import torch
 
 from editwrap import Fact, state_dict_hash
 from editwrap.entries.prompt import ContextOverflowError, PromptEntry
-from editwrap.hparams.ike import IKEHparams
-from editwrap.methods.ike import retrieve
+from editwrap.methods.ike.hparams import IKEHparams
+from editwrap.methods.ike.method import retrieve
 
 from .conftest import KNOWEDIT_DIR
 

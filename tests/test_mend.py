@@ -14,7 +14,7 @@ import torch
 
 from editwrap import Fact, Probe, state_dict_hash
 from editwrap.entries.delta import DeltaEntry
-from editwrap.hparams.mend import MENDTrainConfig
+from editwrap.methods.mend.hparams import MENDTrainConfig
 from editwrap.methods.mend import MENDEditor, train_mend
 from editwrap.methods.mend.model import grad_taps, encode_edit
 

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from editwrap import Fact, state_dict_hash
-from editwrap.hparams.arch import arch_of
-from editwrap.hparams.locate import PmetHparams
-from editwrap.methods.pmet import PMET
+from editwrap.arch import arch_of
+from editwrap.methods.locate_then_edit.hparams import PmetHparams
+from editwrap.methods.pmet.method import PMET
 from editwrap.ops.hooks import first_tensor, replace_first
 from editwrap.ops.keys import context_templates, io_at_subject
 from editwrap.ops.tokens import subject_last_index, target_ids

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from editwrap import state_dict_hash
-from editwrap.entries.cache import CacheEntry
+from editwrap.methods.serac.entry import CacheEntry
 from editwrap.facts import Fact, Probe
-from editwrap.hparams.serac import SERACTrainConfig
+from editwrap.methods.serac.hparams import SERACTrainConfig
 from editwrap.methods.serac import load_artifact, train_serac
 from editwrap.methods.serac.artifact import cf_text
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from editwrap import state_dict_hash
-from editwrap.entries.tpatcher import TPatchEntry, patch_out
+from editwrap.methods.tpatcher.entry import TPatchEntry, patch_out
 from tests.conftest import build_tiny
 
 FACTS = [{"prompt": "The Eiffel Tower is located in", "target_new": "Rome"},

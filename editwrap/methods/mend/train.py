@@ -31,8 +31,8 @@ import torch
 
 from ...entries.delta import is_conv1d
 from ...facts import Fact
-from ...hparams.arch import arch_of
-from ...hparams.mend import MENDTrainConfig
+from ...arch import arch_of
+from .hparams import MENDTrainConfig
 from ...ops.hooks import frozen, get_module, patch_output
 from ...ops.memory import peak_memory_mb
 from ...ops.tokens import batch_encode, target_ids

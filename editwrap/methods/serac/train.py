@@ -27,8 +27,8 @@ from typing import Any, Sequence
 import torch
 
 from ...facts import Fact
-from ...hparams.arch import arch_of
-from ...hparams.serac import SERACTrainConfig
+from ...arch import arch_of
+from .hparams import SERACTrainConfig
 from ...ops.hooks import patch_output
 from ...ops.tokens import batch_encode, target_ids
 from .artifact import ARTIFACT_FILES, ScopeClassifier, cf_text, clone_base, file_hash
