@@ -1,5 +1,5 @@
 """Fine-tuning one MLP output projection: FT-L (constrained) and FT-M (target-masked)."""
-from .hparams import FTHparams
-from .method import FTL, FTM
+from .hparams import FtHparams
+from .method import FtL, FtM
 
-__all__ = ["FTHparams", "FTL", "FTM"]
+__all__ = ["FtHparams", "FtL", "FtM"]

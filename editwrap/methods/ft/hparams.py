@@ -12,10 +12,10 @@ from pydantic import Field
 from ..base import HparamsBase
 from ...arch import arch_of
 
-__all__ = ["FTHparams"]
+__all__ = ["FtHparams"]
 
 
-class FTHparams(HparamsBase):
+class FtHparams(HparamsBase):
     layers: list[int] = Field(default_factory=lambda: [20], min_length=1)
     num_steps: int = Field(25, ge=1)
     lr: float = Field(5e-4, gt=0)
@@ -30,7 +30,7 @@ class FTHparams(HparamsBase):
     fast_path: bool = True
 
     @classmethod
-    def for_model(cls, model: Any, objective: str) -> "FTHparams":
+    def for_model(cls, model: Any, objective: str) -> "FtHparams":
         a = arch_of(model)
         layer = min(a.n_layers - 1, round(21 / 32 * a.n_layers))
         if objective == "prompt_last":

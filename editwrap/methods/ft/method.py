@@ -16,13 +16,13 @@ import torch
 from ...entries.delta import DeltaEntry, is_conv1d
 from ...facts import Fact
 from ...arch import arch_of
-from .hparams import FTHparams
+from .hparams import FtHparams
 from ...ops.hooks import frozen, get_module, patch_output
 from ...ops.train import edit_batch as _batch, optimize, target_loss_step
 from ...stack import Edit
 from ..base import register_method
 
-__all__ = ["FTL", "FTM"]
+__all__ = ["FtL", "FtM"]
 
 
 def _shape(mod: torch.nn.Module) -> tuple[int, int]:
@@ -32,16 +32,16 @@ def _shape(mod: torch.nn.Module) -> tuple[int, int]:
     return int(out_f), int(in_f)
 
 
-class _FT:
+class _FineTune:
     name = ""
     objective = ""
-    Hparams = FTHparams
+    Hparams = FtHparams
     needs_subject = False
 
-    def default_hparams(self, model: Any) -> FTHparams:
-        return FTHparams.for_model(model, self.objective)
+    def default_hparams(self, model: Any) -> FtHparams:
+        return FtHparams.for_model(model, self.objective)
 
-    def compute(self, model: Any, facts: Sequence[Fact], hp: FTHparams) -> Edit:
+    def compute(self, model: Any, facts: Sequence[Fact], hp: FtHparams) -> Edit:
         t0 = time.time()
         arch = arch_of(model)
         modules = [arch.mlp_out_at(l) for l in hp.layers]
@@ -69,12 +69,12 @@ class _FT:
 
 
 @register_method
-class FTL(_FT):
+class FtL(_FineTune):
     name = "ft-l"
     objective = "prompt_last"
 
 
 @register_method
-class FTM(_FT):
+class FtM(_FineTune):
     name = "ft-m"
     objective = "target_new"

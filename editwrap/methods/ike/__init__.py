@@ -1,5 +1,5 @@
 """IKE and ICE: in-context knowledge editing."""
-from .hparams import IKEHparams
-from .method import IKE, ICE
+from .hparams import IkeHparams
+from .method import Ike, Ice
 
-__all__ = ["IKEHparams", "IKE", "ICE"]
+__all__ = ["IkeHparams", "Ike", "Ice"]

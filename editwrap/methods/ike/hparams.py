@@ -13,13 +13,13 @@ from pydantic import Field
 
 from ..base import HparamsBase
 
-__all__ = ["IKEHparams", "POOL_ENV"]
+__all__ = ["IkeHparams", "POOL_ENV"]
 
 #: environment variable naming the default demonstration pool file
 POOL_ENV = "EDITWRAP_IKE_POOL"
 
 
-class IKEHparams(HparamsBase):
+class IkeHparams(HparamsBase):
     #: number of retrieved demonstrations (0 = ICE: the new fact only)
     k: int = Field(16, ge=0, le=256)
     #: training records (JSON/JSONL in any format editwrap.evals.datasets detects: KnowEdit,
@@ -39,5 +39,5 @@ class IKEHparams(HparamsBase):
     answer_budget: int = Field(32, ge=0)
 
     @classmethod
-    def for_model(cls, model: Any, k: int = 16) -> "IKEHparams":
+    def for_model(cls, model: Any, k: int = 16) -> "IkeHparams":
         return cls(k=k, pool=os.environ.get(POOL_ENV) if k else None)

@@ -29,11 +29,11 @@ import torch
 
 from ...entries.prompt import PromptEntry, check_fits, format_context
 from ...facts import Fact
-from .hparams import POOL_ENV, IKEHparams
+from .hparams import POOL_ENV, IkeHparams
 from ...stack import Edit
 from ..base import register_method
 
-__all__ = ["IKE", "ICE", "demonstrations", "load_pool"]
+__all__ = ["Ike", "Ice", "demonstrations", "load_pool"]
 
 
 def _new_fact(f: Fact) -> str:
@@ -70,7 +70,7 @@ def _pool_cached(path: str, mtime: float, n: int | None, kinds: tuple[str, ...],
     return sents, owners, embed(sents, embedder)
 
 
-def load_pool(hp: IKEHparams) -> tuple[list[str], list[str], torch.Tensor]:
+def load_pool(hp: IkeHparams) -> tuple[list[str], list[str], torch.Tensor]:
     """(sentences, prompt of the record each came from, unit embeddings) for ``hp.pool``."""
     path = hp.pool or os.environ.get(POOL_ENV)
     if not path:
@@ -83,7 +83,7 @@ def load_pool(hp: IKEHparams) -> tuple[list[str], list[str], torch.Tensor]:
     return _pool_cached(str(p.resolve()), p.stat().st_mtime, hp.pool_n, tuple(hp.demo_kinds), hp.embedder)
 
 
-def retrieve(facts: Sequence[Fact], hp: IKEHparams) -> tuple[list[str], list[float]]:
+def retrieve(facts: Sequence[Fact], hp: IkeHparams) -> tuple[list[str], list[float]]:
     """Top-k pool demonstrations for the facts (the first fact's query; more facts share them)."""
     from ...ops.embed import embed
 
@@ -102,14 +102,14 @@ def retrieve(facts: Sequence[Fact], hp: IKEHparams) -> tuple[list[str], list[flo
 
 class _InContext:
     name = ""
-    Hparams = IKEHparams
+    Hparams = IkeHparams
     needs_subject = False
     default_k = 16
 
-    def default_hparams(self, model: Any) -> IKEHparams:
-        return IKEHparams.for_model(model, self.default_k)
+    def default_hparams(self, model: Any) -> IkeHparams:
+        return IkeHparams.for_model(model, self.default_k)
 
-    def compute(self, model: Any, facts: Sequence[Fact], hp: IKEHparams) -> Edit:
+    def compute(self, model: Any, facts: Sequence[Fact], hp: IkeHparams) -> Edit:
         t0 = time.time()
         demos, scores = retrieve(facts, hp) if hp.k > 0 else ([], [])
         entry = PromptEntry([_new_fact(f) for f in facts], demos)
@@ -121,12 +121,12 @@ class _InContext:
 
 
 @register_method
-class IKE(_InContext):
+class Ike(_InContext):
     name = "ike"
     default_k = 16
 
 
 @register_method
-class ICE(_InContext):
+class Ice(_InContext):
     name = "ice"
     default_k = 0

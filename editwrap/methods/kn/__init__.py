@@ -1,5 +1,5 @@
 """Knowledge neurons (KN)."""
 from .hparams import KnHparams
-from .method import KN
+from .method import Kn
 
-__all__ = ["KnHparams", "KN"]
+__all__ = ["KnHparams", "Kn"]

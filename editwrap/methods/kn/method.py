@@ -44,7 +44,7 @@ from ...ops.values import logits_at
 from ...stack import Edit
 from ..base import register_method
 
-__all__ = ["KN", "attribution_scores", "greedy_tokens"]
+__all__ = ["Kn", "attribution_scores", "greedy_tokens"]
 
 
 @torch.no_grad()
@@ -135,7 +135,7 @@ def _replace(start: int, n: int, values: torch.Tensor) -> Any:
 
 
 @register_method
-class KN:
+class Kn:
     name = "kn"
     Hparams = KnHparams
     needs_subject = False

@@ -1,5 +1,5 @@
 """LoRA / AdaLoRA editing: a PEFT adapter trained on the facts."""
-from .hparams import LoRAHparams
-from .method import LoRA, AdaLoRA
+from .hparams import LoraHparams
+from .method import Lora, AdaLora
 
-__all__ = ["LoRAHparams", "LoRA", "AdaLoRA"]
+__all__ = ["LoraHparams", "Lora", "AdaLora"]

@@ -14,13 +14,13 @@ from pydantic import Field
 from ...arch import arch_of
 from ..base import HparamsBase
 
-__all__ = ["LoRAHparams", "LORA_TARGETS"]
+__all__ = ["LoraHparams", "LORA_TARGETS"]
 
 #: family -> default target module names (PEFT ``target_modules``)
 LORA_TARGETS: dict[str, list[str]] = {"llama": ["q_proj", "v_proj"], "gpt2": ["c_attn"]}
 
 
-class LoRAHparams(HparamsBase):
+class LoraHparams(HparamsBase):
     lora_type: Literal["lora", "adalora"] = "lora"
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
     #: layer indices to adapt (PEFT ``layers_to_transform``); empty = every layer
@@ -39,6 +39,6 @@ class LoRAHparams(HparamsBase):
     seed: int = 0
 
     @classmethod
-    def for_model(cls, model: Any, lora_type: str = "lora") -> "LoRAHparams":
+    def for_model(cls, model: Any, lora_type: str = "lora") -> "LoraHparams":
         fam = arch_of(model).family
         return cls(lora_type=lora_type, target_modules=list(LORA_TARGETS.get(fam, LORA_TARGETS["llama"])))

@@ -18,16 +18,16 @@ import torch
 
 from ...entries.adapter import AdapterEntry
 from ...facts import Fact
-from .hparams import LoRAHparams
+from .hparams import LoraHparams
 from ...ops.hooks import frozen
 from ...ops.train import edit_batch, edit_loss, optimize
 from ...stack import Edit
 from ..base import register_method
 
-__all__ = ["LoRA", "AdaLoRA", "peft_injected"]
+__all__ = ["Lora", "AdaLora", "peft_injected"]
 
 
-def _peft_config(hp: LoRAHparams) -> Any:
+def _peft_config(hp: LoraHparams) -> Any:
     from peft import AdaLoraConfig, LoraConfig
 
     common = dict(lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout, target_modules=list(hp.target_modules),
@@ -89,13 +89,13 @@ def _extract(model: Any, adapter: str, ada: bool) -> tuple[dict[str, torch.Tenso
 class _Adapter:
     name = ""
     lora_type = "lora"
-    Hparams = LoRAHparams
+    Hparams = LoraHparams
     needs_subject = False
 
-    def default_hparams(self, model: Any) -> LoRAHparams:
-        return LoRAHparams.for_model(model, self.lora_type)
+    def default_hparams(self, model: Any) -> LoraHparams:
+        return LoraHparams.for_model(model, self.lora_type)
 
-    def compute(self, model: Any, facts: Sequence[Fact], hp: LoRAHparams) -> Edit:
+    def compute(self, model: Any, facts: Sequence[Fact], hp: LoraHparams) -> Edit:
         t0 = time.time()
         hp = hp.model_copy(update={"lora_type": self.lora_type})
         ada = hp.lora_type == "adalora"
@@ -140,12 +140,12 @@ class _Adapter:
 
 
 @register_method
-class LoRA(_Adapter):
+class Lora(_Adapter):
     name = "lora"
     lora_type = "lora"
 
 
 @register_method
-class AdaLoRA(_Adapter):
+class AdaLora(_Adapter):
     name = "adalora"
     lora_type = "adalora"

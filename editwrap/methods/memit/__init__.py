@@ -1,4 +1,4 @@
 """MEMIT: mass-editing memory over a range of MLP layers."""
-from .method import MEMIT
+from .method import Memit
 
-__all__ = ["MEMIT"]
+__all__ = ["Memit"]

@@ -22,11 +22,11 @@ from ...ops.spread import covariance_transform, optimize_then_resolve, spread_mo
 from ...stack import Edit
 from ..base import register_method
 
-__all__ = ["MEMIT"]
+__all__ = ["Memit"]
 
 
 @register_method
-class MEMIT:
+class Memit:
     name = "memit"
     Hparams = MemitHparams
     needs_subject = True

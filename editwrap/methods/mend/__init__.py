@@ -1,7 +1,7 @@
 """MEND: editing with a trained editor network (``editwrap train mend``)."""
-from .hparams import MENDHparams, MENDTrainConfig
-from .method import MEND, load_editor
-from .model import MENDEditor
+from .hparams import MendHparams, MendTrainConfig
+from .method import Mend, load_editor
+from .model import MendEditor
 from .train import train_mend
 
-__all__ = ["MEND", "MENDHparams", "MENDEditor", "train_mend", "load_editor", "MENDTrainConfig"]
+__all__ = ["Mend", "MendHparams", "MendEditor", "train_mend", "load_editor", "MendTrainConfig"]

@@ -12,10 +12,10 @@ from typing import Any
 
 def cmd_train_mend(args: argparse.Namespace) -> int:
     from ...cli import _load_model
-    from .hparams import MENDTrainConfig
+    from .hparams import MendTrainConfig
     from .train import train_mend
 
-    cfg = MENDTrainConfig(layers=args.layers, rank=args.rank, steps=args.steps, batch_size=args.batch_size,
+    cfg = MendTrainConfig(layers=args.layers, rank=args.rank, steps=args.steps, batch_size=args.batch_size,
                           lr=args.lr, lr_lr=args.lr_lr, c_edit=args.c_edit, c_loc=args.c_loc, seed=args.seed,
                           save_every=args.save_every)
     from editwrap.evals.splits import training_records

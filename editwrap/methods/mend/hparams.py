@@ -16,24 +16,24 @@ from pydantic import Field
 from ...arch import arch_of
 from ..base import HparamsBase
 
-__all__ = ["MENDHparams", "MENDTrainConfig", "EDITOR_ENV"]
+__all__ = ["MendHparams", "MendTrainConfig", "EDITOR_ENV"]
 
 #: environment variable naming the default trained MEND editor directory
 EDITOR_ENV = "EDITWRAP_MEND_EDITOR"
 
 
-class MENDHparams(HparamsBase):
+class MendHparams(HparamsBase):
     #: directory of a trained editor (editor.safetensors + editor.json); None = $EDITWRAP_MEND_EDITOR
     editor: str | None = None
     #: multiplies the learned step sizes (1 = as trained)
     lr_scale: float = Field(1.0, gt=0)
 
     @classmethod
-    def for_model(cls, model: Any) -> "MENDHparams":
+    def for_model(cls, model: Any) -> "MendHparams":
         return cls(editor=os.environ.get(EDITOR_ENV))
 
 
-class MENDTrainConfig(HparamsBase):
+class MendTrainConfig(HparamsBase):
     #: layers whose MLP output projection the editor edits (None = the last 3)
     layers: list[int] | None = None
     rank: int = Field(64, ge=1)

@@ -19,26 +19,26 @@ import torch
 
 from ...entries.delta import DeltaEntry
 from ...facts import Fact
-from .hparams import EDITOR_ENV, MENDHparams, MENDTrainConfig
+from .hparams import EDITOR_ENV, MendHparams, MendTrainConfig
 from ...ops.hooks import frozen, get_module
 from ...stack import Edit
 from ..base import register_method
-from .model import EDITOR_FILES, MENDEditor, encode_edit, grad_taps
+from .model import EDITOR_FILES, MendEditor, encode_edit, grad_taps
 from .train import module_shape, train_mend
 
-__all__ = ["MEND", "load_editor"]
+__all__ = ["Mend", "load_editor"]
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(path: str, mtime: float) -> tuple[MENDEditor, dict[str, Any]]:
-    ed, meta = MENDEditor.load(path)
+def _load_cached(path: str, mtime: float) -> tuple[MendEditor, dict[str, Any]]:
+    ed, meta = MendEditor.load(path)
     ed.eval()
     for p in ed.parameters():
         p.requires_grad_(False)
     return ed, meta
 
 
-def load_editor(path: str | os.PathLike) -> tuple[MENDEditor, dict[str, Any]]:
+def load_editor(path: str | os.PathLike) -> tuple[MendEditor, dict[str, Any]]:
     """A trained editor (memoised per process by path and file time)."""
     p = Path(path)
     f = p / EDITOR_FILES[0]
@@ -49,15 +49,15 @@ def load_editor(path: str | os.PathLike) -> tuple[MENDEditor, dict[str, Any]]:
 
 
 @register_method
-class MEND:
+class Mend:
     name = "mend"
-    Hparams = MENDHparams
+    Hparams = MendHparams
     needs_subject = False
 
-    def default_hparams(self, model: Any) -> MENDHparams:
-        return MENDHparams.for_model(model)
+    def default_hparams(self, model: Any) -> MendHparams:
+        return MendHparams.for_model(model)
 
-    def compute(self, model: Any, facts: Sequence[Fact], hp: MENDHparams) -> Edit:
+    def compute(self, model: Any, facts: Sequence[Fact], hp: MendHparams) -> Edit:
         t0 = time.time()
         path = hp.editor or os.environ.get(EDITOR_ENV)
         if not path:

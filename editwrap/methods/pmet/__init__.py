@@ -1,4 +1,4 @@
 """PMET: MEMIT with separate attention and MLP targets."""
-from .method import PMET
+from .method import Pmet
 
-__all__ = ["PMET"]
+__all__ = ["Pmet"]

@@ -37,11 +37,11 @@ from ...ops.spread import covariance_transform, spread_modules, spread_over_laye
 from ...stack import Edit
 from ..base import register_method
 
-__all__ = ["PMET"]
+__all__ = ["Pmet"]
 
 
 @register_method
-class PMET:
+class Pmet:
     name = "pmet"
     Hparams = PmetHparams
     needs_subject = True

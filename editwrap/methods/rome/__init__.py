@@ -1,4 +1,4 @@
 """ROME: a rank-one update of one MLP output projection."""
-from .method import ROME
+from .method import Rome
 
-__all__ = ["ROME"]
+__all__ = ["Rome"]

@@ -23,7 +23,7 @@ from ...ops.keys import ValueHparams, context_templates, io_at_subject, optimize
 from ...stack import Edit
 from ..base import register_method
 
-__all__ = ["ROME"]
+__all__ = ["Rome"]
 
 
 def ridge_inverse_apply(cov: torch.Tensor, k: torch.Tensor, ridge: float) -> torch.Tensor:
@@ -34,7 +34,7 @@ def ridge_inverse_apply(cov: torch.Tensor, k: torch.Tensor, ridge: float) -> tor
 
 
 @register_method
-class ROME:
+class Rome:
     name = "rome"
     Hparams = RomeHparams
     needs_subject = True

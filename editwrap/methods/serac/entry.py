@@ -1,6 +1,6 @@
 """SERAC retrieval-cache entries: stored edits routed through a scope classifier.
 
-A :class:`CacheEntry` holds edits ``"<prompt> <target>"``, the MiniLM embeddings of their
+A :class:`SeracEntry` holds edits ``"<prompt> <target>"``, the MiniLM embeddings of their
 prompts (``keys``, saved as tensors) and the path + id of the trained SERAC artifact (scope
 classifier and counterfactual model, see :mod:`editwrap.methods.serac`). It acts on the *text
 plane* through ``route_text``: ``generate_text``, ``loglikelihood`` and the KnowEdit scorer ask
@@ -19,11 +19,11 @@ import torch
 
 from ...entries.base import Entry, register_entry
 
-__all__ = ["CacheEntry"]
+__all__ = ["SeracEntry"]
 
 
 @register_entry
-class CacheEntry(Entry):
+class SeracEntry(Entry):
     kind = "cache"
     plane = "text"
     removable_anywhere = True
@@ -60,14 +60,14 @@ class CacheEntry(Entry):
 
     def route_text(self, host: Any, text: str) -> tuple[str, Any] | None:
         edits = host._active_edits()
-        top = next((e.entry for e in reversed(edits) if isinstance(e.entry, CacheEntry)), None)
+        top = next((e.entry for e in reversed(edits) if isinstance(e.entry, SeracEntry)), None)
         if top is not self:
             return None  # the top-most cache entry routes for all of them (found from the top: O(1) per entry)
-        caches = [e.entry for e in edits if isinstance(e.entry, CacheEntry)]
-        groups: dict[tuple[str, str], list[CacheEntry]] = {}
+        caches = [e.entry for e in edits if isinstance(e.entry, SeracEntry)]
+        groups: dict[tuple[str, str], list[SeracEntry]] = {}
         for c in caches:  # one query embedding and one classifier call per artifact, not per entry
             groups.setdefault((c.artifact_path, c.artifact_id), []).append(c)
-        best: tuple[float, CacheEntry, int] | None = None
+        best: tuple[float, SeracEntry, int] | None = None
         for group in groups.values():
             art = group[0].artifact()
             p = art.classifier.matrix(torch.cat([c.keys for c in group]), art.embed([text]))[0]
@@ -96,7 +96,7 @@ class CacheEntry(Entry):
                 "threshold": self.threshold}
 
     @classmethod
-    def from_saved(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "CacheEntry":
+    def from_saved(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "SeracEntry":
         return cls(meta["facts"], tensors["keys"], meta["artifact"], meta.get("artifact_id", ""), meta.get("threshold"))
 
     def nbytes(self) -> int:

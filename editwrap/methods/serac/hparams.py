@@ -17,24 +17,24 @@ from pydantic import Field
 
 from ..base import HparamsBase
 
-__all__ = ["SERACHparams", "SERACTrainConfig", "ARTIFACT_ENV"]
+__all__ = ["SeracHparams", "SeracTrainConfig", "ARTIFACT_ENV"]
 
 #: environment variable naming the default trained SERAC artifact directory
 ARTIFACT_ENV = "EDITWRAP_SERAC_ARTIFACT"
 
 
-class SERACHparams(HparamsBase):
+class SeracHparams(HparamsBase):
     #: directory written by ``editwrap train serac`` (serac.safetensors + serac.json); None = $EDITWRAP_SERAC_ARTIFACT
     artifact: str | None = None
     #: in-scope probability above which an input is answered by the counterfactual model (None = the artifact's)
     threshold: float | None = Field(None, ge=0, le=1.01)
 
     @classmethod
-    def for_model(cls, model: Any) -> "SERACHparams":
+    def for_model(cls, model: Any) -> "SeracHparams":
         return cls(artifact=os.environ.get(ARTIFACT_ENV))
 
 
-class SERACTrainConfig(HparamsBase):
+class SeracTrainConfig(HparamsBase):
     # scope classifier (MiniLM embeddings -> cosine + MLP on [u*v, |u-v|])
     hidden: int = Field(64, ge=1)
     cls_steps: int = Field(400, ge=0)

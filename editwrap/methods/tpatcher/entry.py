@@ -17,7 +17,7 @@ from ...ops.hooks import get_module
 from ..grace.entry import drop_hook, host_hooks
 from ...entries.base import Entry, register_entry
 
-__all__ = ["PatchBank", "TPatchEntry", "patch_out"]
+__all__ = ["PatchBank", "TPatcherEntry", "patch_out"]
 
 ATTR = "_ew_patches"
 
@@ -55,7 +55,7 @@ class PatchBank:
 
 
 @register_entry
-class TPatchEntry(Entry):
+class TPatcherEntry(Entry):
     """Patch neurons (one per edited fact) on one MLP module."""
 
     kind = "tpatcher"
@@ -87,7 +87,7 @@ class TPatchEntry(Entry):
         return {"module": self.module}
 
     @classmethod
-    def from_saved(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "TPatchEntry":
+    def from_saved(cls, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "TPatcherEntry":
         return cls(meta["module"], tensors["key"], tensors["bias"], tensors["value"])
 
     def summary(self) -> str:

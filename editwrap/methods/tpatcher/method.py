@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .entry import TPatchEntry, patch_out
+from .entry import TPatcherEntry, patch_out
 from ...facts import Fact
 from ...arch import arch_of
 from .hparams import TPatcherHparams
@@ -79,5 +79,5 @@ class TPatcher:
 
             info = optimize(opt, step, hp.num_steps, hp.early_stop_loss)
         info["seconds"] = round(time.time() - t0, 3)
-        entry = TPatchEntry(module, k.detach(), b.detach(), v.detach())
+        entry = TPatcherEntry(module, k.detach(), b.detach(), v.detach())
         return Edit(self.name, facts, hp.model_dump(mode="json"), entry, info=info)
