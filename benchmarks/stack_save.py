@@ -23,7 +23,7 @@ import torch
 
 from editwrap import EditableModel, Fact
 from editwrap.entries.delta import DeltaEntry
-from editwrap.hparams.arch import arch_of
+from editwrap.arch import arch_of
 from editwrap.stack import Edit, load_stack_dir, save_stack_dir
 
 

@@ -66,7 +66,7 @@ def values_only(model, facts, method: str, hp: dict, flops: bool = False) -> dic
     if hasattr(h, "layers"):
         module = spread_modules(model, h.layers, method)[1]
     else:
-        from editwrap.hparams.arch import arch_of
+        from editwrap.arch import arch_of
         module = arch_of(model).mlp_out_at(h.layer)
     templates = context_templates(model, h.context_templates)
     import contextlib

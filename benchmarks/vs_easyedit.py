@@ -167,7 +167,7 @@ def load_side(side: str, method: str, root: Path | None, tmp: str) -> tuple[Any,
         return em, em.tokenizer, edit_ew, {"hparams": hp.model_dump(mode="json")}
     from transformers import AutoTokenizer
 
-    from editwrap.hparams.arch import arch_of
+    from editwrap.arch import arch_of
     from editwrap.ops.covariance import second_moment
 
     assert root is not None

@@ -28,7 +28,7 @@ import torch
 from torch.nn import functional as F
 
 from editwrap import EditableModel
-from editwrap.entries.wise import act_distance, wise_memories
+from editwrap.methods.wise.entry import act_distance, wise_memories
 from editwrap.evals.datasets import load_dataset
 from editwrap.ops.hooks import capture
 

@@ -118,7 +118,7 @@ class EditableModel:
         d["_merged"] = None
         d["_ew_cache"] = {}
         if _is_quantized(self):  # the base weights must never change: no in-place 4-bit repacking
-            from .integrations.quant import pin_cpu_4bit_layout
+            from editwrap.integrations.quant import pin_cpu_4bit_layout
 
             pin_cpu_4bit_layout(self)
 

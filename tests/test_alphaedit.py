@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from editwrap import Fact, state_dict_hash
-from editwrap.hparams.arch import arch_of
-from editwrap.methods.alphaedit import null_space_projector, stack_keys
+from editwrap.arch import arch_of
+from editwrap.methods.alphaedit.method import null_space_projector, stack_keys
 from editwrap.ops.covariance import second_moment
 from editwrap.ops.keys import io_at_subject
 

@@ -10,7 +10,7 @@ import torch
 from editwrap import Fact
 from editwrap.analysis.rsim import (build_items, layer_attribution, pick_case, rsim, rsim_curve, set_similarity,
                                     top_layers)
-from editwrap.hparams.arch import arch_of
+from editwrap.arch import arch_of
 from editwrap.ops.hooks import patch_output
 
 from .conftest import build_tiny

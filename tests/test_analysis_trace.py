@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from editwrap.analysis.trace import causal_trace, subject_range
-from editwrap.hparams.arch import arch_of
+from editwrap.arch import arch_of
 
 from .conftest import build_tiny
 

@@ -91,12 +91,12 @@ def test_failed_consolidation_restores_the_stack(tiny_llama, monkeypatch):
     e1 = m.edit([F1], method="memit", **FAST)
     e2 = m.edit([F2], method="memit", **FAST)
     edited = logits(m)
-    from editwrap.methods.memit import MEMIT
+    from editwrap.methods.memit.method import Memit
 
     def boom(*a, **k):
         raise RuntimeError("solver failed")
 
-    monkeypatch.setattr(MEMIT, "resolve", boom)
+    monkeypatch.setattr(Memit, "resolve", boom)
     with pytest.raises(RuntimeError, match="solver failed"):
         m.stack.consolidate()
     assert [e.id for e in m.stack] == [e1.id, e2.id] and torch.equal(logits(m), edited)

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from editwrap import Edit, EditableModel, Fact, FactError, StackError, state_dict_hash
 from editwrap.entries.delta import DeltaEntry
-from editwrap.hparams.arch import arch_of
+from editwrap.arch import arch_of
 
 from .conftest import build_tiny
 

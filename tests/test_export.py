@@ -15,7 +15,7 @@ import torch
 from editwrap import EditableModel, Fact, Probe, state_dict_hash
 from editwrap.entries.delta import DeltaEntry
 from editwrap.export import ExportError, export_gguf, export_merged, export_peft, export_peft_sets
-from editwrap.hparams.arch import arch_of
+from editwrap.arch import arch_of
 from editwrap.stack import Edit
 
 F = Fact(prompt="The Eiffel Tower is located in the city of", subject="Eiffel Tower", target_new="Rome")
@@ -96,14 +96,14 @@ def test_peft_adapter_each_delta_method(tiny_llama, tmp_path, method, kw):
 
 
 def test_peft_adapter_of_a_mend_edit(tiny_llama, tmp_path):
-    from editwrap.hparams.mend import MENDTrainConfig
+    from editwrap.methods.mend.hparams import MendTrainConfig
     from editwrap.methods.mend import train_mend
 
     m = tiny_llama
     recs = [Fact(prompt=f"The {a} of {s} is", target_new=t, rephrase=[f"{s}'s {a} is"],
                  locality={"n": [Probe(prompt="The capital of Spain is", answer="Madrid")]})
             for a, s, t in [("capital", "France", "Rome"), ("language", "Brazil", "French")]]
-    cfg = MENDTrainConfig(layers=[2, 3], rank=4, steps=2, batch_size=2, save_every=2, seed=0, lr=1e-2, lr_lr=1e-1)
+    cfg = MendTrainConfig(layers=[2, 3], rank=4, steps=2, batch_size=2, save_every=2, seed=0, lr=1e-2, lr_lr=1e-1)
     train_mend(m, recs, tmp_path / "ed", cfg, progress=False)
     m.edit(F, method="mend", editor=str(tmp_path / "ed"))
     edited = logits(m)

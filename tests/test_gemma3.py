@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from editwrap import EditableModel, Fact, state_dict_hash
-from editwrap.hparams.arch import arch_of, check_module_map
+from editwrap.arch import arch_of, check_module_map
 from editwrap.evals.metrics import token_accuracy
 
 pytestmark = pytest.mark.slow

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from editwrap import state_dict_hash
-from editwrap.entries.activation import Codebook, GraceEntry
-from editwrap.hparams.grace import GraceHparams
-from editwrap.methods.grace import _place
+from editwrap.methods.grace.entry import Codebook, GraceEntry
+from editwrap.methods.grace.hparams import GraceHparams
+from editwrap.methods.grace.method import _place
 from editwrap.ops.tokens import target_ids
 from editwrap.stack import StackError
 

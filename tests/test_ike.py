@@ -8,8 +8,8 @@ import torch
 
 from editwrap import Fact, state_dict_hash
 from editwrap.entries.prompt import ContextOverflowError, PromptEntry
-from editwrap.hparams.ike import IKEHparams
-from editwrap.methods.ike import retrieve
+from editwrap.methods.ike.hparams import IkeHparams
+from editwrap.methods.ike.method import retrieve
 
 from .conftest import KNOWEDIT_DIR
 
@@ -57,19 +57,19 @@ def test_ike_prompt_entry_text_plane_only(tiny_model, pool):
 
 
 def test_demo_kinds_copy_update_retain(pool):
-    demos, scores = retrieve([FACT], IKEHparams(pool=pool, k=9))
+    demos, scores = retrieve([FACT], IkeHparams(pool=pool, k=9))
     assert scores == sorted(scores, reverse=True)
     assert len(demos) == 9  # 3 records x (copy, update, retain)
     assert any("Prompt: Which country is Lake Baikal in? Canada" in d for d in demos)  # copy
     assert any("Prompt: Lake Baikal lies in which country? Canada" in d for d in demos)  # update
     assert any("Prompt: nq question: what is the capital of peru Lima" in d for d in demos)  # retain
-    only, _ = retrieve([FACT], IKEHparams(pool=pool, k=9, demo_kinds=["retain"]))
+    only, _ = retrieve([FACT], IkeHparams(pool=pool, k=9, demo_kinds=["retain"]))
     assert len(only) == 3 and all("nq question" in d for d in only)
 
 
 def test_exclude_same_prompt(pool):
     f = Fact(prompt="Which country is Lake Baikal in?", target_new="Canada")
-    demos, _ = retrieve([f], IKEHparams(pool=pool, k=9))
+    demos, _ = retrieve([f], IkeHparams(pool=pool, k=9))
     assert len(demos) == 6 and not any("New Fact: Which country is Lake Baikal in?" in d for d in demos)
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from editwrap import Fact, state_dict_hash
-from editwrap.hparams.arch import arch_of
-from editwrap.methods.kn import attribution_scores, greedy_tokens
+from editwrap.arch import arch_of
+from editwrap.methods.kn.method import attribution_scores, greedy_tokens
 from editwrap.ops.hooks import get_module
 from editwrap.ops.tokens import target_ids
 
@@ -46,7 +46,7 @@ def _plain_ig(m, prompt_ids, answer, layer, steps):
 @pytest.mark.parametrize("cached", [True, False], ids=["kv-cache", "whole-sequence"])
 def test_cached_attribution_equals_plain_integrated_gradients(tiny_model, cached, monkeypatch):
     """Both paths (the KV-cached one, and whole sequences for sliding-window models) equal plain IG."""
-    import editwrap.methods.kn as kn
+    import editwrap.methods.kn.method as kn
 
     monkeypatch.setattr(kn, "prefix_cache_ok", lambda host: cached)
     m = tiny_model

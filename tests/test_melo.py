@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from editwrap import state_dict_hash
-from editwrap.entries.melo import MeloEntry, MeloRouter
+from editwrap.methods.melo.entry import MeloEntry, MeloRouter
 from editwrap.ops.tokens import target_ids
 
 FACT = {"prompt": "The Eiffel Tower is located in", "target_new": "Rome"}

@@ -14,8 +14,8 @@ import torch
 
 from editwrap import Fact, Probe, state_dict_hash
 from editwrap.entries.delta import DeltaEntry
-from editwrap.hparams.mend import MENDTrainConfig
-from editwrap.methods.mend import MENDEditor, train_mend
+from editwrap.methods.mend.hparams import MendTrainConfig
+from editwrap.methods.mend import MendEditor, train_mend
 from editwrap.methods.mend.model import grad_taps, encode_edit
 
 from .conftest import KNOWEDIT_DIR, build_tiny
@@ -34,7 +34,7 @@ FACT = Fact(prompt="The Eiffel Tower is located in the city of", target_new="Rom
 
 def _cfg(**kw):
     base = dict(layers=[2, 3], rank=4, steps=6, batch_size=2, save_every=2, seed=0, lr=1e-2, lr_lr=1e-1)
-    return MENDTrainConfig(**{**base, **kw})
+    return MendTrainConfig(**{**base, **kw})
 
 
 def _editor_state(out):
@@ -60,7 +60,7 @@ def test_grad_taps_match_weight_gradient(tiny_llama):
 
 
 def test_untrained_editor_is_identity_and_factors_shape():
-    ed = MENDEditor(["a"], [(5, 7)], rank=3, init_lr=0.5)
+    ed = MendEditor(["a"], [(5, 7)], rank=3, init_lr=0.5)
     x, d = torch.randn(4, 7), torch.randn(4, 5)
     U, V = ed.factors({"a": (x, d)})["a"]
     assert U.shape == (5, 4) and V.shape == (7, 4)
@@ -173,7 +173,7 @@ def test_mend_embedded_trained_short(embedded, tmp_path):
 
     recs = load_dataset(None, KNOWEDIT_DIR / "zsre_mend_train.json")  # 20 MEND-format zsRE train records
     h0 = state_dict_hash(embedded)
-    info = train_mend(embedded, recs, tmp_path / "ed", MENDTrainConfig(steps=12, batch_size=2, save_every=6,
+    info = train_mend(embedded, recs, tmp_path / "ed", MendTrainConfig(steps=12, batch_size=2, save_every=6,
                                                                         lr=1e-3, lr_lr=5e-2), progress=False)
     assert info["finished"] and state_dict_hash(embedded) == h0
     f = load_dataset("zsre", KNOWEDIT_DIR / "ZsRE.json", n=1)[0]

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from editwrap import Fact, state_dict_hash
-from editwrap.hparams.arch import arch_of
-from editwrap.hparams.locate import PmetHparams
-from editwrap.methods.pmet import PMET
+from editwrap.arch import arch_of
+from editwrap.methods.locate_then_edit.hparams import PmetHparams
+from editwrap.methods.pmet.method import Pmet
 from editwrap.ops.hooks import first_tensor, replace_first
 from editwrap.ops.keys import context_templates, io_at_subject
 from editwrap.ops.tokens import subject_last_index, target_ids
@@ -181,12 +181,12 @@ def test_solve_shares_the_mlp_residual_by_sqrt_of_layers_left(tiny_llama):
     z, hp = e.entry.aux["z"], PmetHparams.model_validate(e.hparams)
     U = e.entry.parts[arch.mlp_out_at(1)]["U"]
     torch.testing.assert_close(U, ((z - m_before).T.double() / 2 ** 0.5).float(), rtol=1e-4, atol=1e-6)
-    again = PMET().resolve(m, [F1, F2], z, hp)
+    again = Pmet().resolve(m, [F1, F2], z, hp)
     for name, part in e.entry.parts.items():
         torch.testing.assert_close(again.entry.parts[name]["U"], part["U"], rtol=0, atol=0)
         torch.testing.assert_close(again.entry.parts[name]["V"], part["V"], rtol=0, atol=0)
     # with MEMIT's linear share the first layer takes half instead
-    lin = PMET().resolve(m, [F1, F2], z, hp.model_copy(update={"residual_share_power": 1.0}))
+    lin = Pmet().resolve(m, [F1, F2], z, hp.model_copy(update={"residual_share_power": 1.0}))
     torch.testing.assert_close(lin.entry.parts[arch.mlp_out_at(1)]["U"], U / 2 ** 0.5, rtol=1e-4, atol=1e-6)
 
 
@@ -205,7 +205,7 @@ def test_save_and_compose_into_fresh_model(tiny_model, tmp_path, tiny_tokenizer)
 
 def test_defaults_and_bad_hparams(tiny_model):
     m = tiny_model
-    hp = PMET().default_hparams(m)
+    hp = Pmet().default_hparams(m)
     gpt2 = arch_of(m).family == "gpt2"
     assert hp.clamp_norm_factor == (0.75 if gpt2 else 1.0) and hp.v_weight_decay == 0.5
     assert hp.residual_share_power == 0.5 and hp.nll_factor_at_argmax == 0.1

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from editwrap import state_dict_hash
-from editwrap.entries.cache import CacheEntry
+from editwrap.methods.serac.entry import SeracEntry
 from editwrap.facts import Fact, Probe
-from editwrap.hparams.serac import SERACTrainConfig
+from editwrap.methods.serac.hparams import SeracTrainConfig
 from editwrap.methods.serac import load_artifact, train_serac
 from editwrap.methods.serac.artifact import cf_text
 
@@ -39,7 +39,7 @@ def artifact(tmp_path_factory, tiny_tokenizer):
 
     model = build_tiny("llama", tiny_tokenizer)
     out = tmp_path_factory.mktemp("serac")
-    cfg = SERACTrainConfig(cls_steps=300, cf_steps=3, cf_batch_size=2, val_fraction=0.0)
+    cfg = SeracTrainConfig(cls_steps=300, cf_steps=3, cf_batch_size=2, val_fraction=0.0)
     info = train_serac(model, _records(), out, cfg, progress=False, data_name="toy")
     return out, info
 
@@ -70,7 +70,7 @@ def test_routing_generate_and_loglikelihood(artifact, tiny_llama):
     base_in, base_out = tiny_model.generate_text([q_in, q_out], max_new_tokens=4)
     ll_out = tiny_model.loglikelihood(q_out, " Paris")
     edit = tiny_model.edit(_fact(), method="serac", artifact=str(out))
-    assert isinstance(edit.entry, CacheEntry)
+    assert isinstance(edit.entry, SeracEntry)
     text, m = tiny_model._route(q_in)
     assert m is not tiny_model and text == cf_text("What was the occupation of Marie Curie? pilot", q_in)
     assert tiny_model._route(q_out) == (q_out, tiny_model)
@@ -132,7 +132,7 @@ def test_missing_artifact_and_changed_artifact(tiny_llama, tmp_path, artifact):
     with pytest.raises(FileNotFoundError):
         tiny_llama.edit(_fact(), method="serac", artifact=str(tmp_path))
     e = tiny_llama.compute_edit(_fact(), method="serac", artifact=str(artifact[0]))
-    bad = CacheEntry(e.entry.facts, e.entry.keys, e.entry.artifact_path, "deadbeef")
+    bad = SeracEntry(e.entry.facts, e.entry.keys, e.entry.artifact_path, "deadbeef")
     with pytest.raises(ValueError, match="changed"):
         bad.attach(tiny_llama, "k")
     assert len(tiny_llama.stack) == 0

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from editwrap import Fact
-from editwrap.hparams.arch import arch_of
+from editwrap.arch import arch_of
 from editwrap.ops.hooks import capture
 from editwrap.ops.covariance import second_moment
 from editwrap.ops.keys import context_templates, io_at_subject

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from editwrap import state_dict_hash
-from editwrap.entries.tpatcher import TPatchEntry, patch_out
+from editwrap.methods.tpatcher.entry import TPatcherEntry, patch_out
 from tests.conftest import build_tiny
 
 FACTS = [{"prompt": "The Eiffel Tower is located in", "target_new": "Rome"},
@@ -30,7 +30,7 @@ def test_edit_patches_last_layer_pop_remove_save_load(tiny_model, tmp_path, tiny
     h, keys, base = state_dict_hash(m), list(m.state_dict()), _logits(m)
     other = _logits(m, "Apple Microsoft Google")
     e1 = m.edit(FACTS, method="t-patcher", **FAST)
-    assert isinstance(e1.entry, TPatchEntry) and e1.entry.key.shape[1] == 2
+    assert isinstance(e1.entry, TPatcherEntry) and e1.entry.key.shape[1] == 2
     assert e1.entry.module.endswith(f"{m.config.num_hidden_layers - 1}.mlp")
     assert e1.info["act_edit"] > 0 > e1.info["act_memory_max"] - 5  # fires on the edits
     assert state_dict_hash(m) == h and list(m.state_dict()) == keys

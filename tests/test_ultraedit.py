@@ -8,8 +8,8 @@ import torch
 
 from editwrap import EditableModel, Fact, state_dict_hash
 from editwrap.entries.delta import DeltaEntry
-from editwrap.hparams.ultraedit import UltraEditHparams
-from editwrap.methods.ultraedit import RunningStats, answer_rows, ridge_factors, whiten_keys
+from editwrap.methods.ultraedit.hparams import UltraEditHparams
+from editwrap.methods.ultraedit.method import RunningStats, answer_rows, ridge_factors, whiten_keys
 
 from .conftest import KNOWEDIT_DIR, build_tiny
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from editwrap import state_dict_hash
-from editwrap.entries.wise import WiseEntry, WiseMemory, WiseState, _advance, act_distance, wise_memories
+from editwrap.methods.wise.entry import WiseEntry, WiseMemory, WiseState, _advance, act_distance, wise_memories
 from editwrap.ops.hooks import capture
 from editwrap.ops.merge import ties_merge
 from editwrap.stack import StackError
@@ -127,8 +127,8 @@ def test_routing_does_not_depend_on_batch_padding(tiny_model):
 
 def test_out_of_scope_text_never_the_scored_probe_by_default(tmp_path):
     from editwrap import Fact
-    from editwrap.hparams.wise import WiseHparams
-    from editwrap.methods.wise import out_of_scope_text
+    from editwrap.methods.wise.hparams import WiseHparams
+    from editwrap.methods.wise.method import out_of_scope_text
 
     fact = Fact(prompt="Who wrote Hamlet?", target_new="Marlowe",
                 locality={"Relation_Specificity": [{"prompt": "Hamlet is set in", "answer": "Denmark"}]})

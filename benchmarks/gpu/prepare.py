@@ -18,7 +18,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from editwrap import EditableModel
-    from editwrap.hparams.arch import arch_of
+    from editwrap.arch import arch_of
     from editwrap.methods.base import get_method
     from editwrap.ops.covariance import second_moment
 

@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..hparams.arch import arch_of
+from ..arch import arch_of
 from ..ops.hooks import patch_output
 from .io import write_json, write_png
 

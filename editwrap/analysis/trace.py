@@ -10,7 +10,7 @@ effect of a state is ``p_restored − p_corrupted`` of the clean answer token.
 Three grids over (token, layer), as in kmeng01/rome ``experiments/causal_trace.py``:
 ``hidden`` restores the block output at one (token, layer); ``mlp`` and ``attn`` restore the MLP
 (attention) output projections at one token over a window of ``window`` layers centred on the
-layer (``[l − w//2, l + ⌈w/2⌉)``, clipped). Modules come from :func:`editwrap.hparams.arch.arch_of`,
+layer (``[l − w//2, l + ⌈w/2⌉)``, clipped). Modules come from :func:`editwrap.arch.arch_of`,
 so every supported family works. Each corrupted run averages ``samples`` noise draws; the same
 draws are used for every restoration (ROME reseeds per trace), and many restorations run in one
 batch: a row per (restoration, sample).
@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..hparams.arch import Arch, arch_of
+from ..arch import Arch, arch_of
 from ..ops.hooks import capture, patch_output
 from ..ops.tokens import target_ids
 from .io import write_json, write_png

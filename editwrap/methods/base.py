@@ -3,14 +3,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence, runtime_checkable
 
+from pydantic import BaseModel, ConfigDict
+
 from ..facts import Fact
-from ..hparams.base import HparamsBase
 
 if TYPE_CHECKING:
     from ..model import EditableModel
     from ..stack import Edit
 
 __all__ = ["Method", "HparamsBase", "METHODS", "register_method", "get_method"]
+
+
+class HparamsBase(BaseModel):
+    """Unknown names are errors (a typo must not be silently ignored); assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 @runtime_checkable

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..hparams.arch import arch_of
+from ..arch import arch_of
 
 __all__ = ["ReplayBelow", "LowerCache", "replay_steps"]
 

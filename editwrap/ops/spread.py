@@ -22,7 +22,7 @@ import torch
 
 from ..entries.delta import DeltaEntry
 from ..facts import Fact
-from ..hparams.arch import arch_of
+from ..arch import arch_of
 from .keys import ValueHparams, context_templates, io_at_subject, optimize_values
 from .profile import phase
 from .replay import LowerCache

@@ -12,13 +12,13 @@ from typing import Any
 
 def cmd_train_mend(args: argparse.Namespace) -> int:
     from ...cli import _load_model
-    from ...hparams.mend import MENDTrainConfig
+    from .hparams import MendTrainConfig
     from .train import train_mend
 
-    cfg = MENDTrainConfig(layers=args.layers, rank=args.rank, steps=args.steps, batch_size=args.batch_size,
+    cfg = MendTrainConfig(layers=args.layers, rank=args.rank, steps=args.steps, batch_size=args.batch_size,
                           lr=args.lr, lr_lr=args.lr_lr, c_edit=args.c_edit, c_loc=args.c_loc, seed=args.seed,
                           save_every=args.save_every)
-    from ...evals.splits import training_records
+    from editwrap.evals.splits import training_records
 
     records, name = training_records(args.data, args.n, args.exclude or (), args.exclude_n)
     print(f"training on {len(records)} records from {name}", file=sys.stderr)

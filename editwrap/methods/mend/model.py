@@ -22,7 +22,7 @@ from torch import nn
 
 from ...ops.hooks import get_module
 
-__all__ = ["GradientTransform", "MENDEditor", "grad_taps", "encode_edit", "EDITOR_FILES"]
+__all__ = ["GradientTransform", "MendEditor", "grad_taps", "encode_edit", "EDITOR_FILES"]
 
 EDITOR_FILES = ("editor.safetensors", "editor.json")
 
@@ -68,7 +68,7 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
-class MENDEditor(nn.Module):
+class MendEditor(nn.Module):
     """One GradientTransform and one learned log step size per edited module."""
 
     def __init__(self, modules: Sequence[str], shapes: Sequence[tuple[int, int]], rank: int = 64,
@@ -112,7 +112,7 @@ class MENDEditor(nn.Module):
         return out
 
     @classmethod
-    def load(cls, path: str | Path) -> tuple["MENDEditor", dict[str, Any]]:
+    def load(cls, path: str | Path) -> tuple["MendEditor", dict[str, Any]]:
         from safetensors.torch import load_file
 
         p = Path(path)

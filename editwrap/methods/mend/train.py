@@ -31,13 +31,13 @@ import torch
 
 from ...entries.delta import is_conv1d
 from ...facts import Fact
-from ...hparams.arch import arch_of
-from ...hparams.mend import MENDTrainConfig
+from ...arch import arch_of
+from .hparams import MendTrainConfig
 from ...ops.hooks import frozen, get_module, patch_output
 from ...ops.memory import peak_memory_mb
 from ...ops.tokens import batch_encode, target_ids
-from editwrap.paths import portable_path
-from .model import MENDEditor, encode_edit, grad_taps, nll
+from ...paths import portable_path
+from .model import MendEditor, encode_edit, grad_taps, nll
 
 __all__ = ["train_mend", "CHECKPOINT_DIR", "module_shape", "data_hash"]
 
@@ -99,7 +99,7 @@ def _kl(pre_logits: torch.Tensor, post_logits: torch.Tensor, mask: torch.Tensor)
     return (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
-def _save_checkpoint(out: Path, editor: MENDEditor, opt: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
+def _save_checkpoint(out: Path, editor: MendEditor, opt: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
     tensors = {f"editor/{k}": v.detach().cpu().contiguous() for k, v in editor.state_dict().items()}
@@ -122,7 +122,7 @@ def _save_checkpoint(out: Path, editor: MENDEditor, opt: torch.optim.Optimizer, 
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(out: Path, editor: MENDEditor, opt: torch.optim.Optimizer) -> dict[str, Any]:
+def _load_checkpoint(out: Path, editor: MendEditor, opt: torch.optim.Optimizer) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     ck = out / CHECKPOINT_DIR
@@ -138,7 +138,7 @@ def _load_checkpoint(out: Path, editor: MENDEditor, opt: torch.optim.Optimizer) 
     return meta
 
 
-def train_mend(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike, cfg: MENDTrainConfig | None = None,
+def train_mend(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike, cfg: MendTrainConfig | None = None,
                *, resume: bool = True, stop_after: int | None = None, progress: bool = True,
                data_name: str = "") -> dict[str, Any]:
     """Train (or resume training) a MEND editor for ``model`` on ``records``; returns training info.
@@ -148,7 +148,7 @@ def train_mend(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike, 
     ``out_dir`` (``editor.safetensors`` + ``editor.json``) and can be used with
     ``model.edit(fact, method="mend", editor=out_dir)``.
     """
-    cfg = cfg or MENDTrainConfig()
+    cfg = cfg or MendTrainConfig()
     records = [f for f in records if isinstance(f, Fact)]
     if not records:
         raise ValueError("MEND training needs at least one edit record (prompt + target_new)")
@@ -160,7 +160,7 @@ def train_mend(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike, 
     shapes = [module_shape(get_module(model, m)) for m in modules]
     device = next(model.parameters()).device
     torch.manual_seed(cfg.seed)
-    editor = MENDEditor(modules, shapes, cfg.rank, cfg.init_lr).to(device)
+    editor = MendEditor(modules, shapes, cfg.rank, cfg.init_lr).to(device)
     opt = torch.optim.Adam([{"params": [p for n, p in editor.named_parameters() if n != "log_lrs"], "lr": cfg.lr},
                             {"params": [editor.log_lrs], "lr": cfg.lr_lr}])
     fp = model.fingerprint() if hasattr(model, "fingerprint") else ""

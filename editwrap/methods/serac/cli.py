@@ -13,14 +13,14 @@ from typing import Any
 
 def cmd_train_serac(args: argparse.Namespace) -> int:
     from ...cli import _load_model
-    from ...hparams.serac import SERACTrainConfig
+    from .hparams import SeracTrainConfig
     from .train import train_serac
 
-    cfg = SERACTrainConfig(hidden=args.hidden, cls_steps=args.cls_steps, cls_lr=args.cls_lr,
+    cfg = SeracTrainConfig(hidden=args.hidden, cls_steps=args.cls_steps, cls_lr=args.cls_lr,
                            neg_per_record=args.neg_per_record, threshold=args.threshold, cf_layers=args.cf_layers,
                            cf_rank=args.cf_rank, cf_steps=args.cf_steps, cf_batch_size=args.cf_batch_size,
                            cf_lr=args.cf_lr, seed=args.seed)
-    from ...evals.splits import training_records
+    from editwrap.evals.splits import training_records
 
     records, name = training_records(args.data, args.n, args.exclude or (), args.exclude_n)
     print(f"training on {len(records)} records from {name}", file=sys.stderr)

@@ -27,8 +27,8 @@ from typing import Any, Sequence
 import torch
 
 from ...facts import Fact
-from ...hparams.arch import arch_of
-from ...hparams.serac import SERACTrainConfig
+from ...arch import arch_of
+from .hparams import SeracTrainConfig
 from ...ops.hooks import patch_output
 from ...ops.tokens import batch_encode, target_ids
 from editwrap.paths import portable_path
@@ -59,7 +59,7 @@ def scope_pairs(records: Sequence[Fact], neg_per_record: int, seed: int) -> list
     return pairs
 
 
-def train_classifier(pairs: Sequence[tuple[str, str, float]], emb: dict[str, torch.Tensor], cfg: SERACTrainConfig,
+def train_classifier(pairs: Sequence[tuple[str, str, float]], emb: dict[str, torch.Tensor], cfg: SeracTrainConfig,
                      dim: int) -> tuple[ScopeClassifier, list[float]]:
     torch.manual_seed(cfg.seed)
     clf = ScopeClassifier(dim, cfg.hidden)
@@ -101,7 +101,7 @@ def _cf_examples(records: Sequence[Fact]) -> list[tuple[str, str]]:
     return [(cf_text(_fact_text(f), q), f.target_new) for f in records for q in [f.text_prompt, *f.rephrase]]
 
 
-def train_counterfactual(model: Any, records: Sequence[Fact], cfg: SERACTrainConfig, progress: bool = True
+def train_counterfactual(model: Any, records: Sequence[Fact], cfg: SeracTrainConfig, progress: bool = True
                          ) -> tuple[dict[str, dict[str, torch.Tensor]], list[float]]:
     """Low-rank deltas {module: {U, V}} for the counterfactual copy of ``model``."""
     if cfg.cf_steps == 0:
@@ -158,14 +158,14 @@ def train_counterfactual(model: Any, records: Sequence[Fact], cfg: SERACTrainCon
     return {m: {k: v.detach().cpu().contiguous() for k, v in p.items()} for m, p in params.items()}, hist
 
 
-def train_serac(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike, cfg: SERACTrainConfig | None = None,
+def train_serac(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike, cfg: SeracTrainConfig | None = None,
                 *, progress: bool = True, data_name: str = "") -> dict[str, Any]:
     """Train a SERAC artifact for ``model`` on ``records`` and write it to ``out_dir``; returns its info."""
     from safetensors.torch import save_file
 
     from ...ops.embed import embed
 
-    cfg = cfg or SERACTrainConfig()
+    cfg = cfg or SeracTrainConfig()
     records = [f for f in records if isinstance(f, Fact)]
     if len(records) < 2:
         raise ValueError("SERAC training needs at least two edit records (prompt + target_new)")

@@ -1,0 +1,6 @@
+"""GRACE: a key-value codebook at one layer."""
+from .hparams import GraceHparams
+from .entry import GraceEntry
+from .method import Grace
+
+__all__ = ["GraceHparams", "GraceEntry", "Grace"]

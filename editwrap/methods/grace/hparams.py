@@ -1,0 +1,40 @@
+"""Hyperparameters of GRACE (EasyEdit ``hparams/GRACE/llama-7b.yaml``).
+
+Codebook at the MLP output projection of layer 27 of 32 (scaled by depth), initial radius 1.0,
+values trained from a cold (uniform) start with Adam at lr 1.0 for 50 steps; a same-label key
+outside a row's radius widens it (``coverage``), a different-label key inside it splits both radii.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ...arch import arch_of
+from ..base import HparamsBase
+
+__all__ = ["GraceHparams", "layer_at_depth"]
+
+
+def layer_at_depth(model: Any, index: int = 27, of: int = 32) -> int:
+    """Layer ``index`` of ``of`` (EasyEdit's Llama-7B choice) scaled to this model's depth."""
+    n = arch_of(model).n_layers
+    return min(n - 1, round(index / of * n))
+
+
+class GraceHparams(HparamsBase):
+    layer: int = Field(27, ge=0)
+    eps: float = Field(1.0, gt=0)
+    n_iter: int = Field(50, ge=1)
+    edit_lr: float = Field(1.0, gt=0)
+    val_init: Literal["cold", "warm"] = "cold"
+    eps_expand: Literal["coverage", "moving_average"] = "coverage"
+    #: stop once the target NLL is below this (0 = always run n_iter, as EasyEdit)
+    early_stop_loss: float = Field(0.0, ge=0)
+    seed: int = 0
+    #: replay the blocks below the codebook's layer and project only the target positions (exact)
+    fast_path: bool = True
+
+    @classmethod
+    def for_model(cls, model: Any) -> "GraceHparams":
+        return cls(layer=layer_at_depth(model))

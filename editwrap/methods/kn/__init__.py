@@ -1,0 +1,5 @@
+"""Knowledge neurons (KN)."""
+from .hparams import KnHparams
+from .method import Kn
+
+__all__ = ["KnHparams", "Kn"]

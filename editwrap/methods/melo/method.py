@@ -1,0 +1,106 @@
+"""MELO: neuron-indexed dynamic LoRA (Yu et al., AAAI 2024), one LoRA block per edit.
+
+``compute`` (1) reads the key of each fact at the router (the input of the MLP output projection
+at ``router_layer``: its running mean over the prompt, or the last prompt token), with a radius
+``radius · ‖key‖``; (2) trains a fresh rank-``rank`` LoRA block on the target modules (``A``
+Kaiming-uniform, ``B`` zero, as PEFT) with teacher-forced CE on prompt + target, Adam with
+EasyEdit's step decay, routed through the same :class:`~editwrap.methods.melo.entry.MeloRouter` code
+used at inference (a temporary router holding only the new block), so training sees exactly the
+positions inference will adapt. Blocks already on the stack are switched off while training (the
+new key is nearest for its own prompt, so only the new block acts there). The model is not
+modified; the result is a :class:`~editwrap.methods.melo.entry.MeloEntry`.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Any, Sequence
+
+import torch
+
+from .entry import MeloEntry, MeloRouter, melo_routers
+from ...facts import Fact
+from ...arch import arch_of
+from .hparams import MeloHparams
+from ...ops.hooks import capture, frozen, get_module
+from ...ops.train import edit_batch, edit_loss, optimize, prompt_lengths
+from ...stack import Edit
+from ..base import register_method
+
+__all__ = ["Melo", "resolve_modules"]
+
+
+def resolve_modules(model: Any, hp: MeloHparams) -> tuple[str, list[str]]:
+    """(router module, target module names), checked against the model; errors name the field."""
+    arch = arch_of(model)
+    n = arch.n_layers
+    if hp.router_layer >= n:
+        raise ValueError(f"melo: router_layer={hp.router_layer} but the model has {n} layers (0..{n - 1})")
+    layers = list(hp.layers) or [i for i in (hp.router_layer + 1, hp.router_layer + 2) if i < n]
+    bad = [i for i in layers if i <= hp.router_layer or i >= n]
+    if not layers or bad:
+        raise ValueError(f"melo: layers={layers or hp.layers} must be after router_layer={hp.router_layer} and below "
+                         f"{n} (the key must not depend on the LoRA it routes); bad: {bad}")
+    targets = []
+    for i in layers:
+        for t in hp.target_modules:
+            name = f"{arch.block_at(i)}.{t}"
+            try:
+                mod = get_module(model, name)
+            except KeyError as e:
+                raise ValueError(f"melo: target_modules entry {t!r} does not exist in layer {i}: {e.args[0]}") from None
+            if not hasattr(mod, "weight"):
+                raise ValueError(f"melo: target_modules entry {t!r} ({name}) is not a projection with a weight")
+            targets.append(name)
+    return arch.mlp_out_at(hp.router_layer), targets
+
+
+@register_method
+class Melo:
+    name = "melo"
+    Hparams = MeloHparams
+    needs_subject = False
+
+    def default_hparams(self, model: Any) -> MeloHparams:
+        return MeloHparams.for_model(model)
+
+    def compute(self, model: Any, facts: Sequence[Fact], hp: MeloHparams) -> Edit:
+        t0 = time.time()
+        router, targets = resolve_modules(model, hp)
+        enc, labels = edit_batch(model, facts, "target_new")
+        last = prompt_lengths(labels)
+        with contextlib.ExitStack() as st:
+            st.enter_context(frozen(model))
+            for r in melo_routers(model).values():  # blocks below are off while training
+                st.callback(setattr, r, "enabled", r.enabled)
+                r.enabled = False
+            st.enter_context(torch.random.fork_rng(devices=[]))
+            torch.manual_seed(hp.seed)
+            with capture(model, [router, *targets]) as cap, torch.no_grad():
+                model(**enc)
+            x = cap[router]["input"].float()
+            keys = torch.stack([x[i, : int(p) + 1].mean(0) if hp.key_type == "mean" else x[i, int(p)]
+                                for i, p in enumerate(last.tolist())])
+            radii = hp.radius * keys.norm(dim=1)
+            parts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+            for name in targets:
+                d_in, d_out = cap[name]["input"].shape[-1], cap[name]["output"].shape[-1]
+                a = torch.empty(hp.rank, d_in)
+                torch.nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+                parts[name] = (a.to(x.device).requires_grad_(True), torch.zeros(d_out, hp.rank, device=x.device,
+                                                                                 requires_grad=True))
+            block = MeloEntry(router, hp.key_type, keys, radii, parts, hp.lora_alpha / hp.rank, trainable=True)
+            trainer = MeloRouter(model, router, hp.key_type)
+            st.callback(trainer.close)
+            trainer.add("training", block)
+            params = [t for ab in parts.values() for t in ab]
+            opt = torch.optim.Adam(params, lr=hp.lr)
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_decay_every, gamma=hp.lr_decay)
+            with torch.enable_grad():
+                info = optimize(opt, lambda: (edit_loss(model(**enc).logits, labels), {}), hp.num_steps,
+                                hp.early_stop_loss, after_step=lambda _s: sched.step())
+        entry = MeloEntry(router, hp.key_type, keys, radii, parts, hp.lora_alpha / hp.rank)
+        info.update(seconds=round(time.time() - t0, 3), keys=int(keys.shape[0]),
+                    blocks_below=sum(len(r.entries) for r in melo_routers(model).values()))
+        return Edit(self.name, facts, hp.model_dump(mode="json"), entry, info=info)
