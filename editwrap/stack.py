@@ -231,7 +231,8 @@ def _append(edits: Sequence[Edit], path: Path, header: dict[str, Any]) -> bool:
                 "shards": shards, "edits": [*old["edits"], *records]}
     tmp = path / f".edits.json.tmp-{uuid.uuid4().hex[:6]}"
     try:
-        tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        # compact: json's C encoder (indent uses the pure-Python one, ~4x slower on a 10,000-edit manifest)
+        tmp.write_text(json.dumps(manifest, separators=(",", ":")), encoding="utf-8")
         os.replace(tmp, mf)  # the commit point: before it, the new shard is an orphan the old manifest ignores
     finally:
         tmp.unlink(missing_ok=True)
