@@ -5,12 +5,13 @@ more edit onto a stack of 10 to 10,000 edits.
     OMP_NUM_THREADS=1 python benchmarks/serve_load.py --edits 0,100 --concurrency 1,4,16 --rounds 2 \
         --threads 1 --out docs/results/serve/load.json
 
-For each (edits, batching) pair a real server process (uvicorn) starts on localhost and a real
-HTTP client sends ``rounds x concurrency`` requests (at least 8) ``concurrency`` at a time; each
-request selects one of the sets that hold edits (with 0 edits, none). Batched is the server's
-default (``--max-batch 16``, a 10 ms window); unbatched is ``--max-batch 1`` (one request per
-generate call, as the server worked before batching). Prompts are WikiData_recent statements, 8
-new tokens, greedy.
+For each edit count two real server processes (uvicorn) start on localhost, one batched and one
+unbatched; at each concurrency a real HTTP client sends ``rounds x concurrency`` requests (at least
+8) ``concurrency`` at a time to the one, then to the other (back to back, so that both see the
+same load from anything else on the machine); each request selects one of the sets that hold
+edits (with 0 edits, none). Batched is the server's default (``--max-batch 16``, a 10 ms window);
+unbatched is ``--max-batch 1`` (one request per generate call, one at a time). Prompts are
+WikiData_recent statements, 8 new tokens, greedy.
 
 The 100 edits are one real ROME edit's shape repeated: rank-one deltas on ROME's layer with random
 factors scaled to a thousandth of the real edit's (a side-car's cost does not depend on its
@@ -158,19 +159,22 @@ def main() -> None:
         del model, real
         gc.collect()
         prompts = [r["prompt"] for r in records[:100]]
-        for n in edit_counts:
-            for batched in (True, False):
-                stack = root / f"serve-{n}-{batched}"
-                shutil.copytree(root / f"stack-{n}", stack)
-                proc, url = start(stack, args.threads, *([] if batched else ["--max-batch", "1"]))
-                try:
-                    for conc in levels:
+        for n in edit_counts:  # both servers up at once; each level measured batched then unbatched, back to back
+            servers = {}
+            try:
+                for batched in (True, False):
+                    stack = root / f"serve-{n}-{batched}"
+                    shutil.copytree(root / f"stack-{n}", stack)
+                    servers[batched] = start(stack, args.threads, *([] if batched else ["--max-batch", "1"]))
+                for conc in levels:
+                    for batched in (True, False):
                         row = {"edits": n, "sets": len(sets) if n else 0, "batched": batched, "concurrency": conc,
-                               **load(url, prompts, sets if n else [], max(8, args.rounds * conc), conc,
-                                      args.max_tokens)}
+                               **load(servers[batched][1], prompts, sets if n else [], max(8, args.rounds * conc),
+                                      conc, args.max_tokens), "load_1min": os.getloadavg()[0]}
                         result["rows"].append(row)
                         print(json.dumps(row), flush=True)
-                finally:
+            finally:
+                for proc, _ in servers.values():
                     proc.terminate()
                     proc.wait(timeout=60)
     result["load_after"] = os.getloadavg()
