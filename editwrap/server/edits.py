@@ -206,8 +206,10 @@ class EditService:
         before = [e.id for e in shadow._edits]
         try:
             e = shadow.edit(facts, method=method, edit_set=edit_set, on_conflict=on_conflict, **hparams)
-        except (ValueError, StackError, FloatingPointError) as exc:
-            raise self._deny(who, "push", str(exc), status=409 if isinstance(exc, StackError) else 400,
+        except Exception as exc:  # noqa: BLE001 - every failure is audited; the request names it
+            status = 409 if isinstance(exc, StackError) else 400 if isinstance(exc, (ValueError, FloatingPointError)) \
+                else 500
+            raise self._deny(who, "push", str(exc) if status < 500 else f"the edit failed: {exc!r}", status=status,
                              edit_set=edit_set, method=method, facts=[f.to_json() for f in facts]) from None
         after = {x.id for x in shadow._edits}
         return _Prepared(e, before, [i for i in before if i not in after])
