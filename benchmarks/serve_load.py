@@ -1,23 +1,38 @@
-"""Requests per second and latency of ``editwrap serve`` /v1/completions (or, with ``--endpoint
-chat``, /v1/chat/completions) with 0, 10 and 100 edits spread over 4 edit sets (each request
-selects one set that holds edits; with 0 edits, none).
+"""Requests per second and latency of ``editwrap serve`` /v1/completions, batched against unbatched,
+at several concurrencies, with 0 and 100 edits spread over 4 edit sets; and the time to save one
+more edit onto a stack of 10 to 10,000 edits.
 
-    OMP_NUM_THREADS=2 python benchmarks/serve_load.py --edits 0,10,100 --requests 64 --concurrency 4 \
-        --out docs/results/serve/load.json
+    OMP_NUM_THREADS=1 python benchmarks/serve_load.py --edits 0,100 --concurrency 1,4,16 --rounds 2 \
+        --threads 1 --out docs/results/serve/load.json
 
-A real server process (uvicorn) on localhost and a real HTTP client. The edits are ROME edits of
-WikiData_recent records (statement prompts, which the model continues; the same prompts are sent
-in every configuration) with a short value optimisation (``--v-steps``, default 5): what is measured is the
-cost of serving a stack of side-cars, not the edits' quality. Edits are pushed through the API.
-``--data``: a file or dataset name (default ``knowedit:WikiData_recent_train``, the KnowEdit
+For each edit count two real server processes (uvicorn) start on localhost, one batched and one
+unbatched; at each concurrency a real HTTP client sends ``rounds x concurrency`` requests (at least
+8) ``concurrency`` at a time to the one, then to the other (back to back, so that both see the
+same load from anything else on the machine); each request selects one of the sets that hold
+edits (with 0 edits, none). Batched is the server's default (``--max-batch 16``, a 10 ms window);
+unbatched is ``--max-batch 1`` (one request per generate call, one at a time). Prompts are
+WikiData_recent statements, 8 new tokens, greedy.
+
+The 100 edits are one real ROME edit's shape repeated: rank-one deltas on ROME's layer with random
+factors scaled to a thousandth of the real edit's (a side-car's cost does not depend on its
+values, and the answers stay those of the unedited model, so every configuration generates the
+same tokens). They are saved as a stack the servers start from, so setting up costs seconds, not
+a hundred edit computations.
+
+Save time: ``save_stack_dir(..., append=True)`` (what the server runs after a push) of one new edit
+onto a saved stack of n edits, against rewriting all n + 1.
+
+``--data``: a WikiData_recent file or dataset name (default ``knowedit:WikiData_recent_train``, the KnowEdit
 WikiData_recent train split from the Hugging Face Hub, fetched by ``editwrap data knowedit``; docs/data.md).
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -28,16 +43,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import torch
 
 
 
-def start(stack_dir: Path, threads: int) -> tuple[subprocess.Popen, str]:
+def start(stack_dir: Path, threads: int, *extra: str) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen([sys.executable, "-m", "editwrap.cli", "serve", "--stack-dir", str(stack_dir),
-                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--port", str(port), *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -49,87 +65,143 @@ def start(stack_dir: Path, threads: int) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("server did not start")
 
 
+def synthetic_edits(model, real, records: list[dict], n: int, sets: list[str]) -> list:
+    """``n`` edits shaped like ``real`` (same entry kind, modules and ranks), random small factors."""
+    from editwrap import Fact
+    from editwrap.entries.base import entry_from_saved
+    from editwrap.stack import Edit
+
+    g = torch.Generator().manual_seed(0)
+    base = real.entry.tensors()
+    out = []
+    for i in range(n):
+        t = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) * (1e-3 * float(v.float().std()))
+             for k, v in base.items()}
+        r = records[i % len(records)]
+        fact = Fact(prompt=r["prompt"], subject=r["subject"], target_new=r["target_new"])
+        out.append(Edit(real.method, [fact], real.hparams, entry_from_saved(real.entry.kind, real.entry.meta(), t),
+                        edit_set=sets[i % len(sets)] if sets else None))
+    return out
+
+
+def save_times(model, edits: list, sizes: list[int], root: Path) -> list[dict]:
+    from editwrap.stack import save_stack_dir
+
+    rows = []
+    for n in sizes:
+        path = root / f"save-{n}"
+        save_stack_dir(edits[:n], path, model)
+        t = time.perf_counter()
+        save_stack_dir(edits[:n + 1], path, model, append=True)
+        append_s = time.perf_counter() - t
+        t = time.perf_counter()
+        save_stack_dir(edits[:n + 1], root / f"rewrite-{n}", model)
+        rewrite_s = time.perf_counter() - t
+        rows.append({"stack": n, "append_ms": round(1000 * append_s, 1), "rewrite_ms": round(1000 * rewrite_s, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+        shutil.rmtree(path)
+        shutil.rmtree(root / f"rewrite-{n}")
+    return rows
+
+
+def load(url: str, prompts: list[str], sets: list[str], n_req: int, conc: int, max_tokens: int) -> dict:
+    rnd = random.Random(0)
+    jobs = [(rnd.choice(prompts), [rnd.choice(sets)] if sets else []) for _ in range(n_req)]
+    with httpx.Client(timeout=1200, limits=httpx.Limits(max_connections=conc + 4)) as c:
+        def one(job: tuple[str, list[str]]) -> tuple[float, int]:
+            t = time.perf_counter()
+            r = c.post(url + "/v1/completions", json={"prompt": job[0], "max_tokens": max_tokens, "edit_sets": job[1]})
+            r.raise_for_status()
+            return time.perf_counter() - t, r.json()["usage"]["completion_tokens"]
+        one(jobs[0])  # warm-up
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(conc) as pool:
+            got = list(pool.map(one, jobs))
+        wall = time.perf_counter() - t0
+    lat = sorted(x for x, _ in got)
+    return {"requests": n_req, "rps": round(n_req / wall, 3), "p50_ms": round(1000 * statistics.median(lat)),
+            "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]),
+            "tokens_per_s": round(sum(n for _, n in got) / wall, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--edits", default="0,10,100")
+    ap.add_argument("--edits", default="0,100")
     ap.add_argument("--sets", type=int, default=4)
-    ap.add_argument("--requests", type=int, default=64)
-    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--rounds", type=int, default=2, help="requests per level = rounds x concurrency (at least 8)")
     ap.add_argument("--max-tokens", type=int, default=8)
-    ap.add_argument("--v-steps", type=int, default=5)
+    ap.add_argument("--save-sizes", default="10,100,1000,10000", help="stack sizes for the save timing ('' skips)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
-    ap.add_argument("--endpoint", choices=("completions", "chat"), default="completions")
     ap.add_argument("--data", default="knowedit:WikiData_recent_train", help="WikiData_recent file or dataset name")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    from editwrap import EditableModel
     from editwrap.evals.hub import resolve_data
 
     records = json.loads(resolve_data(args.data).read_text())
     sets = [f"tenant-{i}" for i in range(args.sets)]
-    rnd = random.Random(0)
-    rows = []
+    levels = [int(x) for x in args.concurrency.split(",")]
+    sizes = [int(x) for x in args.save_sizes.split(",") if x]
+    edit_counts = sorted(int(x) for x in args.edits.split(","))
+    torch.set_num_threads(args.threads)
+    result: dict = {"threads": args.threads, "cpu": os.cpu_count(), "max_tokens": args.max_tokens,
+                    "load_before": os.getloadavg(), "rows": [], "save": []}
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start(Path(tmp) / "stack", args.threads)
-        try:
-            with httpx.Client(timeout=600) as c:
-                pushed = 0
-                for n in sorted(int(x) for x in args.edits.split(",")):
-                    t0 = time.time()
-                    while pushed < n:
-                        r = records[pushed]
-                        fact = {"prompt": r["prompt"], "subject": r["subject"], "target_new": r["target_new"]}
-                        resp = c.post(url + "/v1/edits", json={"facts": fact, "method": "rome",
-                                                                "edit_set": sets[pushed % len(sets)],
-                                                                "on_conflict": "stack",
-                                                                "hparams": {"v_num_grad_steps": args.v_steps}})
-                        resp.raise_for_status()
-                        pushed += 1
-                    push_s = time.time() - t0
-                    prompts = [records[i]["prompt"] for i in range(max(int(x) for x in args.edits.split(",")))] \
-                        or [records[0]["prompt"]]
-                    tokens = []
+        root = Path(tmp)
+        model = EditableModel.from_pretrained()
+        r0 = records[0]
+        real = model.compute_edit({"prompt": r0["prompt"], "subject": r0["subject"], "target_new": r0["target_new"]},
+                                  "rome", v_num_grad_steps=2)
+        from editwrap.stack import save_stack_dir
 
-                    def one(i: int) -> float:
-                        body = {"max_tokens": args.max_tokens,
-                                "edit_sets": [sets[i % min(n, len(sets))]] if n else []}
-                        p = prompts[i % len(prompts)]
-                        body.update({"messages": [{"role": "user", "content": p}]} if args.endpoint == "chat"
-                                    else {"prompt": p})
-                        t = time.perf_counter()
-                        resp = c.post(url + ("/v1/chat/completions" if args.endpoint == "chat" else "/v1/completions"),
-                                      json=body)
-                        resp.raise_for_status()
-                        tokens.append(resp.json()["usage"]["completion_tokens"])
-                        return time.perf_counter() - t
-
-                    one(0)  # warm-up
-                    tokens.clear()
-                    order = list(range(args.requests))
-                    rnd.shuffle(order)
-                    t0 = time.perf_counter()
-                    with ThreadPoolExecutor(args.concurrency) as pool:
-                        lat = sorted(pool.map(one, order))
-                    wall = time.perf_counter() - t0
-                    row = {"edits": n, "sets": len(sets) if n else 0, "requests": args.requests,
-                           "concurrency": args.concurrency, "max_tokens": args.max_tokens,
-                           "rps": round(args.requests / wall, 2), "p50_ms": round(1000 * statistics.median(lat), 1),
-                           "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1),
-                           "tokens_per_s": round(sum(tokens) / wall, 1),
-                           "mean_completion_tokens": round(sum(tokens) / len(tokens), 2),
-                           "push_seconds": round(push_s, 1)}
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-    print("\n| edits (over 4 sets) | requests/s | p50 latency (ms) | p99 latency (ms) | tokens/s |\n"
-          "|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['edits']} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['tokens_per_s']} |")
+        for n in edit_counts:
+            save_stack_dir(synthetic_edits(model, real, records, n, sets), root / f"stack-{n}", model)
+        if sizes:
+            result["save"] = save_times(model, synthetic_edits(model, real, records, max(sizes) + 1, sets), sizes, root)
+        del model, real
+        gc.collect()
+        prompts = [r["prompt"] for r in records[:100]]
+        for n in edit_counts:  # both servers up at once; each level measured batched then unbatched, back to back
+            servers = {}
+            try:
+                for batched in (True, False):
+                    stack = root / f"serve-{n}-{batched}"
+                    shutil.copytree(root / f"stack-{n}", stack)
+                    servers[batched] = start(stack, args.threads, *([] if batched else ["--max-batch", "1"]))
+                for conc in levels:
+                    for batched in (True, False):
+                        row = {"edits": n, "sets": len(sets) if n else 0, "batched": batched, "concurrency": conc,
+                               **load(servers[batched][1], prompts, sets if n else [], max(8, args.rounds * conc),
+                                      conc, args.max_tokens), "load_1min": os.getloadavg()[0]}
+                        result["rows"].append(row)
+                        print(json.dumps(row), flush=True)
+            finally:
+                for proc, _ in servers.values():
+                    proc.terminate()
+                    proc.wait(timeout=60)
+    result["load_after"] = os.getloadavg()
+    print(table(result))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"rows": rows, "threads": args.threads, "cpu": os.cpu_count(),
-                                              "endpoint": args.endpoint, "v_steps": args.v_steps}, indent=2))
+        Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+def table(result: dict) -> str:
+    """The markdown tables of docs/SERVING.md."""
+    by = {(r["edits"], r["concurrency"], r["batched"]): r for r in result["rows"]}
+    lines = ["| edits (over 4 sets) | concurrency | requests/s batched | unbatched | speed-up | p50 ms batched | "
+             "unbatched | p99 ms batched | unbatched |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for (n, conc, batched), b in sorted(by.items()):
+        u = by.get((n, conc, False))
+        if not batched or u is None:
+            continue
+        lines.append(f"| {n} | {conc} | {b['rps']} | {u['rps']} | {b['rps'] / u['rps']:.2f}x | {b['p50_ms']} | "
+                     f"{u['p50_ms']} | {b['p99_ms']} | {u['p99_ms']} |")
+    if result.get("save"):
+        lines += ["", "| edits on the stack | append one edit (ms) | rewrite the stack (ms) |", "|---:|---:|---:|"]
+        lines += [f"| {s['stack']:,} | {s['append_ms']} | {s['rewrite_ms']} |" for s in result["save"]]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

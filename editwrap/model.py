@@ -13,7 +13,7 @@ import functools
 import os
 import warnings
 import weakref
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -429,9 +429,12 @@ class EditableModel:
 
     @torch.no_grad()
     def generate_text(self, prompt: str | list[str], max_new_tokens: int = 20, *,
-                      edit_sets: Sequence[Sequence[str]] | None = None, **kwargs: Any) -> str | list[str]:
+                      edit_sets: Sequence[Sequence[str]] | None = None,
+                      per_call: Callable[[list[int]], dict[str, Any]] | None = None, **kwargs: Any) -> str | list[str]:
         """Greedy continuation of ``prompt`` (only the new text), honouring text-plane entries.
-        ``edit_sets``: the edit sets each prompt sees (one list of names per prompt)."""
+        ``edit_sets``: the edit sets each prompt sees (one list of names per prompt).
+        ``per_call(indices)``: extra ``generate`` keywords for the call that serves those prompts
+        (prompts routed to different models run in separate calls), e.g. a per-row stopping rule."""
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
         tok = self.tokenizer
@@ -455,7 +458,8 @@ class EditableModel:
             rows_here = _sets.select_rows([rows[i] for i in idx]) if rows is not None and m is self \
                 else contextlib.nullcontext()
             with rows_here:
-                out = m.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs)
+                extra = per_call(idx) if per_call is not None else {}
+                out = m.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **kwargs, **extra)
             for i, t in zip(idx, tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)):
                 texts[i] = t
         return texts[0] if single else texts
