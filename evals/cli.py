@@ -1,5 +1,6 @@
-"""CLI plugin: ``editwrap eval knowedit ...``, ``editwrap eval lm ...`` (lm-eval integration, when
-installed) and ``editwrap report FOLDER... --out DIR``."""
+"""CLI plugin: ``editwrap eval knowedit ...``, ``editwrap eval counterfact ...`` (the same runner with
+ROME/MEMIT/AlphaEdit's metrics), ``editwrap eval lm ...`` (lm-eval integration, when installed) and
+``editwrap report FOLDER... --out DIR``."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +11,7 @@ from typing import Any, Callable
 from .datasets import DATASETS
 
 DATASET_CHOICES = (*DATASETS, "mixed")
+FACT_DATASETS = tuple(d for d in DATASET_CHOICES if d not in ("convsent", "sanitation"))  # = runner.NO_GENERATION
 
 
 def _checkpoints(text: str) -> list[int]:
@@ -75,20 +77,34 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
                          seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress,
                          trained_on=args.trained_on, save_stacks=not args.no_save_stacks, save_every=args.save_every,
                          stop_after=args.stop_after, keep_stack=args.keep_stack,
-                         generation=not args.no_generation, gen_margin=args.gen_margin, chat_template=args.chat_template)
+                         generation=not args.no_generation, gen_margin=args.gen_margin, chat_template=args.chat_template,
+                         protocol=args.protocol)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if "rank" in s:  # a sharded run's other ranks: rank 0 prints the merged result
         print(f"rank {s['rank']} of {s['world']}: {s['lines']} record(s) in its part")
         return 0
     stem = f"{s['dataset']}-{s['method']}-{s['mode']}" + (f"-from-{s['trained_on']}" if s.get("trained_on") else "") \
-        + (f"-consolidated{s['consolidate_every']}" if s.get("consolidate_every") else "")
+        + (f"-consolidated{s['consolidate_every']}" if s.get("consolidate_every") else "") \
+        + ("-memit" if s.get("protocol") == "memit" else "")
     print(Path(args.out, f"{stem}.md").read_text(encoding="utf-8"))
     total = f" ({s['total_wall_seconds']:.1f} s over {s['processes']} processes)" if s.get("processes", 1) > 1 else ""
     print(f"wall time {s['wall_seconds']:.1f} s{total}; results in {args.out}/ ({stem}.jsonl, .summary.json, .md; report.md)")
     if s.get("stopped_after"):
         print(f"stopped after checkpoint {s['stopped_after']}; the same command without --stop-after resumes from there")
     return 0 if s.get("bit_exact") is not False else 1
+
+
+def cmd_counterfact(args: argparse.Namespace) -> int:
+    """``eval knowedit --protocol memit``, the dataset format read from the file when not given."""
+    if args.dataset is None:
+        from .counterfact import detect_dataset
+
+        args.dataset = detect_dataset(args.data)
+        if args.dataset not in FACT_DATASETS:
+            raise ValueError(f"--data {args.data} is a {args.dataset} file; the CounterFact protocol scores fact "
+                             f"records ({', '.join(FACT_DATASETS)})")
+    return cmd_knowedit(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -102,15 +118,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], None]) -> None:
-    ev = subparsers.add_parser("eval", help="evaluate edits: knowedit (KnowEdit benchmark), lm (general ability)")
-    evsub = ev.add_subparsers(dest="eval_command", required=True, metavar="{knowedit,lm}")
-    k = evsub.add_parser("knowedit", help="edit KnowEdit records and score them with EasyEdit's metrics",
-                         description="Edit each record and score it with EasyEdit's KnowEdit metrics; results stream "
-                                     "to OUT/<dataset>-<method>-<mode>.jsonl (an interrupted run resumes).")
-    model_args(k)
-    k.add_argument("--dataset", required=True, choices=DATASET_CHOICES,
-                   help="dataset format; 'mixed' draws ZsRE/WikiData_recent/WikiData_counterfact records at random")
+def _run_args(k: argparse.ArgumentParser) -> None:
+    """The run settings ``eval knowedit`` and ``eval counterfact`` share."""
     k.add_argument("--data", required=True,
                    help="dataset JSON file, a directory holding the KnowEdit files, or a name: knowedit:ZsRE, "
                         "knowedit:WikiData_recent, ... (knowedit for --dataset mixed; `editwrap data list`, docs/data.md)")
@@ -156,7 +165,33 @@ def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], No
                    help="sequential: keep the saved stack when the run is complete (EditableModel.from_pretrained("
                         "stack=DIR) loads it; a run with --checkpoints N restores it to score checkpoint N again)")
     k.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    ev = subparsers.add_parser("eval", help="evaluate edits: knowedit (KnowEdit benchmark), counterfact (ROME/MEMIT "
+                                            "metrics), lm (general ability)")
+    evsub = ev.add_subparsers(dest="eval_command", required=True, metavar="{knowedit,counterfact,lm}")
+    k = evsub.add_parser("knowedit", help="edit KnowEdit records and score them with EasyEdit's metrics",
+                         description="Edit each record and score it with EasyEdit's KnowEdit metrics; results stream "
+                                     "to OUT/<dataset>-<method>-<mode>.jsonl (an interrupted run resumes).")
+    model_args(k)
+    k.add_argument("--dataset", required=True, choices=DATASET_CHOICES,
+                   help="dataset format; 'mixed' draws ZsRE/WikiData_recent/WikiData_counterfact records at random")
+    _run_args(k)
+    k.add_argument("--protocol", choices=("knowedit", "memit"), default="knowedit",  # = counterfact.PROTOCOLS
+                   help="memit: also score ROME/MEMIT/AlphaEdit's CounterFact metrics (as `eval counterfact`)")
     k.set_defaults(func=cmd_knowedit)
+    c = evsub.add_parser("counterfact", help="the same runner scored with ROME/MEMIT/AlphaEdit's CounterFact metrics",
+                         description="Edit each record and score it with the metrics of the ROME/MEMIT/AlphaEdit papers "
+                                     "(Efficacy/Paraphrase/Neighborhood Score and Magnitude, token accuracy; with "
+                                     "--fluency generation entropy and consistency), beside EasyEdit's; results stream "
+                                     "to OUT/<dataset>-<method>-<mode>-memit.jsonl (docs/counterfact.md).")
+    model_args(c)
+    c.add_argument("--dataset", default=None, choices=FACT_DATASETS,
+                   help="dataset format (default: read from the file: counterfact_rome for ROME's counterfact.json, "
+                        "counterfact_easyedit for EasyEdit's flattened file, ...)")
+    _run_args(c)
+    c.set_defaults(func=cmd_counterfact, protocol="memit")
     try:
         from editwrap.integrations.cli import add_eval_lm
     except ImportError:

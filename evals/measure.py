@@ -46,8 +46,9 @@ __all__ = ["Scorer", "item_fact"]
 
 
 def item_fact(item: Any) -> Fact:
-    """The Fact to edit with for a dataset item."""
-    return item.fact if isinstance(item, ConvSentRecord) else item
+    """The Fact to edit with for a dataset item (a record that wraps one, such as ConvSentRecord or
+    CounterfactRecord, holds it as ``.fact``)."""
+    return item if isinstance(item, Fact) else item.fact
 
 
 def _nan_to_none(v: Any) -> Any:

@@ -471,7 +471,9 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     x100; Portability/Locality: see :func:`_nested`; records without any probe of a section do not
     count. Other numeric keys (ConvSent ``es``/``dd``, Sanitation ``success``) are averaged unscaled.
     Missing metrics are None. Records with generated-answer scores (a ``generation`` mapping, see
-    :mod:`editwrap.evals.generation`) add a ``generation`` block with the same names, plus F1 ones.
+    :mod:`editwrap.evals.generation`) add a ``generation`` block with the same names, plus F1 ones;
+    records of the CounterFact protocol add ``memit`` / ``memit_pre`` blocks
+    (:func:`editwrap.evals.counterfact.summarize_counterfact`).
     """
     recs = [r.get("post", r) for r in records]
     out: dict[str, Any] = {"n": len(recs)}
@@ -494,4 +496,10 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         from .generation import summarize_generation
 
         out["generation"] = summarize_generation(gens)
+    for key in ("memit", "memit_pre"):  # protocol="memit" (editwrap.evals.counterfact): after / before the edits
+        blocks = [r[key] for r in recs if isinstance(r.get(key), Mapping)]
+        if blocks:
+            from .counterfact import summarize_counterfact
+
+            out[key] = summarize_counterfact(blocks)
     return out

@@ -55,7 +55,8 @@ def _labels(runs: Sequence[dict]) -> list[str]:
     """Column names: the method, plus the model / folder where needed to tell columns apart."""
     labels = [r["method"] + (f" ({r['trained_on']} ⇒)" if r.get("trained_on") else "")
               + (f" ×{r['batch_size']}/edit" if r.get("mode") == "sequential" and (r.get("batch_size") or 1) > 1 else "")
-              + (f" +consolidate/{r['consolidate_every']}" if r.get("consolidate_every") else "") for r in runs]
+              + (f" +consolidate/{r['consolidate_every']}" if r.get("consolidate_every") else "")
+              + (" [memit protocol]" if r.get("protocol") == "memit" else "") for r in runs]
     if len({model_name(r.get("model")) for r in runs}) > 1:  # the same model at other paths is one
         labels = [f"{lab} ({model_name(r.get('model')) or 'model'})" for lab, r in zip(labels, runs)]
     if len(set(labels)) < len(labels):  # the same method from two folders: name the folders
@@ -183,6 +184,10 @@ def write_run(summary: dict, out: str | Path, stem: str) -> None:
     if summary.get("fluency") == "easyedit":
         parts += ["", f"Fluency: EasyEdit mode (top-5 sampling to 100 tokens including the prompt, seed "
                       f"{summary.get('seed', 0)}), comparable with EasyEdit's tables."]
+    if (summary.get("metrics") or {}).get("memit"):
+        from .counterfact import memit_table
+
+        parts += ["", memit_table(summary)]
     if summary.get("checkpoints"):
         parts += ["", _curve_tables([summary])]
         plot_sequential([summary], out / f"{stem}.png", title)
@@ -383,6 +388,11 @@ def build_report(folders: Sequence[str | Path], out: str | Path, title: str = "K
                 parts += [f"![{ds} sequential]({png.name})", ""]
     if not runs:
         parts += ["(no *.summary.json found)", ""]
+    from .counterfact import memit_report
+
+    memit = memit_report(runs, _labels(runs))
+    if memit:
+        parts += ["## CounterFact protocol (ROME/MEMIT/AlphaEdit metrics)", "", memit, ""]
     if paper:
         comparison = paper_comparison_table(runs)
         if comparison:

@@ -30,6 +30,7 @@ from editwrap.ops.fingerprint import state_dict_hash
 from editwrap.ops.memory import device_name, peak_memory_mb
 from editwrap.paths import portable
 
+from .counterfact import PROTOCOLS, CounterfactScorer, counterfact_items
 from .datasets import DATASETS, DEFAULT_FILES, folder_file, load_dataset
 from .generation import DEFAULT_MARGIN
 from .hub import is_data_name, resolve_data
@@ -204,7 +205,7 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
                  save_stacks: bool = True, generation: bool = True, gen_margin: int = DEFAULT_MARGIN,
                  chat_template: bool = False, consolidate_every: int | None = None,
                  save_every: int | None = 100, stop_after: int | None = None,
-                 keep_stack: bool = False) -> dict[str, Any]:
+                 keep_stack: bool = False, protocol: str = "knowedit") -> dict[str, Any]:
     """Evaluate ``method`` on a KnowEdit dataset; returns the summary (also written to ``out``).
 
     ``model``: an EditableModel, a model path/hub id, or None (the embedded model). ``data``: the
@@ -225,7 +226,9 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     False, True (greedy) or ``"easyedit"``. ``generation``: also score greedy answers of fact records
     (:mod:`editwrap.evals.generation`; budget = target tokens + ``gen_margin``; ``chat_template``
     wraps those prompts in the tokenizer's chat template); recorded in the meta as
-    ``{"margin", "chat_template"}`` or False. Writes ``<dataset>-<method>-<mode>.{jsonl,meta.json,summary.json,md}``
+    ``{"margin", "chat_template"}`` or False. ``protocol="memit"``: also score ROME/MEMIT/AlphaEdit's
+    CounterFact metrics (:mod:`editwrap.evals.counterfact`; ``with_fluency`` adds their sampled
+    generation entropy and consistency); the stem gets ``-memit``. Writes ``<dataset>-<method>-<mode>.{jsonl,meta.json,summary.json,md}``
     (+ ``.png`` for sequential) and refreshes ``report.md`` for the whole folder.
     """
     from tqdm.auto import tqdm
@@ -238,6 +241,11 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
 
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if protocol not in PROTOCOLS or (protocol == "memit" and dataset in NO_GENERATION):
+        raise ValueError(f"protocol {protocol!r} with dataset {dataset!r}: choose a protocol among "
+                         f"{', '.join(PROTOCOLS)}; memit scores fact records (not ConvSent or Sanitation)")
+    if protocol == "memit" and with_fluency:
+        fluency_mode = "easyedit"  # the references' sampler (top-5 to 100 tokens, prompt included)
     if fluency_mode not in FLUENCY_MODES:
         raise ValueError(f"unknown fluency mode {fluency_mode!r}; choose one of {', '.join(FLUENCY_MODES)}")
     m = get_method(method)  # unknown method -> ValueError listing the available ones
@@ -273,10 +281,13 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     if not items:
         raise ValueError(f"no records loaded from {data}")
     retain = retain if retain_n is None else retain[:retain_n]
+    tfidf, consistency = None, False
+    if protocol == "memit":
+        items, tfidf, consistency = counterfact_items(items, dataset, data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{dataset}-{m.name}-{mode}" + (f"-from-{source}" if source else "") + \
-        (f"-consolidated{consolidate_every}" if consolidate_every else "")
+        (f"-consolidated{consolidate_every}" if consolidate_every else "") + ("-memit" if protocol == "memit" else "")
     cps = sorted({c for c in checkpoints if 0 < c < len(items)} | {len(items)}) if mode == "sequential" else None
     if stop_after is not None and (cps is None or stop_after not in cps):
         raise ValueError(f"--stop-after {stop_after}: give one of the checkpoints of a --mode sequential run "
@@ -299,6 +310,8 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     meta["generation"] = {"margin": gen_margin, "chat_template": chat_template} if generation else False
     if source:
         meta["trained_on"] = source
+    if protocol == "memit":
+        meta.update(protocol=protocol, consistency=consistency)
     jsonl = out / f"{stem}.jsonl"
     shard = current_shard()
     if shard is not None and mode == "sequential":
@@ -317,9 +330,10 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     keys = ("checkpoint", "index") if mode == "sequential" else ("index",)
     merged = read_result_lines(jsonl, keys)[0] if shard is not None else {}
     log = ResultLog(shard.part_path(jsonl) if shard is not None else jsonl, keys)
-    scorer = Scorer(model, with_fluency=with_fluency, fluency_mode=fluency_mode, fluency_seed=seed,
-                    gen_tokens=gen_tokens, sanitation=dataset == "sanitation", retain=retain,
-                    generation=generation, gen_margin=gen_margin, chat_template=chat_template)
+    scoring = dict(with_fluency=with_fluency, fluency_mode=fluency_mode, fluency_seed=seed,
+                   gen_tokens=gen_tokens, sanitation=dataset == "sanitation", retain=retain,
+                   generation=generation, gen_margin=gen_margin, chat_template=chat_template)
+    scorer = CounterfactScorer(model, tfidf=tfidf, **scoring) if protocol == "memit" else Scorer(model, **scoring)
     extra: dict[str, Any] = {"resumed_lines": len(log.done)}  # > 0: wall_seconds covers the last resume only
     times: list[float] = []
     ledger = TimeLedger(out / f"{stem}.time.json", times) if shard is None or shard.is_main else None
