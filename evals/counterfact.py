@@ -49,7 +49,7 @@ from .metrics import _scored, generate_fast, n_gram_entropy
 from .tfidf import Tfidf
 
 __all__ = ["PROTOCOLS", "CounterfactRecord", "counterfact_items", "target_scores", "sample_texts",
-           "CounterfactScorer", "summarize_counterfact", "memit_table", "memit_report"]
+           "CounterfactScorer", "summarize_counterfact", "memit_table", "memit_report", "detect_dataset"]
 
 PROTOCOLS = ("knowedit", "memit")
 GROUPS = ("rewrite", "paraphrase", "neighborhood")
@@ -227,6 +227,14 @@ def _fmt(v: Any) -> str:
     return "–" if v is None else f"{v:.2f}"
 
 
+def _table(cols: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """Rows = the metrics any column has, columns = (heading, summary) pairs."""
+    lines = ["| metric | " + " | ".join(c for c, _ in cols) + " |", "|---|" + "---:|" * len(cols)]
+    lines += [f"| {row} | " + " | ".join(_fmt(s.get(row)) for _, s in cols) + " |"
+              for row in ROWS if any(s.get(row) is not None for _, s in cols)]
+    return "\n".join(lines)
+
+
 def memit_table(summary: Mapping[str, Any]) -> str:
     """One run: rows = the protocol's metrics, columns = unedited model and each checkpoint (or the
     edited model)."""
@@ -235,11 +243,7 @@ def memit_table(summary: Mapping[str, Any]) -> str:
     cps = summary.get("checkpoints") or {}
     cols += [(f"{c} edits", s.get("memit") or {}) for c, s in sorted(cps.items(), key=lambda kv: int(kv[0]))] \
         if cps else [("edited", m.get("memit") or {})]
-    lines = ["CounterFact protocol of ROME/MEMIT/AlphaEdit (x100; docs/counterfact.md):", "",
-             "| metric | " + " | ".join(c for c, _ in cols) + " |", "|---|" + "---:|" * len(cols)]
-    lines += [f"| {row} | " + " | ".join(_fmt(s.get(row)) for _, s in cols) + " |"
-              for row in ROWS if any(s.get(row) is not None for _, s in cols)]
-    return "\n".join(lines)
+    return "CounterFact protocol of ROME/MEMIT/AlphaEdit (x100; docs/counterfact.md):\n\n" + _table(cols)
 
 
 def memit_report(runs: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> str:
@@ -253,11 +257,7 @@ def memit_report(runs: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> st
         cols = [(f"unedited (n={(base.get('metrics') or {}).get('n')})", (base.get("metrics") or {}).get("memit_pre") or {})]
         cols += [(f"{lab} ({r.get('mode')}, n={(r.get('metrics') or {}).get('n')})", (r.get("metrics") or {}).get("memit") or {})
                  for lab, r in rs]
-        lines = [f"### {ds}: CounterFact protocol", "", "| metric | " + " | ".join(c for c, _ in cols) + " |",
-                 "|---|" + "---:|" * len(cols)]
-        lines += [f"| {row} | " + " | ".join(_fmt(s.get(row)) for _, s in cols) + " |"
-                  for row in ROWS if any(s.get(row) is not None for _, s in cols)]
-        parts.append("\n".join(lines))
+        parts.append(f"### {ds}: CounterFact protocol\n\n" + _table(cols))
     return "\n\n".join(parts)
 
 

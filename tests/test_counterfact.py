@@ -217,7 +217,8 @@ def test_sequential_easyedit_run_resumes_and_keeps_protocols_apart(tiny_llama, t
     assert "memit" not in plain["metrics"] and "protocol" not in plain
     assert (tmp_path / "counterfact_easyedit-ft-m-sequential-memit.jsonl").exists()
     assert (tmp_path / "counterfact_easyedit-ft-m-sequential.jsonl").exists()
-    assert "[memit protocol]" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "[memit protocol]" in report and "### counterfact_easyedit: CounterFact protocol" in report
     with pytest.raises(ValueError, match="protocol"):
         run_knowedit(tiny_llama, protocol="rome", **kw)
     with pytest.raises(ValueError, match="ConvSent"):
@@ -226,7 +227,9 @@ def test_sequential_easyedit_run_resumes_and_keeps_protocols_apart(tiny_llama, t
 
 def test_cli_eval_counterfact_reads_the_format_from_the_file(tiny_llama_dir, tmp_path, capsys):
     from editwrap.cli import main
+    from editwrap.evals.counterfact import detect_dataset
 
+    assert detect_dataset("counterfact:rome") == "counterfact_rome" and detect_dataset(EASYEDIT) == "counterfact_easyedit"
     out = tmp_path / "cli"
     assert main(["eval", "counterfact", "--model", str(tiny_llama_dir), "--data", str(EASYEDIT), "--method", "ft-m",
                  "--n", "2", "--hparam", "num_steps=1", "--out", str(out), "--no-progress"]) == 0
