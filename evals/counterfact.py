@@ -243,7 +243,8 @@ def memit_table(summary: Mapping[str, Any]) -> str:
     cps = summary.get("checkpoints") or {}
     cols += [(f"{c} edits", s.get("memit") or {}) for c, s in sorted(cps.items(), key=lambda kv: int(kv[0]))] \
         if cps else [("edited", m.get("memit") or {})]
-    return "CounterFact protocol of ROME/MEMIT/AlphaEdit (x100; docs/counterfact.md):\n\n" + _table(cols)
+    sampled = " Generation entropy: top-5 samples to 100 tokens, prompt included." if summary.get("fluency") else ""
+    return f"CounterFact protocol of ROME/MEMIT/AlphaEdit (x100; docs/counterfact.md).{sampled}\n\n" + _table(cols)
 
 
 def memit_report(runs: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> str:

@@ -181,7 +181,7 @@ def write_run(summary: dict, out: str | Path, stem: str) -> None:
     (out / f"{stem}.summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     title = f"{NAMES.get(summary['dataset'], summary['dataset'])} — {summary['mode']} ({model_name(summary.get('model')) or 'model'})"
     parts = [run_table([summary], title), "", _breakdown(summary)]
-    if summary.get("fluency") == "easyedit":
+    if summary.get("fluency") == "easyedit" and (summary.get("metrics") or {}).get("Fluency") is not None:
         parts += ["", f"Fluency: EasyEdit mode (top-5 sampling to 100 tokens including the prompt, seed "
                       f"{summary.get('seed', 0)}), comparable with EasyEdit's tables."]
     if (summary.get("metrics") or {}).get("memit"):

@@ -202,7 +202,9 @@ def test_rome_file_extras_and_consistency_in_a_run(tiny_llama, rome_dir, tmp_pat
     m = s["metrics"]
     assert m["memit"]["Consistency"] == pytest.approx(100 * first["consistency"])
     assert m["memit_pre"]["n"] == 2 and m["Edit Succ."] is not None  # the KnowEdit metrics stay in the same lines
-    assert "CounterFact protocol" in (tmp_path / "r" / "counterfact_rome-ft-m-single-memit.md").read_text()
+    md = (tmp_path / "r" / "counterfact_rome-ft-m-single-memit.md").read_text()
+    assert "Generation entropy: top-5 samples" in md and "| Consistency |" in md
+    assert "Fluency: EasyEdit mode" not in md  # the KnowEdit Fluency is not scored under this protocol
 
 
 def test_sequential_easyedit_run_resumes_and_keeps_protocols_apart(tiny_llama, tmp_path):
