@@ -228,8 +228,9 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     wraps those prompts in the tokenizer's chat template); recorded in the meta as
     ``{"margin", "chat_template"}`` or False. ``protocol="memit"``: also score ROME/MEMIT/AlphaEdit's
     CounterFact metrics (:mod:`editwrap.evals.counterfact`; ``with_fluency`` adds their sampled
-    generation entropy and consistency); the stem gets ``-memit``. Writes ``<dataset>-<method>-<mode>.{jsonl,meta.json,summary.json,md}``
-    (+ ``.png`` for sequential) and refreshes ``report.md`` for the whole folder.
+    generation entropy and consistency); the stem gets ``-memit``.
+    Writes ``<dataset>-<method>-<mode>.{jsonl,meta.json,summary.json,md}`` (+ ``.png`` for
+    sequential) and refreshes ``report.md`` for the whole folder.
     """
     from tqdm.auto import tqdm
 
