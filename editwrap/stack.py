@@ -15,6 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .entries.base import Entry, entry_from_saved
+from .errors import StackError
+from ._version import __version__
 from .facts import Fact
 from .ops.fingerprint import checkpoint_probe, quantization_label, same_checkpoint
 
@@ -26,10 +28,6 @@ __all__ = ["Edit", "EditStack", "StackError", "load_stack_dir", "FORMAT_VERSION"
 FORMAT_VERSION = 1
 #: a stack saved in several safetensors shards (``save_stack_dir(..., append=True)``)
 SHARDED_FORMAT = 2
-
-
-class StackError(RuntimeError):
-    """An operation on the edit stack is not allowed as asked; the message says what to do instead."""
 
 
 class Edit:
@@ -168,8 +166,6 @@ def save_stack_dir(edits: Sequence[Edit], path: Path, host: "EditableModel", app
     by replacing ``edits.json`` (a long sequential run then saves in time proportional to what is
     new, not to the whole stack). Otherwise, and always without ``append``, the whole stack is
     rewritten as one file."""
-    from . import __version__
-
     path = Path(path)
     header = {"format_version": FORMAT_VERSION, "editwrap_version": __version__,
               "base_fingerprint": host.fingerprint(), "base_model": host.name_or_path,

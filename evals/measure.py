@@ -42,12 +42,21 @@ from .metrics import (FLUENCY_MODES, answer_tokens, continuation_logprob_dists, 
                       fluency_easyedit, generate_tokens, kl_divergence_locality, locality_score,
                       sanitation_locality, sanitation_success, token_accuracy, token_logprobs)
 
-__all__ = ["Scorer", "item_fact"]
+__all__ = ["Scorer", "item_fact", "result_line"]
 
 
 def item_fact(item: Any) -> Fact:
     """The Fact to edit with for a dataset item."""
     return item.fact if isinstance(item, ConvSentRecord) else item
+
+
+def result_line(index: int, item: Any, source: str, post: dict, **extra: Any) -> dict:
+    """One JSONL line of a run: which record, its fact, ``extra`` fields and the post-edit scores."""
+    f = item_fact(item)
+    line = {"index": index, "dataset": source, "prompt": f.text_prompt, "target_new": f.target_new}
+    if f.ground_truth is not None:  # the original answer: error analysis tells partial replacements by it
+        line["ground_truth"] = f.ground_truth
+    return {**line, **extra, "post": post}
 
 
 def _nan_to_none(v: Any) -> Any:

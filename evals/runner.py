@@ -34,6 +34,7 @@ from .generation import DEFAULT_MARGIN
 from .ledger import TimeLedger
 from .resultlog import ResultLog, read_result_lines
 from .measure import Scorer, item_fact
+from .measure import result_line as _line
 from .metrics import FLUENCY_MODES, summarize
 
 __all__ = ["run_knowedit", "ResultLog", "read_result_lines", "load_records", "MODES", "MIXED_SOURCES", "DEFAULT_CHECKPOINTS"]
@@ -41,7 +42,6 @@ __all__ = ["run_knowedit", "ResultLog", "read_result_lines", "load_records", "MO
 MODES = ("single", "batch", "sequential")
 MIXED_SOURCES = ("zsre", "recent", "counterfact")
 DEFAULT_CHECKPOINTS = (10, 100, 500, 1000)
-SINGLE_FACT_METHODS = {"rome"}  # compute() rejects a list of facts
 NO_GENERATION = {"convsent", "sanitation"}  # not fact QA (Sanitation is scored on generations already)
 # settings added after runs were written: a meta file without the key was made with this value
 _LEGACY = {"generation": False}
@@ -64,14 +64,6 @@ def load_records(dataset: str, data: str | Path, n: int | None = None, *, seed: 
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join((*DATASETS, 'mixed'))}")
     ds = load_dataset(dataset, data, n=n, seed=seed)
     return list(ds), [dataset] * len(ds), list(ds.locality)
-
-
-def _line(index: int, item: Any, source: str, post: dict, **extra: Any) -> dict:
-    f = item_fact(item)
-    line = {"index": index, "dataset": source, "prompt": f.text_prompt, "target_new": f.target_new}
-    if f.ground_truth is not None:  # the original answer: error analysis tells partial replacements by it
-        line["ground_truth"] = f.ground_truth
-    return {**line, **extra, "post": post}
 
 
 def _run_edits(model: Any, scorer: Scorer, items: list, sources: list, method: str, hp: Any,
@@ -194,8 +186,8 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     recomputing (False: replay instead; dense FT deltas are 3.5 MB per edit on SmolLM2), and
     ``keep_stack`` keeps it when the run is complete (to load the edited model, or to score its
     last checkpoint again, e.g. with generated answers, by a run asked for that checkpoint only).
-    ``retain_n``: Sanitation retain probes used for locality (None = all). ``trained_on``: a trained editor directory (MEND editor / SERAC artifact)
-    made on another dataset's train split; it is passed as the method's ``editor``/``artifact``
+    ``retain_n``: Sanitation retain probes used for locality (None = all). ``trained_on``: a trained artifact directory (e.g. a MEND editor)
+    made on another dataset's train split; it is passed as the method's ``artifact_field``
     hparam, the stem gets ``-from-<source>`` and the summary records ``trained_on`` (source ⇒
     target, see :func:`trained_source`). ``with_fluency``: also score fluency, with ``fluency_mode``
     ``"greedy"`` (greedy, 100 new tokens, stop at EOS) or ``"easyedit"`` (EasyEdit's top-5 sampling to
@@ -219,11 +211,11 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     if fluency_mode not in FLUENCY_MODES:
         raise ValueError(f"unknown fluency mode {fluency_mode!r}; choose one of {', '.join(FLUENCY_MODES)}")
     m = get_method(method)  # unknown method -> ValueError listing the available ones
-    if mode == "batch" and m.name in SINGLE_FACT_METHODS:
+    if mode == "batch" and m.single_fact:
         raise ValueError(f"method {m.name!r} edits one fact at a time; use --mode single or sequential, "
-                         "or a batch method (memit, ft-l, ft-m, lora)")
+                         "or a method that edits a batch of facts at once")
     batch_size = batch_size if batch_size is not None else (10 if mode == "batch" else 1)
-    if mode == "sequential" and batch_size > 1 and m.name in SINGLE_FACT_METHODS:
+    if mode == "sequential" and batch_size > 1 and m.single_fact:
         raise ValueError(f"method {m.name!r} edits one fact at a time; use --batch-size 1 in sequential mode")
     if batch_size < 1 or (n is not None and n < 1):
         raise ValueError("--n and --batch-size must be >= 1")
@@ -242,9 +234,11 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     hparams = dict(hparams or {})
     source = None
     if trained_on is not None:
-        source, field = trained_source(trained_on), _artifact_field(m)
-        hparams[field] = str(Path(trained_on).resolve())
-    hp = model._resolve_hparams(m, None, hparams)
+        if m.artifact_field is None:
+            raise ValueError(f"--trained-on needs a method with a trained artifact; {m.name!r} takes no trained artifact")
+        source = trained_source(trained_on)
+        hparams[m.artifact_field] = str(Path(trained_on).resolve())
+    hp = model.resolve_hparams(m, None, **hparams)
 
     t_start = time.time()
     items, sources, retain = load_records(dataset, data, n, seed=seed)
@@ -356,22 +350,14 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     return summary
 
 
-def _artifact_field(m: Any) -> str:
-    for field in ("editor", "artifact"):
-        if field in m.Hparams.model_fields:
-            return field
-    raise ValueError(f"--trained-on needs a trained method (mend, serac); {m.name!r} takes no trained artifact")
-
-
 def trained_source(path: str | Path) -> str:
     """The dataset a trained editor / artifact was trained on (from its JSON ``data`` field), as a
     dataset name when recognised (``zsre``, ``recent``, ``counterfact``…), else the file stem; several
     files give their names joined by ``+`` (ZsRE + recent + counterfact: ``mixed``)."""
     p = Path(path)
-    meta = next((json.loads(f.read_text(encoding="utf-8")) for f in (p / "editor.json", p / "serac.json")
-                 if f.is_file()), None)
+    meta = next((json.loads(f.read_text(encoding="utf-8")) for f in sorted(p.glob("*.json"))), None)
     if meta is None:
-        raise FileNotFoundError(f"--trained-on {p}: no editor.json (MEND) or serac.json (SERAC) there")
+        raise FileNotFoundError(f"--trained-on {p}: no trained artifact there (its JSON manifest, e.g. editor.json)")
     names: list[str] = []
     for data in str(meta.get("info", {}).get("data") or meta.get("data") or p.name).split(","):
         stem = Path(data).stem.lower()

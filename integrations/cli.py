@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-PRESETS = {"knowedit-general": {"n_edits": 5, "methods": "rome,memit,ft-l,ft-m"}}
+#: preset -> edits per method and the benchmark suite whose methods it runs (``editwrap methods --suite``)
+PRESETS = {"knowedit-general": {"n_edits": 5, "suite": "general-ability"}}
 
 
 def _add_lm_args(sp: argparse.ArgumentParser) -> None:
@@ -33,7 +34,8 @@ def _add_lm_args(sp: argparse.ArgumentParser) -> None:
     src.add_argument("--preset", choices=sorted(PRESETS), default=None,
                      help="knowedit-general: 5 consecutive WikiData_recent edits per method, then the tasks")
     sp.add_argument("--method", default="rome", help="editing method for --edits (default rome)")
-    sp.add_argument("--methods", default=None, help="comma-separated methods for --preset (default rome,memit,ft-l,ft-m)")
+    sp.add_argument("--methods", default=None, help="comma-separated methods for --preset (default: the preset's suite, "
+                         "editwrap methods --suite general-ability)")
     sp.add_argument("--n-edits", type=int, default=None, help="number of WikiData_recent edits for --preset (default 5)")
     sp.add_argument("--batch-edit", action="store_true", help="apply --edits as one batch edit instead of one by one")
     sp.add_argument("--limit", type=float, default=None, help="documents per task (int) or fraction (<1)")
@@ -70,7 +72,10 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     t0 = time.time()
     if args.preset:
         preset = PRESETS[args.preset]
-        methods = [m.strip() for m in (args.methods or preset["methods"]).split(",") if m.strip()]
+        from editwrap.methods.catalog import select
+
+        default = ",".join(c.name for c in select(suite=preset["suite"]))
+        methods = [m.strip() for m in (args.methods or default).split(",") if m.strip()]
         facts = L.recent_facts(args.n_edits or preset["n_edits"])
         print(f"preset {args.preset}: {len(facts)} consecutive WikiData_recent edits per method "
               f"({', '.join(methods)}); tasks {', '.join(tasks)}; limit {common['limit']}", flush=True)

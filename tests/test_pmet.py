@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from editwrap import Fact, state_dict_hash
 from editwrap.arch import arch_of
-from editwrap.methods.locate_then_edit.hparams import PmetHparams
+from editwrap.methods.pmet import PmetHparams
 from editwrap.methods.pmet.method import Pmet
 from editwrap.ops.hooks import first_tensor, replace_first
 from editwrap.ops.keys import context_templates, io_at_subject

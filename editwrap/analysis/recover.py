@@ -57,13 +57,13 @@ def stack_distance(model: Any) -> float | None:
 def next_token_logprobs(model: Any, prompts: Sequence[str], batch_size: int = 25) -> torch.Tensor:
     """Log-softmax (float64) of the next token after each prompt, from left-padded batches whose
     position ids come from the mask (each row as if alone)."""
-    from editwrap.evals.metrics import _forward, _ids, _pad_id
+    from ..ops.forward import pad_id, padded_forward, token_ids
 
     tok = model.tokenizer
     out = []
     for b in range(0, len(prompts), batch_size):
-        seqs = [_ids(tok, p) for p in prompts[b:b + batch_size]]
-        logits, _ = _forward(model, seqs, _pad_id(tok), "left")
+        seqs = [token_ids(tok, p) for p in prompts[b:b + batch_size]]
+        logits, _ = padded_forward(model, seqs, pad_id(tok), "left")
         out.append(logits[:, -1].double().log_softmax(-1).cpu())
     return torch.cat(out)
 

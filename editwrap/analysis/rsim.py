@@ -38,6 +38,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..arch import arch_of
+from ..ops.forward import token_ids
 from ..ops.hooks import patch_output
 from .io import write_json, write_png
 
@@ -97,10 +98,6 @@ def _r(x: float | None, nd: int = 4) -> float | None:
     return None if x is None else round(float(x), nd)
 
 
-def _ids(tok: Any, text: str) -> list[int]:
-    return list(tok(text)["input_ids"])
-
-
 def layer_attribution(model: Any, prompt: str, answer: str | None = None) -> tuple[list[float], str]:
     """Per layer, ``|Σ_t grad · activation|`` of the answer's log-probability at the MLP output over
     the prompt's tokens; and the answer used (``None``: the model's own top next token).
@@ -109,13 +106,13 @@ def layer_attribution(model: Any, prompt: str, answer: str | None = None) -> tup
     gives the total derivative there without touching any parameter's ``.grad``."""
     tok, arch = model.tokenizer, arch_of(model)
     device = next(model.parameters()).device
-    p_ids = _ids(tok, prompt)
+    p_ids = token_ids(tok, prompt)
     if answer is None:
         with torch.no_grad():
             top = int(model(input_ids=torch.tensor([p_ids], device=device), use_cache=False).logits[0, -1].argmax())
         a_ids, answer = [top], tok.decode([top])
     else:
-        full = _ids(tok, prompt + " " + answer.strip())
+        full = token_ids(tok, prompt + " " + answer.strip())
         a_ids = full[len(p_ids):] if full[:len(p_ids)] == p_ids else list(tok(" " + answer.strip(), add_special_tokens=False)["input_ids"])
     ids = torch.tensor([p_ids + a_ids], device=device)
     acts: list[torch.Tensor] = []

@@ -51,7 +51,7 @@ __all__ = ["ValueHparams", "ValueFields", "optimize_values", "logits_at", "fill_
 
 class ValueFields(BaseModel):
     """The value optimisation's hyperparameters, declared once: the methods' pydantic hparams
-    inherit them (``editwrap.methods.locate_then_edit.hparams``), :class:`ValueHparams` reads them back."""
+    inherit them (``LocateHparams`` in ``editwrap.methods.locate_then_edit``), :class:`ValueHparams` reads them back."""
 
     v_num_grad_steps: int = Field(25, ge=1)
     v_lr: float = Field(0.5, gt=0)

@@ -10,16 +10,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ...arch import arch_of
+from ...arch import layer_at_depth
 from ..base import HparamsBase
 
-__all__ = ["GraceHparams", "layer_at_depth"]
-
-
-def layer_at_depth(model: Any, index: int = 27, of: int = 32) -> int:
-    """Layer ``index`` of ``of`` (EasyEdit's Llama-7B choice) scaled to this model's depth."""
-    n = arch_of(model).n_layers
-    return min(n - 1, round(index / of * n))
+__all__ = ["GraceHparams"]
 
 
 class GraceHparams(HparamsBase):

@@ -22,7 +22,7 @@ from .hparams import GraceHparams
 from ...ops.hooks import capture, frozen, patch_output
 from ...ops.train import edit_batch, optimize, prompt_lengths, target_loss_step
 from ...stack import Edit
-from ..base import register_method
+from ..base import MethodBase, register_method
 
 __all__ = ["Grace"]
 
@@ -71,13 +71,12 @@ def _place(book: Codebook, query: torch.Tensor, label: str, hp: GraceHparams, d_
 
 
 @register_method
-class Grace:
+class Grace(MethodBase):
     name = "grace"
     Hparams = GraceHparams
-    needs_subject = False
-
-    def default_hparams(self, model: Any) -> GraceHparams:
-        return GraceHparams.for_model(model)
+    display_name = "GRACE"
+    family = "memory"
+    suites = ("main-other", "gpu-adapters")
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: GraceHparams) -> Edit:
         t0 = time.time()

@@ -42,7 +42,7 @@ from ...ops.profile import phase
 from ...ops.tokens import target_ids
 from ...ops.values import logits_at
 from ...stack import Edit
-from ..base import register_method
+from ..base import MethodBase, register_method
 
 __all__ = ["Kn", "attribution_scores", "greedy_tokens"]
 
@@ -135,10 +135,11 @@ def _replace(start: int, n: int, values: torch.Tensor) -> Any:
 
 
 @register_method
-class Kn:
+class Kn(MethodBase):
     name = "kn"
     Hparams = KnHparams
-    needs_subject = False
+    display_name = "KN"
+    family = "neurons"
 
     def default_hparams(self, model: Any) -> KnHparams:
         return KnHparams()

@@ -35,7 +35,7 @@ from ...ops.norms import norm_info
 from ...ops.hooks import frozen, patch_output
 from ...ops.keys import logits_at
 from ...stack import Edit
-from ..base import register_method
+from ..base import MethodBase, register_method
 
 __all__ = ["UltraEdit", "RunningStats", "answer_rows"]
 
@@ -176,13 +176,11 @@ def whiten_keys(K: torch.Tensor, stats: RunningStats, d_in: int, floor: float) -
 
 
 @register_method
-class UltraEdit:
+class UltraEdit(MethodBase):
     name = "ultraedit"
     Hparams = UltraEditHparams
-    needs_subject = False
-
-    def default_hparams(self, model: Any) -> UltraEditHparams:
-        return UltraEditHparams.for_model(model)
+    display_name = "UltraEdit"
+    family = "lifelong"
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: UltraEditHparams) -> Edit:
         t0 = time.time()

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from ..grace.hparams import layer_at_depth
+from ...arch import layer_at_depth
 from ..base import HparamsBase
 
 __all__ = ["WiseHparams"]
