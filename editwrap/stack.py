@@ -18,6 +18,7 @@ from .entries.base import Entry, entry_from_saved
 from .errors import StackError
 from ._version import __version__
 from .facts import Fact
+from .ops.exact import RETIRED_HPARAMS
 from .ops.fingerprint import checkpoint_probe, quantization_label, same_checkpoint
 
 if TYPE_CHECKING:
@@ -263,7 +264,8 @@ def load_stack_dir(path: str | os.PathLike, expected_fingerprint: str | None = N
         extra = path / f"entry-{i}"
         if extra.is_dir() and hasattr(entry, "load_extra"):
             entry.load_extra(extra)
-        edits.append(Edit(rec["method"], [Fact.model_validate(f) for f in rec["facts"]], rec.get("hparams", {}),
+        hparams = {k: v for k, v in rec.get("hparams", {}).items() if k not in RETIRED_HPARAMS}
+        edits.append(Edit(rec["method"], [Fact.model_validate(f) for f in rec["facts"]], hparams,
                           entry, id=rec["id"], depends_on=rec.get("depends_on"), created=rec.get("created"),
                           info=rec.get("info"), edit_set=rec.get("edit_set")))
     return edits

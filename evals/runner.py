@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from editwrap.methods.base import get_method
+from editwrap.ops.exact import RETIRED_HPARAMS
 from editwrap.ops.fingerprint import state_dict_hash
 from editwrap.ops.memory import device_name, peak_memory_mb
 
@@ -131,8 +132,10 @@ def _data_sha256(data: str | Path) -> str:
 def _hparams_differ(method: str, old: dict, new: dict) -> bool:
     """A field the old run did not record (added to the method since) counts as equal when the
     new run keeps its default, and a field since removed counts as equal when the old run left it
-    unset (None): resuming an older run stays possible after such additions and removals."""
+    unset (None): resuming an older run stays possible after such additions and removals. The
+    retired switches of exact speed-ups never changed a result and are ignored."""
     fields = get_method(method).Hparams.model_fields
+    old = {k: v for k, v in old.items() if k not in RETIRED_HPARAMS}
     for k, v in new.items():
         if k in old:
             if old[k] != v:

@@ -34,7 +34,7 @@ from editwrap.ops.fingerprint import is_quantized, quantization_label
 
 __all__ = [
     "load_quantized", "bnb_config", "is_quantized_module", "quantized_modules", "is_quantized",
-    "quantization_label", "int8_state", "int8_state_hash", "dequantized_weight", "requantize_merge",
+    "quantization_label", "int8_state", "int8_state_hash", "requantize_merge",
     "quiet_bnb", "pin_cpu_4bit_layout",
 ]
 
@@ -175,21 +175,6 @@ def int8_state_hash(model: nn.Module) -> str:
     for k, v in sorted(int8_state(model).items()):
         h.update(f"{k}={v};".encode())
     return h.hexdigest()
-
-
-def dequantized_weight(mod: nn.Module) -> torch.Tensor:
-    """The float32 (out, in) weight a quantized linear computes with."""
-    import bitsandbytes.functional as F
-
-    w = mod.weight
-    if type(mod).__name__.startswith("Linear4bit") or getattr(w, "quant_state", None) is not None:
-        return F.dequantize_4bit(w.data, w.quant_state).float()
-    scb = _scales(mod).get("SCB")
-    if scb is None:
-        if w.is_floating_point():  # has_fp16_weights=True: not quantized yet
-            return w.detach().float()
-        raise ValueError(f"{type(mod).__name__} has no SCB scales; cannot dequantize")
-    return F.int8_vectorwise_dequant(w.data, scb).float()
 
 
 # ---------------------------------------------------------------- lossy merge

@@ -212,8 +212,9 @@ def test_resume_after_hparam_fields_were_added_or_removed(tiny_llama, tmp_path):
     _run(tiny_llama, tmp_path, n=2)
     meta_path = tmp_path / "zsre-ft-m-single.meta.json"
     meta = json.loads(meta_path.read_text())
-    meta["hparams"].pop("fast_path")  # a field added since the run (the new run keeps its default)
+    meta["hparams"].pop("weight_decay")  # a field added since the run (the new run keeps its default)
     meta["hparams"]["an_option_since_removed"] = None
+    meta["hparams"]["fast_path"] = False  # a retired switch of an exact speed-up: ignored
     meta_path.write_text(json.dumps(meta))
     assert _run(tiny_llama, tmp_path, n=3)["metrics"]["n"] == 3
     meta = json.loads(meta_path.read_text())
@@ -521,7 +522,7 @@ def test_resume_accepts_hparams_added_since_with_their_defaults(tiny_llama, tmp_
     _run(tiny_llama, tmp_path, n=2)
     meta_path = tmp_path / "zsre-ft-m-single.meta.json"
     meta = json.loads(meta_path.read_text())
-    meta["hparams"].pop("fast_path")
+    meta["hparams"].pop("weight_decay")
     meta_path.write_text(json.dumps(meta))
     assert _run(tiny_llama, tmp_path, n=3)["metrics"]["n"] == 3
     meta["hparams"]["num_steps"] = 99  # a recorded field that differs is still refused

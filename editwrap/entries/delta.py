@@ -16,7 +16,7 @@ from .. import sets
 from ..ops.hooks import get_module
 from .base import Entry, register_entry
 
-__all__ = ["Sidecar", "DeltaEntry", "dense_weight_delta", "is_conv1d"]
+__all__ = ["Sidecar", "DeltaEntry", "is_conv1d"]
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -130,10 +130,6 @@ def _concat(parts: list[dict[str, torch.Tensor]], device: torch.device) -> tuple
         dense = U @ V.T
         U, V, D = None, None, dense if D is None else D + dense.to(D.dtype)
     return U, V, D
-
-
-def dense_weight_delta(part: dict[str, torch.Tensor]) -> torch.Tensor:
-    return part["U"] @ part["V"].T if "U" in part else part["D"]
 
 
 @register_entry

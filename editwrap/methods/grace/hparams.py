@@ -26,8 +26,6 @@ class GraceHparams(HparamsBase):
     #: stop once the target NLL is below this (0 = always run n_iter, as EasyEdit)
     early_stop_loss: float = Field(0.0, ge=0)
     seed: int = 0
-    #: replay the blocks below the codebook's layer and project only the target positions (exact)
-    fast_path: bool = True
 
     @classmethod
     def for_model(cls, model: Any) -> "GraceHparams":

@@ -111,7 +111,7 @@ class Grace(MethodBase):
                     return out * (1 - pos) + pos * value.to(out.dtype)
 
                 with patch_output(model, module, fn), torch.enable_grad():
-                    info = optimize(opt, target_loss_step(model, enc, labels, "target_new", module, hp.fast_path),
+                    info = optimize(opt, target_loss_step(model, enc, labels, "target_new", module),
                                     hp.n_iter, hp.early_stop_loss)
                 book.values[row] = value.detach().cpu()
         changed = [i for i in range(base_rows) if not (torch.equal(book.keys[i], live.keys[i]) and

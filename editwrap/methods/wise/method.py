@@ -117,7 +117,7 @@ class Wise(MethodBase):
 
             # the facts' NLL (the out-of-scope row's labels are all masked), which also runs the
             # forward that fills ``seen``
-            nll = target_loss_step(model, enc, labels, "target_new", module, hp.fast_path)
+            nll = target_loss_step(model, enc, labels, "target_new", module)
 
             def step() -> tuple[torch.Tensor, dict[str, float]]:
                 ft, _ = nll()
