@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     from editwrap.cli import main as cli
 
     args = ["lm-eval", "--preset", "knowedit-general", *(["--methods", a.methods] if a.methods else []),
-            "--n-edits", a.n_edits, "--limit", a.limit, "--out", str(out / "results.json"), "--markdown", str(out / "table.md")]
+            "--n-edits", a.n_edits, "--limit", a.limit, "--out", str(out / "results.json"), "--markdown",
+            str(out / "table.md")]
     args += ["--tasks", a.tasks] if a.tasks else []
     args += ["--model", a.model] if a.model else []
     return cli(args)

@@ -25,8 +25,8 @@ from editwrap.evals.metrics import summarize
 from editwrap.evals.reference import reference, reference_method
 from editwrap.evals.errors import error_section
 from editwrap.evals.report import NAMES as DATASETS
-from editwrap.evals.report import (GEN, _curve_tables, _fmt, _labels, load_summaries, paper_comparison_table, paper_rows,
-                                   plot_sequential, run_table)
+from editwrap.evals.report import (GEN, _curve_tables, _fmt, _labels, load_summaries, paper_comparison_table,
+                                   paper_rows, plot_sequential, run_table)
 from editwrap.evals.resultlog import read_result_lines
 from editwrap.methods.base import METHODS, ordered_methods
 
@@ -95,7 +95,8 @@ def lifelong(root: Path, plots: bool) -> str:
             if Path(r.get("_file", "")).parent.name == "lifelong"}
     extra = {r["method"] for r in _runs(root, "knowedit", mode="sequential", dataset="mixed")} - have
     return _sequential(root, ("lifelong",), "mixed", "lifelong/report/sequential-mixed.png",
-                       {" [lifelong]": "", " [normcap]": ", max_delta_norm=0.3", " [fast]": ", v_lr=2.0, 16 steps", " [ngd]": ", v_optimizer=ngd, 12 steps, two threads",
+                       {" [lifelong]": "", " [normcap]": ", max_delta_norm=0.3", " [fast]": ", v_lr=2.0, 16 steps",
+                        " [ngd]": ", v_optimizer=ngd, 12 steps, two threads",
                         " [generated]": ", with generated answers", " [knowedit]": ""}, plots,
                        also=[("knowedit", m) for m in sorted(extra)])
 
@@ -116,7 +117,8 @@ def trained_editors(root: Path, plots: bool) -> str:
     runs = sorted(_runs(root, "trained_editors", mode="single"),
                   key=lambda r: (_order(r["method"]), r.get("trained_on") != "zsre",
                                  r["dataset"] != r.get("trained_on"), r["dataset"]))
-    lines = ["| method | trained on ⇒ evaluated on | " + " | ".join(METRICS) + " | n | paper, Llama-2-7b-chat (Edit / Port. / Loc.) |",
+    paper_head = "paper, Llama-2-7b-chat (Edit / Port. / Loc.)"
+    lines = ["| method | trained on ⇒ evaluated on | " + " | ".join(METRICS) + f" | n | {paper_head} |",
              "|---|---|" + "---:|" * (len(METRICS) + 1) + "---|"]
     for r in runs:
         rows, ds, src = paper_rows(r), r["dataset"], r.get("trained_on")
@@ -125,7 +127,8 @@ def trained_editors(root: Path, plots: bool) -> str:
         ref = [reference(ds, m, ref_method) for m in ("Edit Succ.", "Portability", "Locality")]
         paper = ""
         if (src is None or src == ds) and all(v is not None for v in ref):
-            paper = (f"{_name(ref_method)}: " if ref_method != r["method"] else "") + " / ".join(f"{v:.2f}" for v in ref)
+            label = f"{_name(ref_method)}: " if ref_method != r["method"] else ""
+            paper = label + " / ".join(f"{v:.2f}" for v in ref)
         lines.append(f"| {name} | {_name(src) if src else '–'} ⇒ {_name(ds)} | "
                      + " | ".join(_fmt(rows[m]) for m in METRICS) + f" | {r.get('n', '–')} | {paper} |")
     return "\n".join(lines)
@@ -150,10 +153,12 @@ def quant(root: Path, plots: bool) -> str:
         peaks = []
         for d in (fp32_dir, root / RES / "gpu/quant/int8"):
             p = d / f"{stem}.summary.json"
-            peaks.append(json.loads(p.read_text()).get("peak_memory_mb", {}).get("cuda_peak_allocated_mb") if p.exists() else None)
+            mb = json.loads(p.read_text()).get("peak_memory_mb", {}) if p.exists() else {}
+            peaks.append(mb.get("cuda_peak_allocated_mb") if p.exists() else None)
         peak = " → ".join(f"{v:.0f}" for v in peaks) if all(v is not None for v in peaks) else "–"
         lines.append(f"| {_name(method)} | {len(idx)} | "
-                     + " | ".join(f"{_fmt(a[m])} → {_fmt(b[m])}" for m in METRICS) + f" | {exact}/{len(idx)} | {peak} |")
+                     + " | ".join(f"{_fmt(a[m])} → {_fmt(b[m])}" for m in METRICS)
+                     + f" | {exact}/{len(idx)} | {peak} |")
     return "\n".join(lines)
 
 
@@ -161,7 +166,8 @@ def speed(root: Path, plots: bool) -> str:
     """Per-phase CPU seconds of one edit (``benchmarks/edit_speed.py --profile``)."""
     phases = ("covariance", "keys", "value optimisation", "solve", "other (method)", "scoring")
     rows = json.loads((root / RES / "speed/profile.json").read_text())
-    lines = ["| edit | facts | " + " | ".join(p.replace(" (method)", "") for p in phases) + " | CPU-s / fact | Edit Succ. |",
+    head = " | ".join(p.replace(" (method)", "") for p in phases)
+    lines = ["| edit | facts | " + head + " | CPU-s / fact | Edit Succ. |",
              "|---|---:|" + "---:|" * (len(phases) + 2)]
     for r in rows:
         method, _, batch = r["spec"].partition(":")
@@ -235,7 +241,8 @@ def render(doc: str, new: dict[str, str]) -> str:
         marked = f"<!-- begin:{name} -->\n{body}\n<!-- end:{name} -->"
         doc, found = _pattern(name).subn(lambda m: marked, doc)
         if found != 1:
-            raise SystemExit(f"the document needs exactly one <!-- begin:{name} --> / <!-- end:{name} --> pair (found {found})")
+            raise SystemExit(f"the document needs exactly one <!-- begin:{name} --> / <!-- end:{name} --> pair (found "
+                             f"{found})")
     return doc
 
 

@@ -1,6 +1,7 @@
 """Speed/quality trade-offs of the locate-then-edit methods on the mixed KnowEdit records.
 
-    OMP_NUM_THREADS=1 python benchmarks/tradeoffs.py memit --n 30 --batch 10 --hparam v_lr=2.0 --hparam v_num_grad_steps=16
+    OMP_NUM_THREADS=1 python benchmarks/tradeoffs.py memit --n 30 --batch 10 --hparam v_lr=2.0 \
+        --hparam v_num_grad_steps=16
     OMP_NUM_THREADS=1 python benchmarks/tradeoffs.py memit --n 20 --values-only --hparam v_num_grad_steps=12
     OMP_NUM_THREADS=1 python benchmarks/tradeoffs.py memit --n 10 --values-only --hparam v_optimizer=ngd \
         --hparam v_lr=10 --hparam v_momentum=0.5 --hparam v_num_grad_steps=12

@@ -148,7 +148,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         before = model.generate_text(prompt, max_new_tokens=8)
         t0 = time.time()
         model.edit(Fact(prompt=prompt, subject=subject, target_new=target), method=method)
-        print(f"[{method}] {prompt!r}\n   before: {before!r}\n   after : {model.generate_text(prompt, max_new_tokens=8)!r}"
+        print(f"[{method}] {prompt!r}\n   before: {before!r}\n   after : "
+              f"{model.generate_text(prompt, max_new_tokens=8)!r}"
               f"   ({time.time() - t0:.1f} s)")
     print(model.stack)
     print(f"control with 3 edits: {control!r} -> {model.generate_text(control, max_new_tokens=6)!r}")

@@ -409,7 +409,8 @@ class EditableModel:
             return None
         rows = [[r] if isinstance(r, str) else list(r) for r in edit_sets]
         if n is not None and len(rows) != n:
-            raise ValueError(f"edit_sets has {len(rows)} entries for {n} prompts; give one list of set names per prompt")
+            raise ValueError(f"edit_sets has {len(rows)} entries for {n} prompts; give one list of set names per "
+                             f"prompt")
         _sets.validate(set(self.edit_sets), [name for r in rows for name in r])
         self._no_merged_sets()
         return rows

@@ -237,7 +237,8 @@ def load_stack_dir(path: str | os.PathLike, expected_fingerprint: str | None = N
         raise StackError(f"{path} is not a saved edit stack (no edits.json); save one with model.stack.save(dir)")
     manifest = json.loads(mf.read_text(encoding="utf-8"))
     if manifest.get("format_version", 0) > SHARDED_FORMAT:
-        raise StackError(f"{path} was written by a newer editwrap (format {manifest['format_version']}); upgrade editwrap")
+        raise StackError(f"{path} was written by a newer editwrap (format {manifest['format_version']}); upgrade "
+                         f"editwrap")
     fp = manifest.get("base_fingerprint")
     if expected_fingerprint is not None and fp != expected_fingerprint and checkpoint is not None and \
             same_checkpoint(manifest.get("base_checkpoint"), checkpoint):

@@ -113,7 +113,8 @@ class Scorer:
             groups.setdefault(id(m), []).append(i)
         out: list[Any] = [None] * len(routed)
         for idx in groups.values():
-            res = fn(routed[idx[0]][1], self.tok, [routed[i][0] for i in idx], *[[c[i] for i in idx] for c in cols], **kw)
+            res = fn(routed[idx[0]][1], self.tok, [routed[i][0] for i in idx], *[[c[i] for i in idx] for c in cols],
+                     **kw)
             for i, v in zip(idx, res):
                 out[i] = v
         return out
@@ -144,7 +145,8 @@ class Scorer:
         if isinstance(item, ConvSentRecord):  # per record: float results, kept on their own batches
             ctx, rep, _ = item.inner_qa()
             octx, orep = item.outer_qa()
-            return {"inner": self._on(token_logprobs, ctx, rep), "outer": self._on(continuation_logprob_dists, octx, orep)}
+            return {"inner": self._on(token_logprobs, ctx, rep),
+                    "outer": self._on(continuation_logprob_dists, octx, orep)}
         if self.sanitation:
             if self._retain_pre is None:
                 self._retain_pre = self._generate([p.prompt for p in self.retain])

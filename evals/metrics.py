@@ -376,7 +376,8 @@ def sanitation_success(generations: Sequence[str], target: str = "I don't know."
     return sum(target.lower() in g.lower() for g in generations) / len(generations)
 
 
-def sanitation_locality(pre_gen_tokens: Sequence[Sequence[int]], post_gen_tokens: Sequence[Sequence[int]]) -> list[float]:
+def sanitation_locality(pre_gen_tokens: Sequence[Sequence[int]],
+                        post_gen_tokens: Sequence[Sequence[int]]) -> list[float]:
     """Per retain prompt: positions where the post-edit generation repeats the pre-edit one,
     over the pre-edit length (EasyEdit ``Experimenter.locality``). Pass generated tokens only:
     EasyEdit re-tokenizes decoded text, adding a BOS that always matches; we do not count it.
@@ -405,7 +406,8 @@ def _nested(records: Sequence[Mapping[str, Any]], section: str) -> tuple[float |
     per_record, per_key = [], {}
     for r in records:
         # EasyEdit names keys "<key>_acc" and (at HEAD) leaves raw "<key>_output" token lists beside them
-        means = {k.removesuffix("_acc"): _mean(v) for k, v in (r.get(section) or {}).items() if not k.endswith("_output")}
+        means = {k.removesuffix("_acc"): _mean(v)
+                 for k, v in (r.get(section) or {}).items() if not k.endswith("_output")}
         means = {k: m for k, m in means.items() if not math.isnan(m)}
         for k, m in means.items():
             per_key.setdefault(k, []).append(m)

@@ -38,7 +38,8 @@ from .measure import Scorer, item_fact
 from .measure import result_line as _line
 from .metrics import FLUENCY_MODES, summarize
 
-__all__ = ["run_knowedit", "ResultLog", "read_result_lines", "load_records", "MODES", "MIXED_SOURCES", "DEFAULT_CHECKPOINTS"]
+__all__ = ["run_knowedit", "ResultLog", "read_result_lines", "load_records", "MODES", "MIXED_SOURCES",
+           "DEFAULT_CHECKPOINTS"]
 
 MODES = ("single", "batch", "sequential")
 MIXED_SOURCES = ("zsre", "recent", "counterfact")
@@ -55,7 +56,8 @@ def load_records(dataset: str, data: str | Path, n: int | None = None, *, seed: 
     if dataset == "mixed":
         d = Path(data)
         if not d.is_dir():
-            raise ValueError(f"--dataset mixed needs a directory holding {', '.join(DEFAULT_FILES[s] for s in MIXED_SOURCES)}; "
+            raise ValueError(f"--dataset mixed needs a directory holding "
+                             f"{', '.join(DEFAULT_FILES[s] for s in MIXED_SOURCES)}; "
                              f"got {data}")
         pool = [(s, f) for s in MIXED_SOURCES for f in load_dataset(s, d / DEFAULT_FILES[s])]
         random.Random(seed).shuffle(pool)
@@ -189,17 +191,17 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     recomputing (False: replay instead; dense FT deltas are 3.5 MB per edit on SmolLM2), and
     ``keep_stack`` keeps it when the run is complete (to load the edited model, or to score its
     last checkpoint again, e.g. with generated answers, by a run asked for that checkpoint only).
-    ``retain_n``: Sanitation retain probes used for locality (None = all). ``trained_on``: a trained artifact directory (e.g. a MEND editor)
-    made on another dataset's train split; it is passed as the method's ``artifact_field``
-    hparam, the stem gets ``-from-<source>`` and the summary records ``trained_on`` (source ⇒
-    target, see :func:`trained_source`). ``with_fluency``: also score fluency, with ``fluency_mode``
-    ``"greedy"`` (greedy, 100 new tokens, stop at EOS) or ``"easyedit"`` (EasyEdit's top-5 sampling to
-    100 tokens including the prompt, seeded with ``seed``); recorded in the meta as ``fluency``:
-    False, True (greedy) or ``"easyedit"``. ``generation``: also score greedy answers of fact records
-    (:mod:`editwrap.evals.generation`; budget = target tokens + ``gen_margin``; ``chat_template``
-    wraps those prompts in the tokenizer's chat template); recorded in the meta as
-    ``{"margin", "chat_template"}`` or False. Writes ``<dataset>-<method>-<mode>.{jsonl,meta.json,summary.json,md}``
-    (+ ``.png`` for sequential) and refreshes ``report.md`` for the whole folder.
+    ``retain_n``: Sanitation retain probes used for locality (None = all). ``trained_on``: a trained artifact
+    directory (e.g. a MEND editor) made on another dataset's train split; it is passed as the method's
+    ``artifact_field`` hparam, the stem gets ``-from-<source>`` and the summary records ``trained_on`` (source
+    ⇒ target, see :func:`trained_source`). ``with_fluency``: also score fluency, with ``fluency_mode``
+    ``"greedy"`` (greedy, 100 new tokens, stop at EOS) or ``"easyedit"`` (EasyEdit's top-5 sampling to 100
+    tokens including the prompt, seeded with ``seed``); recorded in the meta as ``fluency``: False, True
+    (greedy) or ``"easyedit"``. ``generation``: also score greedy answers of fact records
+    (:mod:`editwrap.evals.generation`; budget = target tokens + ``gen_margin``; ``chat_template`` wraps those
+    prompts in the tokenizer's chat template); recorded in the meta as ``{"margin", "chat_template"}`` or
+    False. Writes ``<dataset>-<method>-<mode>.{jsonl,meta.json,summary.json,md}`` (+ ``.png`` for sequential)
+    and refreshes ``report.md`` for the whole folder.
     """
     from tqdm.auto import tqdm
 
@@ -238,7 +240,8 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     source = None
     if trained_on is not None:
         if m.artifact_field is None:
-            raise ValueError(f"--trained-on needs a method with a trained artifact; {m.name!r} takes no trained artifact")
+            raise ValueError(f"--trained-on needs a method with a trained artifact; {m.name!r} takes no trained "
+                             f"artifact")
         source = trained_source(trained_on)
         hparams[m.artifact_field] = str(Path(trained_on).resolve())
     hp = model.resolve_hparams(m, None, **hparams)

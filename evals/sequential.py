@@ -138,6 +138,7 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
     if not exact:
         warnings.warn("after popping every sequential edit the model's state dict differs from the start "
                       "(the stack did not undo exactly)", RuntimeWarning, stacklevel=2)
-    if exact and complete and not keep_stack and stack_dir is not None and all(log.has(c, i) for c in cps for i in range(c)):
+    if exact and complete and not keep_stack and stack_dir is not None and \
+            all(log.has(c, i) for c in cps for i in range(c)):
         shutil.rmtree(stack_dir, ignore_errors=True)  # finished: the JSONL holds the results
     return {"bit_exact": exact, "replayed": replayed, "restored": n_saved, "delta_norms": norms}

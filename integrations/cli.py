@@ -34,9 +34,11 @@ def _add_lm_args(sp: argparse.ArgumentParser) -> None:
     src.add_argument("--preset", choices=sorted(PRESETS), default=None,
                      help="knowedit-general: 5 consecutive WikiData_recent edits per method, then the tasks")
     sp.add_argument("--method", default="rome", help="editing method for --edits (default rome)")
-    sp.add_argument("--methods", default=None, help="comma-separated methods for --preset (default: the preset's suite, "
+    sp.add_argument("--methods", default=None,
+                    help="comma-separated methods for --preset (default: the preset's suite, "
                          "editwrap methods --suite general-ability)")
-    sp.add_argument("--n-edits", type=int, default=None, help="number of WikiData_recent edits for --preset (default 5)")
+    sp.add_argument("--n-edits", type=int, default=None,
+                    help="number of WikiData_recent edits for --preset (default 5)")
     sp.add_argument("--batch-edit", action="store_true", help="apply --edits as one batch edit instead of one by one")
     sp.add_argument("--limit", type=float, default=None, help="documents per task (int) or fraction (<1)")
     sp.add_argument("--num-fewshot", type=int, default=None)
@@ -84,7 +86,8 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
             r = L.regression(model, tasks, edits=facts, method=m, before=before, **common)
             before = r["raw_before"]
             runs.append(r)
-            print(f"[{m}] {r['n_edits']} edits in {r['edit_seconds']:.1f} s; eval after {r['eval_seconds']['after']:.0f} s; "
+            print(f"[{m}] {r['n_edits']} edits in {r['edit_seconds']:.1f} s; eval after "
+                  f"{r['eval_seconds']['after']:.0f} s; "
                   f"bit-exact after pop: {r['bit_exact']}", flush=True)
             print(L.regression_markdown(r), flush=True)  # partial results as each method finishes
     elif args.stack:

@@ -20,7 +20,8 @@ def load_benchmark(name: str):
     return mod
 
 
-KNOWEDIT_DIR = Path(os.environ.get("EDITWRAP_KNOWEDIT_DIR", Path(__file__).resolve().parents[2] / "shared/data/knowedit"))
+KNOWEDIT_DIR = Path(os.environ.get("EDITWRAP_KNOWEDIT_DIR",
+                                   Path(__file__).resolve().parents[2] / "shared/data/knowedit"))
 
 
 def _tiny_tokenizer():

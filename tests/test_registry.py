@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from editwrap.evals.datasets import DATASETS
-from editwrap.methods.base import FAMILIES, METHODS, HparamsBase, MethodBase, get_method, ordered_methods, register_method
+from editwrap.methods.base import (FAMILIES, METHODS, HparamsBase, MethodBase, get_method, ordered_methods,
+                                   register_method)
 from editwrap.methods.ft import FtHparams
 
 from .conftest import load_benchmark

@@ -111,7 +111,7 @@ def test_lower_blocks_replayed_across_reads_give_the_same_keys(tiny_model):
 def test_spread_with_lower_blocks_replayed_equals_the_plain_spread(tiny_model):
     m = tiny_model
     arch = arch_of(m)
-    modules, z_module = [arch.mlp_out_at(l) for l in (1, 2, 3)], arch.block_at(3)
+    modules, z_module = [arch.mlp_out_at(i) for i in (1, 2, 3)], arch.block_at(3)
     templates = context_templates(m, [(4, 2)])
     covs = second_moment(m, modules, n_tokens=300, progress=False)
     zs = torch.randn(len(FACTS), m.config.hidden_size, generator=torch.Generator().manual_seed(0))

@@ -16,8 +16,9 @@ restores the base model bit for bit. This measures both against the unedited mod
   teacher-forced log-probabilities of the new target and of the edit-back target.
 
 States: ``edited`` (the first edit on), ``edit_back`` (a second edit of the same prompt and subject
-with target = the original answer, the record's ground truth by default, pushed with ``on_conflict="stack"`` on top of the first: the default ``"replace"`` would
-remove the first edit, which is recovery by pop in disguise), ``pop`` (both edits popped).
+with target = the original answer, the record's ground truth by default, pushed with
+``on_conflict="stack"`` on top of the first: the default ``"replace"`` would remove the first edit,
+which is recovery by pop in disguise), ``pop`` (both edits popped).
 """
 from __future__ import annotations
 
@@ -200,7 +201,8 @@ def plot_recover(res: dict[str, Any], path: str | Path) -> Path:
     labels = {"edited": "edited", "edit_back": "edited back\n(2nd edit)", "pop": "pop()"}
     colors = {"edited": "tab:gray", "edit_back": "tab:red", "pop": "tab:green"}
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
-    for ax, (key, title) in zip(axes, (("weight_distance", "‖ΣΔW‖_F vs base"), ("kl", f"KL(base ‖ now), {res['n_kl_prompts']} unrelated prompts"),
+    for ax, (key, title) in zip(axes, (("weight_distance", "‖ΣΔW‖_F vs base"),
+                                       ("kl", f"KL(base ‖ now), {res['n_kl_prompts']} unrelated prompts"),
                                        ("agreement", "locality answers = base's"))):
         for x, s in enumerate(STATES):
             vals = [r[s][key] for r in done if r[s][key] is not None]

@@ -59,7 +59,8 @@ class Entry:
 
 def entry_from_saved(kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Entry:
     if kind not in ENTRY_KINDS:
-        raise ValueError(f"saved stack has an entry of kind {kind!r}, unknown to this editwrap; known: {sorted(ENTRY_KINDS)}")
+        raise ValueError(f"saved stack has an entry of kind {kind!r}, unknown to this editwrap; known: "
+                         f"{sorted(ENTRY_KINDS)}")
     return ENTRY_KINDS[kind].from_saved(meta, tensors)
 
 

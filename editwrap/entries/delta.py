@@ -144,7 +144,8 @@ class DeltaEntry(Entry):
     kind = "delta"
 
     def __init__(self, parts: dict[str, dict[str, torch.Tensor]], aux: dict[str, torch.Tensor] | None = None) -> None:
-        self.parts = {m: {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in p.items()} for m, p in parts.items()}
+        self.parts = {m: {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in p.items()}
+                      for m, p in parts.items()}
         self.aux = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in (aux or {}).items()}
 
     def attach(self, host: Any, key: str) -> None:

@@ -130,7 +130,8 @@ def _build_rows(tok: Any, facts: Sequence[Fact], templates: Sequence[str]) -> _R
     return _Rows(ids, subj, owner, targets, len(templates))
 
 
-def _layout(rows: _Rows, pad_id: int, align: bool, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+def _layout(rows: _Rows, pad_id: int, align: bool, device: torch.device
+            ) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
     """Pad the rows into one batch. ``align``: left-pad so every subject ends at column ``P``.
 
     Returns ``(enc, offset per row, P)``: token ``k`` of row ``i`` sits at column ``offset[i] + k``.

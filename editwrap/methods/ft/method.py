@@ -43,7 +43,7 @@ class _FineTune(MethodBase):
     def compute(self, model: Any, facts: Sequence[Fact], hp: FtHparams) -> Edit:
         t0 = time.time()
         arch = arch_of(model)
-        modules = [arch.mlp_out_at(l) for l in hp.layers]
+        modules = [arch.mlp_out_at(i) for i in hp.layers]
         device = next(model.parameters()).device
         deltas = {m: torch.zeros(_shape(get_module(model, m)), device=device, requires_grad=True) for m in modules}
         opt = torch.optim.Adam(list(deltas.values()), lr=hp.lr, weight_decay=hp.weight_decay)
@@ -58,7 +58,8 @@ class _FineTune(MethodBase):
             stack.enter_context(frozen(model))
             stack.enter_context(torch.enable_grad())
             for m, d in deltas.items():
-                stack.enter_context(patch_output(model, m, lambda out, x, d=d: out + (x.to(d.dtype) @ d.T).to(out.dtype)))
+                stack.enter_context(patch_output(
+                    model, m, lambda out, x, d=d: out + (x.to(d.dtype) @ d.T).to(out.dtype)))
             step = target_loss_step(model, enc, target, hp.objective, arch.mlp_out_at(min(hp.layers)))
             info = optimize(opt, step, hp.num_steps, hp.early_stop_loss, after_step=clamp)
         info["seconds"] = round(time.time() - t0, 3)

@@ -31,7 +31,8 @@ def cmd_train_mend(args: argparse.Namespace) -> int:
 def register(subparsers: Any, model_args: Any) -> None:
     from ...cli import train_parser
 
-    m = train_parser(subparsers, model_args, "mend", "train a MEND editor on edit records (resumes from OUT/checkpoint)",
+    m = train_parser(subparsers, model_args, "mend",
+                     "train a MEND editor on edit records (resumes from OUT/checkpoint)",
                      "output directory (editor + checkpoint)")
     m.add_argument("--steps", type=int, default=300)
     m.add_argument("--batch-size", type=int, default=4)

@@ -54,7 +54,7 @@ class MendTrainConfig(HparamsBase):
     def resolved_layers(self, model: Any) -> list[int]:
         n = arch_of(model).n_layers
         layers = self.layers if self.layers is not None else [n - 3, n - 2, n - 1]
-        bad = [l for l in layers if not 0 <= l < n]
+        bad = [i for i in layers if not 0 <= i < n]
         if bad:
             raise ValueError(f"MEND layers {bad} out of range for a {n}-layer model")
         return sorted(set(layers))

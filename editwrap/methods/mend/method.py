@@ -70,7 +70,8 @@ class Mend(MethodBase):
         t0 = time.time()
         path = hp.editor or os.environ.get(EDITOR_ENV)
         if not path:
-            raise ValueError(f"MEND needs a trained editor: pass editor='DIR' (from `editwrap train mend`) or set ${EDITOR_ENV}")
+            raise ValueError(f"MEND needs a trained editor: pass editor='DIR' (from `editwrap train mend`) or set "
+                             f"${EDITOR_ENV}")
         editor, meta = load_editor(path)
         for m, shape in zip(editor.module_names, editor.shapes):
             try:
@@ -87,7 +88,8 @@ class Mend(MethodBase):
                           stacklevel=3)
         device = next(model.parameters()).device
         editor = editor.to(device)
-        enc, labels = encode_edit(model.tokenizer, [f.text_prompt for f in facts], [f.target_new for f in facts], device)
+        enc, labels = encode_edit(model.tokenizer, [f.text_prompt for f in facts], [f.target_new for f in facts],
+                                  device)
         with frozen(model):
             taps = grad_taps(model, editor.module_names, enc, labels)
         with torch.no_grad():

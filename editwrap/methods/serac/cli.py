@@ -34,7 +34,8 @@ def register(subparsers: Any, model_args: Any) -> None:
     s.add_argument("--cls-lr", type=float, default=3e-3)
     s.add_argument("--neg-per-record", type=int, default=4)
     s.add_argument("--threshold", type=float, default=0.5, help="in-scope probability threshold")
-    s.add_argument("--cf-layers", type=int, nargs="+", default=None, help="counterfactual delta layers (default the last 6)")
+    s.add_argument("--cf-layers", type=int, nargs="+", default=None,
+                   help="counterfactual delta layers (default the last 6)")
     s.add_argument("--cf-rank", type=int, default=8)
     s.add_argument("--cf-steps", type=int, default=60, help="0 = base model with the edit in context")
     s.add_argument("--cf-batch-size", type=int, default=4)
