@@ -19,7 +19,7 @@ import time
 import torch
 
 from editwrap import EditableModel, state_dict_hash
-from editwrap.evals.hub import resolve_data
+from editwrap.hub import resolve_data
 from editwrap.evals.metrics import token_accuracy
 
 

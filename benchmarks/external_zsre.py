@@ -32,7 +32,8 @@ def score_method(model, facts, method: str, overrides: dict) -> dict:
             prep = model._prepare_text
             r = {"rewrite_acc": token_accuracy(model, tok, [prep(f.prompt)], [f.target_new])}
             if f.rephrase:
-                r["rephrase_acc"] = token_accuracy(model, tok, [prep(q) for q in f.rephrase], [f.target_new] * len(f.rephrase))
+                r["rephrase_acc"] = token_accuracy(model, tok, [prep(q) for q in f.rephrase],
+                                                   [f.target_new] * len(f.rephrase))
             r["portability"] = {k: token_accuracy(model, tok, [prep(p.prompt) for p in ps], [p.answer for p in ps])
                                 for k, ps in f.portability.items()}
             r["locality"] = {}
@@ -64,10 +65,13 @@ def main() -> None:
     facts = load_dataset(None, args.data, n=args.n)
     over = {"ike": {"pool": args.ike_pool, "k": args.ike_k}, "ice": {}, "mend": {"editor": args.mend_editor}}
     results = {}
+
+    def fmt(v):
+        return "  -  " if v is None else f"{v:5.1f}"
+
     for m in args.methods.split(","):
         results[m] = score_method(model, facts, m, over.get(m, {}))
         r = results[m]
-        fmt = lambda v: "  -  " if v is None else f"{v:5.1f}"
         print(f"{m:6s} n={r['n']:3d}  Edit Succ. {fmt(r['Edit Succ.'])}  Rephrase {fmt(r['Rephrase'])}  "
               f"Locality {fmt(r['Locality'])}  Portability {fmt(r['Portability'])}  ({r['seconds_per_edit']} s/edit)",
               flush=True)

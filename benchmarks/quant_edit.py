@@ -91,7 +91,8 @@ def run_mode(mode: str, methods: list[str], n: int, data: str, hp: dict) -> list
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| mode | method | n | Edit Succ. | rephrase | locality | s / edit | model MB | peak RSS MB | pop bit-exact |",
+    out = ["| mode | method | n | Edit Succ. | rephrase | locality | s / edit | model MB | peak RSS MB "
+           "| pop bit-exact |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for r in rows:

@@ -137,7 +137,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     from editwrap import EditableModel
-    from editwrap.evals.hub import resolve_data
+    from editwrap.hub import resolve_data
 
     records = json.loads(resolve_data(args.data).read_text())
     sets = [f"tenant-{i}" for i in range(args.sets)]

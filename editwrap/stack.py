@@ -15,7 +15,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .entries.base import Entry, entry_from_saved
+from .errors import StackError
+from ._version import __version__
 from .facts import Fact
+from .ops.exact import RETIRED_HPARAMS
 from .ops.fingerprint import checkpoint_probe, quantization_label, same_checkpoint
 from .paths import portable_path
 
@@ -27,10 +30,6 @@ __all__ = ["Edit", "EditStack", "StackError", "load_stack_dir", "FORMAT_VERSION"
 FORMAT_VERSION = 1
 #: a stack saved in several safetensors shards (``save_stack_dir(..., append=True)``)
 SHARDED_FORMAT = 2
-
-
-class StackError(RuntimeError):
-    """An operation on the edit stack is not allowed as asked; the message says what to do instead."""
 
 
 class Edit:
@@ -176,8 +175,6 @@ def save_stack_dir(edits: Sequence[Edit], path: Path, host: "EditableModel", app
     by replacing ``edits.json`` (a long sequential run then saves in time proportional to what is
     new, not to the whole stack). Otherwise, and always without ``append``, the whole stack is
     rewritten as one file."""
-    from . import __version__
-
     path = Path(path)
     header = {"format_version": FORMAT_VERSION, "editwrap_version": __version__,
               "base_fingerprint": host.fingerprint(), "base_model": portable_path(host.name_or_path),
@@ -264,7 +261,8 @@ def load_stack_dir(path: str | os.PathLike, expected_fingerprint: str | None = N
         raise StackError(f"{path} is not a saved edit stack (no edits.json); save one with model.stack.save(dir)")
     manifest = json.loads(mf.read_text(encoding="utf-8"))
     if manifest.get("format_version", 0) > SHARDED_FORMAT:
-        raise StackError(f"{path} was written by a newer editwrap (format {manifest['format_version']}); upgrade editwrap")
+        raise StackError(f"{path} was written by a newer editwrap (format {manifest['format_version']}); upgrade "
+                         f"editwrap")
     fp = manifest.get("base_fingerprint")
     if expected_fingerprint is not None and fp != expected_fingerprint and checkpoint is not None and \
             same_checkpoint(manifest.get("base_checkpoint"), checkpoint):
@@ -291,7 +289,8 @@ def load_stack_dir(path: str | os.PathLike, expected_fingerprint: str | None = N
         extra = path / f"entry-{i}"
         if extra.is_dir() and hasattr(entry, "load_extra"):
             entry.load_extra(extra)
-        edits.append(Edit(rec["method"], [Fact.model_validate(f) for f in rec["facts"]], rec.get("hparams", {}),
+        hparams = {k: v for k, v in rec.get("hparams", {}).items() if k not in RETIRED_HPARAMS}
+        edits.append(Edit(rec["method"], [Fact.model_validate(f) for f in rec["facts"]], hparams,
                           entry, id=rec["id"], depends_on=rec.get("depends_on"), created=rec.get("created"),
                           info=rec.get("info"), edit_set=rec.get("edit_set")))
     return edits

@@ -89,7 +89,8 @@ class AdapterEntry(DeltaEntry):
         from safetensors.torch import save_file
 
         peft_config_from_dict(self.config).save_pretrained(str(directory))
-        save_file({PEFT_PREFIX + k: v for k, v in self.state.items()}, str(Path(directory) / "adapter_model.safetensors"),
+        save_file({PEFT_PREFIX + k: v for k, v in self.state.items()},
+                  str(Path(directory) / "adapter_model.safetensors"),
                   metadata={"format": "pt"})
 
     @classmethod

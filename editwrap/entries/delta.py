@@ -16,7 +16,7 @@ from .. import sets
 from ..ops.hooks import get_module
 from .base import Entry, register_entry
 
-__all__ = ["Sidecar", "DeltaEntry", "dense_weight_delta", "is_conv1d"]
+__all__ = ["Sidecar", "DeltaEntry", "is_conv1d"]
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -132,10 +132,6 @@ def _concat(parts: list[dict[str, torch.Tensor]], device: torch.device) -> tuple
     return U, V, D
 
 
-def dense_weight_delta(part: dict[str, torch.Tensor]) -> torch.Tensor:
-    return part["U"] @ part["V"].T if "U" in part else part["D"]
-
-
 @register_entry
 class DeltaEntry(Entry):
     """Low-rank (``U`` out×r, ``V`` in×r) or dense (``D`` out×in) deltas on named modules.
@@ -148,7 +144,8 @@ class DeltaEntry(Entry):
     kind = "delta"
 
     def __init__(self, parts: dict[str, dict[str, torch.Tensor]], aux: dict[str, torch.Tensor] | None = None) -> None:
-        self.parts = {m: {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in p.items()} for m, p in parts.items()}
+        self.parts = {m: {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in p.items()}
+                      for m, p in parts.items()}
         self.aux = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in (aux or {}).items()}
 
     def attach(self, host: Any, key: str) -> None:

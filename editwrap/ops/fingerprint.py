@@ -7,7 +7,8 @@ import json
 import torch
 from torch import nn
 
-__all__ = ["model_fingerprint", "state_dict_hash", "tensor_hash", "offloaded_value", "checkpoint_probe", "same_checkpoint",
+__all__ = ["model_fingerprint", "state_dict_hash", "tensor_hash", "offloaded_value", "checkpoint_probe",
+           "same_checkpoint",
            "is_quantized", "quantization_label"]
 
 

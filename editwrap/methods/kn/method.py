@@ -17,12 +17,11 @@ a forward pass.
 Differences from the reference: a neuron whose activation at the prompt's last position is negative
 gets the opposite update (``follow_sign``), so that the update adds the new answer's embedding to
 the residual stream rather than subtracting it. Gated MLPs (SwiGLU) have negative activations and
-without this about half the located neurons push the old answer: on the embedded model the
-reference rule *raised* P(Paris) for "The Eiffel Tower is located in the city of" → Rome from
-0.70 to 0.99. Attribution is teacher-forced on the old answer's tokens (the
-reference appends the model's own greedy tokens, which coincide whenever the model knows the
-fact); the neuron is the MLP output projection's input (for gated MLPs ``act(gate)·up``, where
-the reference reads the gate projection's output before the activation).
+without this about half the located neurons push the old answer (docs/ANALYSIS.md). Attribution is
+teacher-forced on the old answer's tokens (the reference appends the model's own greedy tokens,
+which coincide whenever the model knows the fact); the neuron is the MLP output projection's input
+(for gated MLPs ``act(gate)·up``, where the reference reads the gate projection's output before the
+activation).
 """
 from __future__ import annotations
 
@@ -42,7 +41,7 @@ from ...ops.profile import phase
 from ...ops.tokens import target_ids
 from ...ops.values import logits_at
 from ...stack import Edit
-from ..base import register_method
+from ..base import MethodBase, register_method
 
 __all__ = ["Kn", "attribution_scores", "greedy_tokens"]
 
@@ -135,10 +134,11 @@ def _replace(start: int, n: int, values: torch.Tensor) -> Any:
 
 
 @register_method
-class Kn:
+class Kn(MethodBase):
     name = "kn"
     Hparams = KnHparams
-    needs_subject = False
+    display_name = "KN"
+    family = "neurons"
 
     def default_hparams(self, model: Any) -> KnHparams:
         return KnHparams()

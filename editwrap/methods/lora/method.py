@@ -22,7 +22,7 @@ from .hparams import LoraHparams
 from ...ops.hooks import frozen
 from ...ops.train import edit_batch, edit_loss, optimize
 from ...stack import Edit
-from ..base import register_method
+from ..base import MethodBase, register_method
 
 __all__ = ["Lora", "AdaLora", "peft_injected"]
 
@@ -86,11 +86,10 @@ def _extract(model: Any, adapter: str, ada: bool) -> tuple[dict[str, torch.Tenso
     return state, scales
 
 
-class _Adapter:
-    name = ""
+class _Adapter(MethodBase):
+    family = "adapter"
     lora_type = "lora"
     Hparams = LoraHparams
-    needs_subject = False
 
     def default_hparams(self, model: Any) -> LoraHparams:
         return LoraHparams.for_model(model, self.lora_type)
@@ -142,10 +141,23 @@ class _Adapter:
 @register_method
 class Lora(_Adapter):
     name = "lora"
+    display_name = "LoRA"
     lora_type = "lora"
+    suites = ("gpu-quant",)
 
 
 @register_method
 class AdaLora(_Adapter):
     name = "adalora"
+    display_name = "AdaLoRA"
+    rank = 1
     lora_type = "adalora"
+    suites = ("gpu-adapters",)
+    knowedit_reference = {
+        "recent": {"Edit Succ.": 100.00, "Portability": 64.69, "Locality": 56.42, "Fluency": 579.57},
+        "zsre": {"Edit Succ.": 100.00, "Portability": 58.03, "Locality": 75.76, "Fluency": 563.56},
+        "wikibio": {"Edit Succ.": 100.00, "Locality": 81.28, "Fluency": 618.45},
+        "counterfact": {"Edit Succ.": 100.00, "Portability": 69.89, "Locality": 70.31, "Fluency": 580.29},
+        "convsent": {"Edit Succ.": 44.89, "Locality": 0.18, "Fluency": 606.42},
+        "sanitation": {"Edit Succ.": 2.50, "Locality": 65.50, "Fluency": 330.44},
+    }

@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 from ...ops.hooks import forward_root, get_module, padding_rows
-from ..grace.entry import drop_hook, host_hooks
-from ...entries.base import Entry, register_entry
+from ...entries.base import Entry, drop_hook, host_hooks, register_entry
 
 __all__ = ["MeloEntry", "MeloRouter", "melo_routers", "lora_out"]
 

@@ -26,7 +26,7 @@ from .hparams import MeloHparams
 from ...ops.hooks import capture, frozen, get_module
 from ...ops.train import edit_batch, edit_loss, optimize, prompt_lengths
 from ...stack import Edit
-from ..base import register_method
+from ..base import MethodBase, register_method
 
 __all__ = ["Melo", "resolve_modules"]
 
@@ -57,13 +57,12 @@ def resolve_modules(model: Any, hp: MeloHparams) -> tuple[str, list[str]]:
 
 
 @register_method
-class Melo:
+class Melo(MethodBase):
     name = "melo"
     Hparams = MeloHparams
-    needs_subject = False
-
-    def default_hparams(self, model: Any) -> MeloHparams:
-        return MeloHparams.for_model(model)
+    display_name = "MELO"
+    family = "memory"
+    rank = 2
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: MeloHparams) -> Edit:
         t0 = time.time()

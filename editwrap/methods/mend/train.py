@@ -156,7 +156,7 @@ def train_mend(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike, 
     out.mkdir(parents=True, exist_ok=True)
     arch = arch_of(model)
     layers = cfg.resolved_layers(model)
-    modules = [arch.mlp_out_at(l) for l in layers]
+    modules = [arch.mlp_out_at(i) for i in layers]
     shapes = [module_shape(get_module(model, m)) for m in modules]
     device = next(model.parameters()).device
     torch.manual_seed(cfg.seed)
@@ -179,7 +179,8 @@ def train_mend(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike, 
         same = {k: v for k, v in saved["config"].items() if k not in free}
         if same != {k: v for k, v in run["config"].items() if k not in free}:
             raise ValueError(f"checkpoint in {out} was made with other training settings {same}; "
-                             "resume with the same settings (only --steps and --save-every may change) or use --no-resume")
+                             "resume with the same settings (only --steps and --save-every may change) or use "
+                             "--no-resume")
         meta = _load_checkpoint(out, editor, opt)
         step, history, elapsed = meta["step"], meta["history"], meta["elapsed_s"]
     tok = model.tokenizer
@@ -205,7 +206,8 @@ def train_mend(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike, 
             pre = None
             if loc_mask is not None:
                 with torch.no_grad():
-                    pre = model(input_ids=enc["input_ids"][n_outer:], attention_mask=enc["attention_mask"][n_outer:]).logits
+                    pre = model(input_ids=enc["input_ids"][n_outer:],
+                                attention_mask=enc["attention_mask"][n_outer:]).logits
             opt.zero_grad(set_to_none=True)
             with torch.enable_grad(), contextlib.ExitStack() as hooks:
                 factors = editor.factors(taps)

@@ -108,7 +108,7 @@ def train_counterfactual(model: Any, records: Sequence[Fact], cfg: SeracTrainCon
         return {}, []
     arch = arch_of(model)
     layers = cfg.cf_layers if cfg.cf_layers is not None else list(range(max(0, arch.n_layers - 6), arch.n_layers))
-    modules = [arch.mlp_out_at(l) for l in layers]
+    modules = [arch.mlp_out_at(i) for i in layers]
     cf = clone_base(model)
     from ...entries.delta import is_conv1d
     from ...ops.hooks import get_module

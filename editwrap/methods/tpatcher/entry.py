@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from ...ops.hooks import get_module
-from ..grace.entry import drop_hook, host_hooks
-from ...entries.base import Entry, register_entry
+from ...entries.base import Entry, drop_hook, host_hooks, register_entry
 
 __all__ = ["PatchBank", "TPatcherEntry", "patch_out"]
 

@@ -24,7 +24,7 @@ from ...ops.hooks import capture, frozen, patch_output
 from ...ops.tokens import batch_encode
 from ...ops.train import edit_batch, edit_loss, optimize, prompt_lengths
 from ...stack import Edit
-from ..base import register_method
+from ..base import MethodBase, register_method
 
 __all__ = ["TPatcher"]
 
@@ -38,13 +38,12 @@ def _memory_inputs(model: Any, module: str, n: int) -> torch.Tensor:
 
 
 @register_method
-class TPatcher:
+class TPatcher(MethodBase):
     name = "t-patcher"
     Hparams = TPatcherHparams
-    needs_subject = False
-
-    def default_hparams(self, model: Any) -> TPatcherHparams:
-        return TPatcherHparams.for_model(model)
+    display_name = "T-Patcher"
+    family = "memory"
+    rank = 3
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: TPatcherHparams) -> Edit:
         t0 = time.time()

@@ -25,8 +25,7 @@ from torch.nn import functional as F
 
 from ...ops.hooks import ForwardMask, get_module
 from ...ops.merge import ties_merge
-from ..grace.entry import drop_hook, host_hooks
-from ...entries.base import Entry, register_entry
+from ...entries.base import Entry, drop_hook, host_hooks, register_entry
 
 __all__ = ["WiseEntry", "WiseMemory", "WiseState", "wise_memories", "act_distance"]
 
