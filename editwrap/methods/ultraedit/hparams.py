@@ -3,7 +3,7 @@
 The reference edits MLP output projections near the top of the network: Mistral-7B layers 29-30
 of 32, GPT-J 18-26 of 28, Phi-4 30-38 of 40 (down_proj / fc_out), with ``lr = 1e-6`` and a ridge
 of 1 on 7B models. The default ``key_space="whitened"`` is an editwrap variant that measured
-better on SmolLM2-135M (docs/ULTRAEDIT.md); ``key_space="raw", ridge=1`` is the reference solve.
+better on SmolLM2-135M (docs/methods/ultraedit.md); ``key_space="raw", ridge=1`` is the reference solve.
 ``lr`` multiplies ``‖k̂‖²·ĝ`` (normalised key and gradient), whose size grows like ``d_in·√d_out``;
 the default rescales it by that so the requested output change has the same size relative to the
 model's dimensions on any model (tuned on SmolLM2-135M, see ``for_model``).
