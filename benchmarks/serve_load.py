@@ -188,7 +188,7 @@ def main() -> None:
 
 
 def table(result: dict) -> str:
-    """The markdown tables of docs/SERVING.md."""
+    """The markdown tables of docs/RESULTS.md ("Serving throughput")."""
     by = {(r["edits"], r["concurrency"], r["batched"]): r for r in result["rows"]}
     lines = ["| edits (over 4 sets) | concurrency | requests/s batched | unbatched | speed-up | p50 ms batched | "
              "unbatched | p99 ms batched | unbatched |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

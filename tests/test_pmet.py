@@ -242,6 +242,6 @@ def test_embedded_two_zsre_facts(embedded):
         after = acc()
     finally:
         e.pop()
-    # reference defaults are weak on this 135M model (docs/PMET.md): 0.2 -> 0.3 here
+    # reference defaults are weak on this 135M model (docs/methods/pmet.md): 0.2 -> 0.3 here
     assert after > before, (before, after)
     assert state_dict_hash(m) == h0 and torch.equal(logits(m), l0)

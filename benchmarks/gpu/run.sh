@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmark suite on any CUDA machine, after `make install` (docs/GPU.md):
+# The GPU benchmark suite on any CUDA machine, after `make install` (docs/gpu.md):
 #
 #   bash benchmarks/gpu/run.sh [options] [SUITE...]
 #
@@ -85,7 +85,7 @@ doit() { if [ $DRY = 1 ]; then show "$@"; echo; else "$@"; fi; }
 CHECK_CUDA='import sys, torch
 if not torch.cuda.is_available():
     sys.exit(f"no CUDA device visible to torch {torch.__version__} (CUDA build: {torch.version.cuda}); "
-             "install a CUDA build of torch (docs/GPU.md)")
+             "install a CUDA build of torch (docs/gpu.md)")
 print("python", sys.version.split()[0], "| torch", torch.__version__, "| CUDA", torch.version.cuda,
       "|", torch.cuda.get_device_name(), f"{torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB")
 import transformers, peft; print("transformers", transformers.__version__, "| peft", peft.__version__)
@@ -111,7 +111,7 @@ except (OSError, ValueError) as e:
       [ -f "$DATA/$f" ] || missing="$missing $f"
     done
     if [ -n "$missing" ]; then
-      echo "run.sh: KnowEdit data folder '$DATA' lacks:$missing (--data DIR, or no --data for dataset names; docs/GPU.md)" >&2
+      echo "run.sh: KnowEdit data folder '$DATA' lacks:$missing (--data DIR, or no --data for dataset names; docs/gpu.md)" >&2
       exit 1
     fi
   fi

@@ -66,7 +66,7 @@ class ValueFields(BaseModel):
     #: finish a fact once its target is the argmax and its weighted KL is at most this (PMET: 0.01)
     stop_kl_at_argmax: float | None = Field(None, ge=0)
     #: "adam" (the references'); "ngd": each δ moves ``v_lr`` (hidden-state units) along its unit
-    #: gradient, plus ``v_momentum`` × its last move (a trade-off; docs/SPEED.md)
+    #: gradient, plus ``v_momentum`` × its last move (a trade-off; docs/speed.md)
     v_optimizer: Literal["adam", "ngd"] = "adam"
     v_momentum: float = Field(0.0, ge=0, lt=1)
 

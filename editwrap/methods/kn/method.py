@@ -17,7 +17,7 @@ a forward pass.
 Differences from the reference: a neuron whose activation at the prompt's last position is negative
 gets the opposite update (``follow_sign``), so that the update adds the new answer's embedding to
 the residual stream rather than subtracting it. Gated MLPs (SwiGLU) have negative activations and
-without this about half the located neurons push the old answer (docs/ANALYSIS.md). Attribution is
+without this about half the located neurons push the old answer (docs/methods/kn.md). Attribution is
 teacher-forced on the old answer's tokens (the reference appends the model's own greedy tokens,
 which coincide whenever the model knows the fact); the neuron is the MLP output projection's input
 (for gated MLPs ``act(gate)·up``, where the reference reads the gate projection's output before the

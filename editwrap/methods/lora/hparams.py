@@ -33,7 +33,7 @@ class LoraHparams(HparamsBase):
     lr: float = Field(5e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     #: stop once the target NLL is below this (0 = always run num_steps, as EasyEdit): running all
-    #: steps over-fits the adapter until unrelated prompts answer with the edit's target (docs/ADAPTERS.md)
+    #: steps over-fits the adapter until unrelated prompts answer with the edit's target (docs/methods/lora.md)
     early_stop_loss: float = Field(0.1, ge=0)
     seed: int = 0
 

@@ -8,7 +8,7 @@ the router, rank 4 per block (one block per edit, so a batch of facts shares 4 r
 Differences from EasyEdit, on purpose (see ``entry.py``):
 * ``radius`` is *relative* to each key's norm (EasyEdit: absolute 0.5 on GPT2-XL activations), so
   one default fits every model size: it sits below the distance of unrelated questions' keys and
-  covers the edited prompt (docs/ADAPTERS.md has the distances).
+  covers the edited prompt.
 * ``key_type="mean"`` (running mean of the router input over the prompt) separates facts better
   than the last token, which for questions ending in "?" is alike across prompts.
 * LoRA scale is ``lora_alpha / rank`` (EasyEdit: ``num_block``, i.e. 350), with a larger lr.

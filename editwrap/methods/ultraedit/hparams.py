@@ -2,7 +2,7 @@
 
 The reference edits MLP output projections near the top of the network: Mistral-7B layers 29-30
 of 32, GPT-J 18-26 of 28, Phi-4 30-38 of 40 (down_proj / fc_out), with ``lr = 1e-6`` and a ridge
-of 1 on 7B models. The default ``key_space="whitened"`` is an editwrap variant (docs/ULTRAEDIT.md
+of 1 on 7B models. The default ``key_space="whitened"`` is an editwrap variant (docs/methods/ultraedit.md
 compares them); ``key_space="raw", ridge=1`` is the reference solve. ``lr`` multiplies ``‖k̂‖²·ĝ``
 (normalised key and gradient), whose size grows like ``d_in·√d_out``; the default is ``2e-3`` at
 ``d_in·√d_out`` of a 1536 → 576 projection and is rescaled by that size, so the requested output
