@@ -132,6 +132,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="requests per level = rounds x concurrency (at least 8)")
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--save-sizes", default="10,100,1000,10000", help="stack sizes for the save timing ('' skips)")
+    ap.add_argument("--save-only", action="store_true", help="only the save timing (no servers, no requests)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--data", default="knowedit:WikiData_recent_train", help="WikiData_recent file or dataset name")
     ap.add_argument("--out", default=None)
@@ -143,7 +144,7 @@ def main() -> None:
     sets = [f"tenant-{i}" for i in range(args.sets)]
     levels = [int(x) for x in args.concurrency.split(",")]
     sizes = [int(x) for x in args.save_sizes.split(",") if x]
-    edit_counts = sorted(int(x) for x in args.edits.split(","))
+    edit_counts = [] if args.save_only else sorted(int(x) for x in args.edits.split(",") if x)
     torch.set_num_threads(args.threads)
     result: dict = {"threads": args.threads, "cpu": os.cpu_count(), "max_tokens": args.max_tokens,
                     "load_before": os.getloadavg(), "rows": [], "save": []}
@@ -191,7 +192,7 @@ def table(result: dict) -> str:
     """The markdown tables of docs/SERVING.md."""
     by = {(r["edits"], r["concurrency"], r["batched"]): r for r in result["rows"]}
     lines = ["| edits (over 4 sets) | concurrency | requests/s batched | unbatched | speed-up | p50 ms batched | "
-             "unbatched | p99 ms batched | unbatched |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "unbatched | p99 ms batched | unbatched |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"] if by else []
     for (n, conc, batched), b in sorted(by.items()):
         u = by.get((n, conc, False))
         if not batched or u is None:
