@@ -181,11 +181,10 @@ def save_stack_dir(edits: Sequence[Edit], path: Path, host: "EditableModel", app
     Otherwise (and always without ``append``) the whole stack is rewritten as one file; with
     ``append`` in the journal's format (:data:`JOURNAL_FORMAT`), so the next append is as cheap."""
     path = Path(path)
-    header = {"format_version": FORMAT_VERSION, "editwrap_version": __version__,
-              "base_fingerprint": host.fingerprint(), "base_model": portable_path(host.name_or_path),
-              "base_checkpoint": checkpoint_probe(host), "base_quantization": quantization_label(host)}
-    if append and _append(edits, path, header):
+    fingerprint = host.fingerprint()
+    if append and _append(edits, path, host, fingerprint):
         return path
+    header = _header(host, fingerprint)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
@@ -223,6 +222,13 @@ def _keep_foreign(path: Path, tmp: Path) -> None:
                 shutil.copy2(f, tmp / f.name)
 
 
+def _header(host: "EditableModel", fingerprint: str) -> dict[str, Any]:
+    """The manifest's description of the base model (checked on load)."""
+    return {"format_version": FORMAT_VERSION, "editwrap_version": __version__, "base_fingerprint": fingerprint,
+            "base_model": portable_path(host.name_or_path), "base_checkpoint": checkpoint_probe(host),
+            "base_quantization": quantization_label(host)}
+
+
 def _journal_header(header: dict[str, Any], edits: Sequence[Edit], shards: list[str]) -> dict[str, Any]:
     """The manifest header of a stack that takes journal lines: what an append checks against."""
     ids = [e.id for e in edits]
@@ -231,7 +237,7 @@ def _journal_header(header: dict[str, Any], edits: Sequence[Edit], shards: list[
             "ids_digest": ids_digest(ids)}
 
 
-def _saved_state(edits: Sequence[Edit], path: Path, header: dict[str, Any]) -> dict[str, Any] | None:
+def _saved_state(edits: Sequence[Edit], path: Path, host: "EditableModel", fingerprint: str) -> dict[str, Any] | None:
     """The journal id, count and ids digest of the stack saved in ``path`` when ``edits`` continues
     it; None when it does not (a rewrite follows). A manifest not yet in the journal's format is
     read whole once and rewritten in it, keeping its records and shards."""
@@ -243,11 +249,11 @@ def _saved_state(edits: Sequence[Edit], path: Path, header: dict[str, Any]) -> d
         except (OSError, ValueError):
             return None
         k = len(old.get("edits", []))
-        if (old.get("format_version", 0) > SHARDED_FORMAT or old.get("base_fingerprint") != header["base_fingerprint"]
+        if (old.get("format_version", 0) > SHARDED_FORMAT or old.get("base_fingerprint") != fingerprint
                 or k == 0 or k > len(edits) or [r.get("id") for r in old["edits"]] != [e.id for e in edits[:k]]):
             return None
         jl.unlink(missing_ok=True)  # one kept by an older editwrap's rewrite: not ours
-        head = _journal_header(header, edits[:k], list(old.get("shards", [])))
+        head = _journal_header(_header(host, fingerprint), edits[:k], list(old.get("shards", [])))
         tmp = path / f".edits.json.tmp-{uuid.uuid4().hex[:6]}"
         try:
             tmp.write_text(manifest_text(head, old["edits"]), encoding="utf-8")
@@ -257,7 +263,7 @@ def _saved_state(edits: Sequence[Edit], path: Path, header: dict[str, Any]) -> d
             tmp.unlink(missing_ok=True)
         fsync_dir(path)
         return head
-    if head.get("base_fingerprint") != header["base_fingerprint"]:
+    if head.get("base_fingerprint") != fingerprint:
         return None
     try:
         last = last_line(jl)
@@ -271,16 +277,16 @@ def _saved_state(edits: Sequence[Edit], path: Path, header: dict[str, Any]) -> d
     return {**state, "journal_id": head["journal_id"]}
 
 
-def _append(edits: Sequence[Edit], path: Path, header: dict[str, Any]) -> bool:
+def _append(edits: Sequence[Edit], path: Path, host: "EditableModel", fingerprint: str) -> bool:
     """The ``append`` case of :func:`save_stack_dir`; False when it does not apply."""
-    state = _saved_state(edits, path, header)
+    state = _saved_state(edits, path, host, fingerprint)
     if state is None:
         return False
     k = state["count"]
     if k == len(edits):
         return True
     tensors, records = _write_entries(edits[k:], k, path)
-    shard = path / f"edits-{k:06d}.safetensors"  # one left by an append cut before its line is replaced
+    shard = path / f"edits-{k:06d}.safetensors"  # overwrites one left by an append cut before its line
     if tensors:
         save_file(tensors, str(shard))
         fsync_file(shard)

@@ -74,7 +74,7 @@ def read_header(path: Path) -> dict[str, Any] | None:
         head = json.loads(first.rstrip().removesuffix(b",") + b"}")
     except (OSError, ValueError):
         return None
-    return head if isinstance(head, dict) and "edits" not in head else None
+    return head if isinstance(head, dict) and "format_version" in head and "edits" not in head else None
 
 
 def _complete_end(f: Any, size: int) -> int:
