@@ -21,7 +21,7 @@ a hundred edit computations.
 
 Save time (``--save-only`` runs just this part): ``save_stack_dir(..., append=True)`` (what the
 server runs after a push) of one new edit onto a stack of n edits the same way saved (median of
-5 appends), the first such append onto a stack written by a plain save (it converts the manifest
+9 appends), the first such append onto a stack written by a plain save (it converts the manifest
 to the journal format once), and rewriting all n + 1.
 
 ``--data``: a WikiData_recent file or dataset name (default ``knowedit:WikiData_recent_train``, the KnowEdit
@@ -86,7 +86,7 @@ def synthetic_edits(model, real, records: list[dict], n: int, sets: list[str]) -
     return out
 
 
-APPENDS = 5  # single-edit appends timed per stack size (their median is reported)
+APPENDS = 9  # single-edit appends timed per stack size (their median is reported)
 
 
 def save_times(model, edits: list, sizes: list[int], root: Path) -> list[dict]:
