@@ -137,7 +137,9 @@ def append_line(path: Path, rec: dict[str, Any]) -> None:
                 end = _complete_end(f, size)
             if end != size:
                 os.ftruncate(fd, end)
-        os.write(fd, line)
+        view = memoryview(line)
+        while view:  # a regular file takes it all at once, but a short write must not pass for a commit
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
