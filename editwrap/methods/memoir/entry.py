@@ -76,18 +76,23 @@ class MemoirMemory:
         return int(self.entries[0][1].idx.numel()) if self.entries else 0
 
     def _rebuild(self) -> None:
-        """Memory, mask matrix and thresholds from the entries, summed in push order."""
+        """Memory, mask matrix and thresholds from the entries, summed in push order (as ``_append`` does)."""
+        entries = self.entries
+        self.entries, self.thresholds = [], torch.zeros(0)
+        self.weight, self.masks = torch.zeros(0, 0), torch.zeros(0, 0)
+        for key, e in entries:
+            self._append(key, e)
+
+    def _append(self, key: str, e: "MemoirEntry") -> None:
         if not self.entries:
-            self.weight, self.masks, self.thresholds = torch.zeros(0, 0), torch.zeros(0, 0), torch.zeros(0)
-            return
-        first = self.entries[0][1]
-        w = torch.zeros(first.delta.shape[0], first.perm.numel())
-        masks = torch.zeros(len(self.entries), first.perm.numel())
-        for i, (_, e) in enumerate(self.entries):
-            w.index_add_(1, e.idx, e.delta)
-            masks[i, e.idx] = 1.0
-        self.weight, self.masks = w, masks
-        self.thresholds = torch.tensor([e.threshold for _, e in self.entries])
+            self.weight = torch.zeros(e.delta.shape[0], e.perm.numel())
+            self.masks = torch.zeros(0, e.perm.numel())
+        self.weight.index_add_(1, e.idx, e.delta)
+        row = torch.zeros(1, e.perm.numel())
+        row[0, e.idx] = 1.0
+        self.masks = torch.cat([self.masks, row])
+        self.thresholds = torch.cat([self.thresholds, torch.tensor([e.threshold])])
+        self.entries.append((key, e))
 
     def add(self, key: str, e: "MemoirEntry") -> None:
         if self.entries:
@@ -96,8 +101,7 @@ class MemoirMemory:
                     or first.delta.shape[0] != e.delta.shape[0]:
                 raise ValueError(f"MEMOIR entry at {e.module} uses another mask size or hash (mask_ratio, seed) than "
                                  f"the entries already on that memory; edit with the same mask_ratio and seed")
-        self.entries.append((key, e))
-        self._rebuild()
+        self._append(key, e)
         if self._handle is None and self.module is not None:
             self._handle = self.module.register_forward_hook(self._hook)
             if self.padding is not None:
