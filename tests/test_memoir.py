@@ -171,3 +171,22 @@ def test_embedded_memoir_edit_answer_and_pop(embedded):
     finally:
         m.pop()
     assert state_dict_hash(m) == h and m.generate_text(fact["prompt"], max_new_tokens=5) == base
+
+
+def test_cached_generation_routes_like_an_uncached_forward(tiny_llama):
+    """A KV-cached step adds its token to the sequence's running mean: the same scores as without a cache."""
+    m = tiny_llama
+    enc = m.tokenizer([FACT["prompt"]], return_tensors="pt")
+    kw = dict(max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True,
+              pad_token_id=m.tokenizer.pad_token_id)
+    with torch.no_grad():
+        base = m.generate(**enc, **kw).scores
+    m.edit(FACT, method="memoir", **{**TINY, "threshold": 0.5})
+    with torch.no_grad():
+        cached = m.generate(**enc, use_cache=True, **kw)
+        plain = m.generate(**enc, use_cache=False, **kw)
+    m.pop()
+    assert torch.equal(cached.sequences, plain.sequences)
+    for a, b in zip(cached.scores, plain.scores):
+        assert torch.allclose(a, b, atol=1e-4)
+    assert not torch.allclose(cached.scores[0], base[0], atol=1e-4)  # the memory is in play

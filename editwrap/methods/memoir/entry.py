@@ -13,8 +13,8 @@ memory is applied with. No edit above threshold: the output is returned untouche
 Each entry holds its mask's column indices and what it wrote there (a ``d_out × k`` delta). The
 memory is the sum of the entries' deltas in push order; ``discard`` rebuilds that sum from the
 remaining entries in the same order, so pop and ``remove`` give exactly the memory the remaining
-entries would give pushed alone. A sequence's mask comes from the tokens of one forward call: with
-a KV cache, each generation step after the first sees only its new token.
+entries would give pushed alone. A sequence's mask comes from the mean over all its tokens so far;
+a KV-cached generation step adds its new token to the running mean of the steps before it.
 """
 from __future__ import annotations
 
@@ -50,6 +50,22 @@ def tophash(mean: torch.Tensor, k: int, perm: torch.Tensor) -> torch.Tensor:
     return perm.to(top.device)[top].sort(-1).values
 
 
+class _ForwardState(ForwardMask):
+    """The forward's attention mask, and whether it continues a KV cache (a generation step after the first)."""
+
+    cached = False
+
+    def _pre(self, m: nn.Module, args: tuple, kwargs: dict) -> None:
+        super()._pre(m, args, kwargs)
+        cache = next((kwargs[k] for k in ("past_key_values", "cache") if kwargs.get(k) is not None), None)
+        length = getattr(cache, "get_seq_length", None)
+        self.cached = bool(length is not None and length() > 0)
+
+    def _post(self, m: nn.Module, args: tuple, out: object) -> None:
+        super()._post(m, args, out)
+        self.cached = False
+
+
 def memoir_memories(host: Any, create: bool = False) -> dict[str, "MemoirMemory"]:
     return host_hooks(host, "_ew_memoir", create)
 
@@ -65,7 +81,8 @@ class MemoirMemory:
         self.thresholds = torch.zeros(0)
         self.enabled = True
         self._handle: Any = None
-        self.padding = ForwardMask(host) if host is not None else None
+        self._running: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.padding = _ForwardState(host) if host is not None else None
 
     @property
     def perm(self) -> torch.Tensor | None:
@@ -125,11 +142,23 @@ class MemoirMemory:
         best = overlap.masked_fill(~ok, -1.0).argmax(1)
         return best, overlap.gather(1, best[:, None]).squeeze(1), ok.any(1)
 
+    def _sequence_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, d) mean input over each sequence's real tokens so far: a KV-cached step adds its tokens
+        to the running sums of the steps before it, so a generated token is routed as an uncached
+        forward over the whole sequence would route it."""
+        rows = self.padding.rows(x) if self.padding is not None else torch.ones(x.shape[:2], device=x.device)
+        r = rows.to(x.device, torch.float32)
+        total, count = (x.float() * r.unsqueeze(-1)).sum(1), r.sum(1, keepdim=True)
+        prev = self._running if self.padding is not None and self.padding.cached else None
+        if prev is not None and prev[0].shape == total.shape:
+            total, count = total + prev[0], count + prev[1]
+        self._running = (total.detach(), count.detach())
+        return total / count.clamp_min(1)
+
     def apply(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if not self.entries:
             return out
-        rows = self.padding.rows(x) if self.padding is not None else None
-        best, _, hit = self.retrieve(mean_input(x, rows))
+        best, _, hit = self.retrieve(self._sequence_mean(x))
         if not bool(hit.any()):
             return out
         sel = (self.masks[best] * hit[:, None].float()).to(x.device)
