@@ -39,6 +39,8 @@ from pathlib import Path
 from editwrap import EditableModel, state_dict_hash
 from editwrap.evals.datasets import load_dataset
 from editwrap.evals.metrics import answer_tokens, locality_score, token_accuracy
+from editwrap.methods.base import method_class
+from editwrap.methods.catalog import suite_names
 
 DEFAULT_DATA = "knowedit:ZsRE"
 
@@ -98,12 +100,13 @@ def profile(model, facts, specs: list[str], hparams: dict) -> list[dict]:
         method, _, b = spec.partition(":")
         batch = facts[:int(b or 1)]
         hp = {k: v for k, v in hparams.items() if k in model.default_hparams(method).model_fields}
-        warm = model.edit(facts[-1:] if method != "rome" else facts[-1], method=method, **hp)  # caches
+        one = method_class(method).single_fact  # its compute takes one fact, not a list
+        warm = model.edit(facts[-1] if one else facts[-1:], method=method, **hp)  # caches
         warm.pop()
         c0, w0 = time.process_time(), time.perf_counter()
         with profiling() as times:
             with phase("method total"):
-                edit = model.edit(batch if method != "rome" else batch[0], method=method, **hp)
+                edit = model.edit(batch[0] if one else batch, method=method, **hp)
             with phase("scoring"):
                 acc = token_accuracy(model, model.tokenizer, [f.text_prompt for f in batch],
                                      [f.target_new for f in batch])
@@ -181,12 +184,14 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; ``--methods`` defaults to the registry's ``speed`` suite."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=DEFAULT_DATA, help="ZsRE file or dataset name (default knowedit:ZsRE)")
     ap.add_argument("--pool", default="knowedit", help="--resolve: the mixed pool (knowedit or a folder)")
     ap.add_argument("--n", type=int, default=50)
-    ap.add_argument("--methods", default="rome,memit,ft-m,ft-l")
+    ap.add_argument("--methods", default=suite_names("speed"),
+                    help="comma-separated (default: %(default)s, the `speed` suite)")
     ap.add_argument("--batches", default="10,100", help="MEMIT batch sizes ('' to skip)")
     ap.add_argument("--indices", default="", help="only these record indices (comma-separated), e.g. to re-run a few")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
@@ -197,7 +202,11 @@ def main() -> None:
     ap.add_argument("--hparam", action="append", default=[],
                     help="hyperparameter override (name=JSON value), e.g. v_num_grad_steps=12: a measured trade-off")
     ap.add_argument("--on-stack", default=None, help="a saved stack directory to compose before profiling")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     model = EditableModel.from_pretrained()
     if args.on_stack:
         model.compose(args.on_stack)

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from .base import MethodBase, ordered_methods
 
-__all__ = ["FIELDS", "describe", "select", "main", "add_arguments"]
+__all__ = ["FIELDS", "describe", "select", "suite_names", "main", "add_arguments"]
 
 #: the self-description attributes, in the order the table prints them
 FIELDS = ("name", "display_name", "family", "rank", "needs_subject", "single_fact", "resolvable", "artifact_field",
@@ -48,6 +48,11 @@ def select(suite: str | None = None, with_: Sequence[str] = (), without: Sequenc
             continue
         out.append(cls)
     return out
+
+
+def suite_names(suite: str) -> str:
+    """The methods of a benchmark suite, comma-separated in table order: a script's default ``--methods``."""
+    return ",".join(c.name for c in select(suite=suite))
 
 
 def _field(name: str) -> str:

@@ -72,7 +72,7 @@ class FtL(_FineTune):
     name = "ft-l"
     display_name = "FT-L"
     objective = "prompt_last"
-    suites = ("general-ability",)
+    suites = ("general-ability", "speed", "knowedit-table", "knowedit-sequential")
     knowedit_reference = {
         "recent": {"Edit Succ.": 55.75, "Portability": 40.86, "Locality": 43.70, "Fluency": 529.24},
         "zsre": {"Edit Succ.": 53.93, "Portability": 45.64, "Locality": 73.42, "Fluency": 493.01},
@@ -89,7 +89,7 @@ class FtM(_FineTune):
     display_name = "FT-M"
     rank = 1
     objective = "target_new"
-    suites = ("main-other", "gpu-quant", "general-ability")
+    suites = ("main-other", "gpu-quant", "general-ability", "speed", "knowedit-table")
     knowedit_reference = {
         "recent": {"Edit Succ.": 100.00, "Portability": 65.44, "Locality": 64.33, "Fluency": 574.32},
         "zsre": {"Edit Succ.": 99.98, "Portability": 60.31, "Locality": 89.78, "Fluency": 552.26},

@@ -76,7 +76,7 @@ class Grace(MethodBase):
     Hparams = GraceHparams
     display_name = "GRACE"
     family = "memory"
-    suites = ("main-other", "gpu-adapters")
+    suites = ("main-other", "gpu-adapters", "adapters-zsre")
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: GraceHparams) -> Edit:
         t0 = time.time()

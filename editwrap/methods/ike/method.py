@@ -129,6 +129,7 @@ class Ike(_InContext):
     records_field = "pool"
     reference_row = "ice"
     default_k = 16
+    suites = ("external-zsre",)
 
 
 @register_method
@@ -137,6 +138,7 @@ class Ice(_InContext):
     display_name = "ICE"
     rank = 1
     default_k = 0
+    suites = ("external-zsre",)
     knowedit_reference = {
         "recent": {"Edit Succ.": 60.74, "Portability": 36.93, "Locality": 33.34, "Fluency": 531.01},
         "zsre": {"Edit Succ.": 66.01, "Portability": 63.94, "Locality": 23.14, "Fluency": 541.14},

@@ -143,7 +143,7 @@ class Lora(_Adapter):
     name = "lora"
     display_name = "LoRA"
     lora_type = "lora"
-    suites = ("gpu-quant",)
+    suites = ("gpu-quant", "adapters-zsre")
 
 
 @register_method
@@ -152,7 +152,7 @@ class AdaLora(_Adapter):
     display_name = "AdaLoRA"
     rank = 1
     lora_type = "adalora"
-    suites = ("gpu-adapters",)
+    suites = ("gpu-adapters", "adapters-zsre")
     knowedit_reference = {
         "recent": {"Edit Succ.": 100.00, "Portability": 64.69, "Locality": 56.42, "Fluency": 579.57},
         "zsre": {"Edit Succ.": 100.00, "Portability": 58.03, "Locality": 75.76, "Fluency": 563.56},

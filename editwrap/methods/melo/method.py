@@ -63,6 +63,7 @@ class Melo(MethodBase):
     display_name = "MELO"
     family = "memory"
     rank = 2
+    suites = ("adapters-zsre",)
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: MeloHparams) -> Edit:
         t0 = time.time()

@@ -34,7 +34,7 @@ class Memit(MethodBase):
     rank = 1
     needs_subject = True
     resolvable = True
-    suites = ("main-other", "gpu-knowedit", "gpu-quant", "general-ability")
+    suites = ("main-other", "gpu-knowedit", "gpu-quant", "general-ability", "speed", "knowedit-table")
     knowedit_reference = {
         "recent": {"Edit Succ.": 97.05, "Portability": 56.37, "Locality": 52.15, "Fluency": 573.89},
         "zsre": {"Edit Succ.": 95.37, "Portability": 52.67, "Locality": 48.32, "Fluency": 563.31},

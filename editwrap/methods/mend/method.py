@@ -57,6 +57,7 @@ class Mend(MethodBase):
     rank = 1
     artifact_field = "editor"
     cli = "editwrap.methods.mend.cli"
+    suites = ("external-zsre",)
     knowedit_reference = {
         "recent": {"Edit Succ.": 95.75, "Portability": 55.88, "Locality": 94.76, "Fluency": 557.11},
         "zsre": {"Edit Succ.": 96.74, "Portability": 60.41, "Locality": 92.79, "Fluency": 524.33},

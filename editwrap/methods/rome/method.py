@@ -41,7 +41,8 @@ class Rome(MethodBase):
     family = "locate-then-edit"
     needs_subject = True
     single_fact = True
-    suites = ("main-other", "gpu-knowedit", "gpu-quant", "general-ability")
+    suites = ("main-other", "gpu-knowedit", "gpu-quant", "general-ability", "speed", "knowedit-table",
+              "knowedit-sequential")
     knowedit_reference = {
         "recent": {"Edit Succ.": 97.18, "Portability": 55.25, "Locality": 54.77, "Fluency": 579.66},
         "zsre": {"Edit Succ.": 96.77, "Portability": 52.63, "Locality": 53.67, "Fluency": 573.75},

@@ -69,7 +69,7 @@ class Wise(MethodBase):
     display_name = "WISE"
     family = "memory"
     rank = 1
-    suites = ("gpu-adapters",)
+    suites = ("gpu-adapters", "adapters-zsre")
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: WiseHparams) -> Edit:
         from transformers.activations import ACT2FN
