@@ -44,7 +44,7 @@ DEFAULT_CHECKPOINTS = (10, 100, 500, 1000)
 SINGLE_FACT_METHODS = {"rome"}  # compute() rejects a list of facts
 NO_GENERATION = {"convsent", "sanitation"}  # not fact QA (Sanitation is scored on generations already)
 # settings added after runs were written: a meta file without the key was made with this value
-_LEGACY = {"generation": False}
+_LEGACY = {"generation": False, "dtype": "float32"}
 
 
 def load_records(dataset: str, data: str | Path, n: int | None = None, *, seed: int = 0) -> tuple[list, list, list]:
@@ -262,6 +262,7 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     run_cps = [c for c in cps if c <= stop_after] if cps and stop_after is not None else cps
     meta = dict(dataset=dataset, data=str(Path(data).resolve()), method=m.name, mode=mode, n=len(items),
                  batch_size=batch_size if mode in ("batch", "sequential") else 1, seed=seed, model=model.name_or_path,
+                 dtype=str(model.dtype).removeprefix("torch."),
                  data_sha256=_data_sha256(data), model_fingerprint=model.fingerprint(),
                  base_stack=len(model.stack), hparams=hp.model_dump(mode="json"),
                  fluency=(fluency_mode if fluency_mode != "greedy" else True) if with_fluency else False,
