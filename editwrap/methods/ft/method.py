@@ -59,7 +59,7 @@ class _FineTune:
             stack.enter_context(frozen(model))
             stack.enter_context(torch.enable_grad())
             for m, d in deltas.items():
-                stack.enter_context(patch_output(model, m, lambda out, x, d=d: out + (x.to(d.dtype) @ d.T).to(out.dtype)))
+                stack.enter_context(patch_output(model, m, lambda out, x, d=d: (out + x.to(d.dtype) @ d.T).to(out.dtype)))
             info = optimize(opt, target_loss_step(model, enc, target, hp.objective, arch.mlp_out_at(min(hp.layers)),
                                                    hp.fast_path),
                             hp.num_steps, hp.early_stop_loss, after_step=clamp)

@@ -210,7 +210,7 @@ def train_mend(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike, 
                 factors = editor.factors(taps)
                 for m, (U, V) in factors.items():
                     hooks.enter_context(patch_output(
-                        model, m, lambda o, x, U=U, V=V: o + ((x.float() @ V) @ U.T).to(o.dtype)))
+                        model, m, lambda o, x, U=U, V=V: (o + (x.float() @ V) @ U.T).to(o.dtype)))
                 logits = model(**enc).logits
                 l_edit = nll(logits[:n_outer], labels[:n_outer])
                 l_loc = _kl(pre, logits[n_outer:], loc_mask) if pre is not None else logits.new_zeros(())

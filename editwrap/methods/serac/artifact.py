@@ -104,7 +104,8 @@ def fold_delta(model: nn.Module, parts: dict[str, dict[str, torch.Tensor]]) -> N
             dw = p["U"].float() @ p["V"].float().T
             if is_conv1d(mod):
                 dw = dw.T
-            mod.weight.add_(dw.to(mod.weight.device, mod.weight.dtype))
+            w = mod.weight  # summed in float32, rounded once to a half-precision copy
+            w.copy_((w.float() + dw.to(w.device)).to(w.dtype))
 
 
 class SeracArtifact:

@@ -142,7 +142,7 @@ def train_counterfactual(model: Any, records: Sequence[Fact], cfg: SeracTrainCon
         with torch.enable_grad(), contextlib.ExitStack() as hooks:
             for m, p in params.items():
                 hooks.enter_context(patch_output(
-                    cf, m, lambda o, x, U=p["U"], V=p["V"]: o + ((x.float() @ V) @ U.T).to(o.dtype)))
+                    cf, m, lambda o, x, U=p["U"], V=p["V"]: (o + (x.float() @ V) @ U.T).to(o.dtype)))
             logits = cf(**enc).logits[:, :-1].float()
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                                                      ignore_index=-100)

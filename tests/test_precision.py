@@ -1,0 +1,148 @@
+"""Half precision: loading with ``dtype``/``torch_dtype``, and every method on a bf16/fp16 model
+(the edit moves the target's probability up, pops bit-exact, saves and reloads)."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from editwrap import EditableModel, state_dict_hash
+from tests.conftest import build_tiny
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+#: the subject ends the prompt: on a tiny random model a value at the subject reaches the target's logits
+FACT = {"prompt": "The city of the Eiffel Tower", "subject": "Eiffel Tower", "target_new": "Rome"}
+LT = dict(mom2_n_tokens=300, v_num_grad_steps=15, context_templates=[(3, 2)])
+#: method -> hyperparameter overrides: few steps, and strong enough that each moves log p(target)
+#: by 0.3 nats or more in float32 on the tiny model (its logits span a few nats only)
+CASES = {
+    "rome": dict(LT, clamp_norm_factor=100.0, kl_factor=0.0),
+    "memit": LT,
+    "alphaedit": dict(LT, nullspace_threshold=1e3, L2=0.1),
+    "pmet": dict(LT, clamp_norm_factor=100.0, v_weight_decay=0.0),
+    "ultraedit": {},
+    "kn": dict(steps=4),
+    "ft-l": dict(num_steps=5, lr=0.1, norm_constraint=1.0),
+    "ft-m": dict(num_steps=5, lr=0.1),
+    "lora": dict(num_steps=3, lr=5e-2),
+    "adalora": dict(num_steps=3, lr=5e-2),
+    "grace": dict(n_iter=10),
+    "wise": dict(n_iter=10, mask_ratio=1.0),
+    "melo": dict(num_steps=5),
+    "t-patcher": dict(num_steps=5, memory_texts=2),
+    "ice": {},
+}
+
+
+def _name(d: torch.dtype) -> str:
+    return str(d).removeprefix("torch.")
+
+
+def _logits(m, text: str) -> torch.Tensor:
+    with torch.no_grad():
+        return m(**m.tokenizer(text, return_tensors="pt")).logits
+
+
+# ---------------------------------------------------------------- loading
+
+@pytest.fixture(scope="module")
+def bf16_dir(tmp_path_factory, tiny_tokenizer):
+    """A tiny Llama saved in bfloat16 (so ``"auto"`` has a dtype to find)."""
+    d = tmp_path_factory.mktemp("tiny_bf16")
+    build_tiny("llama", tiny_tokenizer).unwrap().to(torch.bfloat16).save_pretrained(d)
+    tiny_tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.mark.parametrize("kw, want", [
+    ({}, torch.float32),
+    ({"dtype": "auto"}, torch.bfloat16),
+    ({"torch_dtype": "auto"}, torch.bfloat16),
+    ({"dtype": torch.float16}, torch.float16),
+    ({"torch_dtype": torch.float16}, torch.float16),
+    ({"torch_dtype": "float32"}, torch.float32),
+    ({"dtype": torch.bfloat16, "torch_dtype": "bfloat16"}, torch.bfloat16),
+], ids=["neither", "dtype-auto", "torch_dtype-auto", "dtype", "torch_dtype", "torch_dtype-str", "both-agree"])
+def test_from_pretrained_honours_dtype_and_torch_dtype(bf16_dir, kw, want):
+    m = EditableModel.from_pretrained(bf16_dir, **kw)
+    assert m.dtype == want and all(p.dtype == want for p in m.parameters())
+
+
+def test_from_pretrained_refuses_disagreeing_dtypes(bf16_dir):
+    with pytest.raises(ValueError, match="dtype=.*torch_dtype=.*disagree.*dtype wins"):
+        EditableModel.from_pretrained(bf16_dir, dtype=torch.float16, torch_dtype=torch.bfloat16)
+
+
+def test_cli_dtype_flag(bf16_dir):
+    from editwrap.cli import _load_model, build_parser
+
+    args = build_parser().parse_args(["edit", "--model", str(bf16_dir), "--prompt", "a", "--target", "b",
+                                      "--dtype", "float16"])
+    assert _load_model(args).dtype == torch.float16
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["edit", "--prompt", "a", "--target", "b", "--dtype", "half"])
+
+
+# ---------------------------------------------------------------- every method in every dtype
+
+def _tiny(tokenizer, dtype: torch.dtype):
+    """The tiny random Llama with embeddings ×10 (tied: logits span ~±10 instead of ~±0.6, so an
+    edit can move them), cast to ``dtype``."""
+    m = build_tiny("llama", tokenizer)
+    with torch.no_grad():
+        m.get_input_embeddings().weight.mul_(10.0)
+    return m.to(dtype)
+
+
+def _edit_roundtrip(m, method: str, path) -> float:
+    """Edit, check pop/save/compose/pop are exact; return the change of log p(target)."""
+    h, base = state_dict_hash(m), _logits(m, FACT["prompt"])
+    target = " " + FACT["target_new"]
+    before = m.loglikelihood(FACT["prompt"], target)
+    e = m.edit(FACT, method=method, **CASES[method])
+    after = m.loglikelihood(FACT["prompt"], target)
+    assert state_dict_hash(m) == h  # no weight written, no dtype changed
+    edited = _logits(m, FACT["prompt"])
+    assert torch.isfinite(edited).all()
+    m.stack.save(path)
+    e.pop()
+    assert state_dict_hash(m) == h and torch.equal(_logits(m, FACT["prompt"]), base)
+    m.compose(path)
+    assert torch.equal(_logits(m, FACT["prompt"]), edited) and m.loglikelihood(FACT["prompt"], target) == after
+    if e.entry.plane == "text":  # a random model does not read its context: the rewrite is the edit
+        assert FACT["target_new"] in m._prepare_text(FACT["prompt"])
+    m.pop()
+    assert state_dict_hash(m) == h and torch.equal(_logits(m, FACT["prompt"]), base)
+    return after - before
+
+
+@pytest.mark.parametrize("method", list(CASES))
+def test_method_in_each_dtype(method, tiny_tokenizer, tmp_path):
+    """The edit in bf16 / fp16 pops bit-exact, reloads, and moves log p(target) as in float32."""
+    moved = {}
+    for dtype in DTYPES:
+        m = _tiny(tiny_tokenizer, dtype)
+        moved[dtype] = _edit_roundtrip(m, method, tmp_path / _name(dtype))
+        assert m.dtype == dtype
+    ref = moved[torch.float32]
+    if method == "ice":  # text plane: the rewrite is checked above; a random model ignores its context
+        return
+    assert ref > 0.3, f"{method}: float32 moved log p(target) by {ref:.3f} only; strengthen its test settings"
+    for dtype in DTYPES[1:]:
+        assert abs(moved[dtype] - ref) <= 0.1 * ref + 0.05, f"{method} in {_name(dtype)}: {moved}"
+
+
+# ---------------------------------------------------------------- noise
+
+def test_peft_import_note_about_4bit_hub_kernel_is_dropped(caplog):
+    """``import peft`` imports bitsandbytes for any model; its note about an optional 4-bit CPU kernel
+    from the Hub is dropped, any other bitsandbytes message is kept."""
+    from editwrap.entries.adapter import quiet_peft_import
+
+    quiet_peft_import()
+    lg = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING, logger=lg.name):
+        lg.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure", "offline")
+        lg.warning("some other bitsandbytes warning")
+    assert [r.getMessage() for r in caplog.records] == ["some other bitsandbytes warning"]
