@@ -146,3 +146,12 @@ def test_peft_import_note_about_4bit_hub_kernel_is_dropped(caplog):
         lg.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure", "offline")
         lg.warning("some other bitsandbytes warning")
     assert [r.getMessage() for r in caplog.records] == ["some other bitsandbytes warning"]
+
+
+def test_lm_eval_model_args_dtype_reach_from_pretrained(bf16_dir):
+    """``--model_args dtype=...`` as lm-eval passes it (strings, "auto" included)."""
+    from editwrap.integrations.lm_eval import EditwrapLM
+
+    assert EditwrapLM(pretrained=str(bf16_dir), dtype="auto").model.dtype == torch.bfloat16
+    assert EditwrapLM(pretrained=str(bf16_dir), dtype="float16").model.dtype == torch.float16
+    assert EditwrapLM(pretrained=str(bf16_dir)).model.dtype == torch.float32
