@@ -155,3 +155,28 @@ def test_lm_eval_model_args_dtype_reach_from_pretrained(bf16_dir):
     assert EditwrapLM(pretrained=str(bf16_dir), dtype="auto").model.dtype == torch.bfloat16
     assert EditwrapLM(pretrained=str(bf16_dir), dtype="float16").model.dtype == torch.float16
     assert EditwrapLM(pretrained=str(bf16_dir)).model.dtype == torch.float32
+
+
+# ---------------------------------------------------------------- int8 base, half-precision activations
+
+@pytest.fixture(scope="module")
+def int8_fp16(tmp_path_factory, tiny_tokenizer):
+    """The scaled tiny Llama quantized to int8 (bitsandbytes, CPU backend) with float16 activations,
+    as LLM.int8() runs on a GPU."""
+    from editwrap.integrations.quant import load_quantized
+
+    d = tmp_path_factory.mktemp("tiny_x10")
+    _tiny(tiny_tokenizer, torch.float32).unwrap().save_pretrained(d)
+    tiny_tokenizer.save_pretrained(d)
+    return load_quantized(d, bits=8, dtype=torch.float16)
+
+
+@pytest.mark.parametrize("method", [m for m in CASES if m != "ice"])
+def test_method_on_int8_base_with_fp16_activations(method, int8_fp16, tmp_path):
+    from editwrap.integrations.quant import int8_state, quantized_modules
+
+    m = int8_fp16
+    assert m.dtype == torch.float16 and quantized_modules(m)
+    h8 = int8_state(m)
+    assert _edit_roundtrip(m, method, tmp_path / "stack") > 0.3
+    assert int8_state(m) == h8  # int8 weights and their scales never written

@@ -55,6 +55,10 @@ def peft_injected(model: Any, config: Any, adapter: str):
         # float32 adapter weights on a half-precision base, as PEFT's get_peft_model does: Adam's
         # steps on fp16 weights overflow, and PEFT's layers then run x·A·B in float32
         tuner._cast_adapter_dtype(adapter_name=adapter, autocast_adapter_dtype=True)
+        for mod in model.modules():  # AdaLoRA's rank count (exact in any dtype) stays in the model's:
+            rn = getattr(mod, "ranknum", None)  # its 8-bit layer scales the recast output by it
+            if isinstance(rn, torch.nn.ParameterDict) and adapter in rn:
+                rn[adapter] = torch.nn.Parameter(rn[adapter].to(model.dtype), requires_grad=False)
         yield tuner
     finally:
         if tuner is not None:
