@@ -133,6 +133,32 @@ def test_method_in_each_dtype(method, tiny_tokenizer, tmp_path):
         assert abs(moved[dtype] - ref) <= 0.1 * ref + 0.05, f"{method} in {_name(dtype)}: {moved}"
 
 
+# ---------------------------------------------------------------- the embedded model in bfloat16
+
+@pytest.fixture(scope="module")
+def embedded_bf16():
+    m = EditableModel.from_pretrained(torch_dtype=torch.bfloat16)
+    yield m
+    assert len(m.stack) == 0, "a test left edits on the bf16 embedded model"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["rome", "memit", "alphaedit", "ft-m", "lora", "grace", "wise", "kn", "melo"])
+def test_embedded_bf16_demo_edit_and_pop(method, embedded_bf16, monkeypatch):
+    """The demo edit in bf16 answers the new city without repeating it (KN and MELO did: "Rome Rome
+    Rome") and pops bit-exact."""
+    monkeypatch.delenv("EDITWRAP_CACHE_STATS", raising=False)  # the user's statistics cache, as for `embedded`
+    m, prompt = embedded_bf16, "The Eiffel Tower is located in the city of"
+    assert m.dtype == torch.bfloat16
+    h, before = state_dict_hash(m), m.generate_text(prompt, max_new_tokens=8)
+    assert before.strip().startswith("Paris")
+    with m.edit({"prompt": prompt, "subject": "Eiffel Tower", "target_new": "Rome"}, method=method):
+        after = m.generate_text(prompt, max_new_tokens=8)
+        print(f"{method} bf16: {after!r}")
+        assert after.strip().startswith("Rome") and "Rome Rome" not in after and "Rome, Rome" not in after, after
+    assert state_dict_hash(m) == h and m.generate_text(prompt, max_new_tokens=8) == before
+
+
 # ---------------------------------------------------------------- noise
 
 def test_peft_import_note_about_4bit_hub_kernel_is_dropped(caplog):
