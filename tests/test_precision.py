@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import pytest
 import torch
@@ -95,12 +96,15 @@ def _tiny(tokenizer, dtype: torch.dtype):
     return m.to(dtype)
 
 
-def _edit_roundtrip(m, method: str, path) -> float:
+def _edit_roundtrip(m, method: str, path, hp: dict | None = None) -> float:
     """Edit, check pop/save/compose/pop are exact; return the change of log p(target)."""
     h, base = state_dict_hash(m), _logits(m, FACT["prompt"])
     target = " " + FACT["target_new"]
     before = m.loglikelihood(FACT["prompt"], target)
-    e = m.edit(FACT, method=method, **CASES[method])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        e = m.edit(FACT, method=method, **(CASES[method] if hp is None else hp))
+    assert not [w for w in caught if "another base model" in str(w.message)]  # the same checkpoint in any dtype
     after = m.loglikelihood(FACT["prompt"], target)
     assert state_dict_hash(m) == h  # no weight written, no dtype changed
     edited = _logits(m, FACT["prompt"])
@@ -111,7 +115,7 @@ def _edit_roundtrip(m, method: str, path) -> float:
     m.compose(path)
     assert torch.equal(_logits(m, FACT["prompt"]), edited) and m.loglikelihood(FACT["prompt"], target) == after
     if e.entry.plane == "text":  # a random model does not read its context: the rewrite is the edit
-        assert FACT["target_new"] in m._prepare_text(FACT["prompt"])
+        assert FACT["target_new"] in m._route(FACT["prompt"])[0]
     m.pop()
     assert state_dict_hash(m) == h and torch.equal(_logits(m, FACT["prompt"]), base)
     return after - before
@@ -181,6 +185,39 @@ def test_lm_eval_model_args_dtype_reach_from_pretrained(bf16_dir):
     assert EditwrapLM(pretrained=str(bf16_dir), dtype="auto").model.dtype == torch.bfloat16
     assert EditwrapLM(pretrained=str(bf16_dir), dtype="float16").model.dtype == torch.float16
     assert EditwrapLM(pretrained=str(bf16_dir)).model.dtype == torch.float32
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_tokenizer):
+    """A MEND editor and a SERAC artifact trained on the float32 tiny model."""
+    from editwrap import Fact
+    from editwrap.methods.mend import train_mend
+    from editwrap.methods.mend.hparams import MendTrainConfig
+    from editwrap.methods.serac import train_serac
+    from editwrap.methods.serac.hparams import SeracTrainConfig
+
+    m = _tiny(tiny_tokenizer, torch.float32)
+    records = [Fact(prompt=f"The city of the {s}", target_new=t, rephrase=[f"The {s} is in the city of"])
+               for s, t in [("Eiffel Tower", "Rome"), ("Big Ben", "Paris"), ("Colosseum", "London"),
+                            ("Brandenburg Gate", "Madrid"), ("Golden Gate", "Berlin"), ("Kremlin", "Tokyo")]]
+    out = tmp_path_factory.mktemp("trained")
+    train_mend(m, records, out / "mend", MendTrainConfig(layers=[2, 3], rank=4, steps=6, batch_size=2, seed=0,
+                                                        lr=1e-2, lr_lr=1e-1), progress=False)
+    train_serac(m, records, out / "serac", SeracTrainConfig(cls_steps=100, cf_steps=30, cf_batch_size=3, cf_lr=3e-2,
+                                                             val_fraction=0.0), progress=False, data_name="toy")
+    return {"mend": {"editor": str(out / "mend"), "lr_scale": 10.0}, "serac": {"artifact": str(out / "serac")}}
+
+
+@pytest.mark.parametrize("method", ["mend", "serac"])
+def test_trained_method_in_each_dtype(method, trained, tiny_tokenizer, tmp_path):
+    """An editor / artifact trained in float32 edits the same checkpoint loaded in bf16 / fp16 (no
+    "another base model" warning), pops bit-exact, reloads, and acts as in float32."""
+    moved = {d: _edit_roundtrip(_tiny(tiny_tokenizer, d), method, tmp_path / _name(d), trained[method])
+             for d in DTYPES}
+    ref = moved[torch.float32]
+    assert ref > 0.3, moved
+    for dtype in DTYPES[1:]:
+        assert abs(moved[dtype] - ref) <= 0.1 * ref + 0.05, f"{method} in {_name(dtype)}: {moved}"
 
 
 # ---------------------------------------------------------------- int8 base, half-precision activations

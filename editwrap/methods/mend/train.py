@@ -33,6 +33,7 @@ from ...entries.delta import is_conv1d
 from ...facts import Fact
 from ...arch import arch_of
 from .hparams import MendTrainConfig
+from ...ops.fingerprint import checkpoint_probe
 from ...ops.hooks import frozen, get_module, patch_output
 from ...ops.memory import peak_memory_mb
 from ...ops.tokens import batch_encode, target_ids
@@ -165,6 +166,7 @@ def train_mend(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike, 
     fp = model.fingerprint() if hasattr(model, "fingerprint") else ""
     dh = data_hash(records)
     run = {"config": cfg.model_dump(mode="json"), "modules": modules, "base_fingerprint": fp,
+           "base_checkpoint": checkpoint_probe(model),
            "base_model": str(getattr(model.config, "_name_or_path", "")), "data_hash": dh,
            "n_records": len(records), "data": data_name}
     step, history, elapsed = 0, [], 0.0

@@ -29,6 +29,7 @@ import torch
 from ...facts import Fact
 from ...arch import arch_of
 from .hparams import SeracTrainConfig
+from ...ops.fingerprint import checkpoint_probe
 from ...ops.hooks import patch_output
 from ...ops.tokens import batch_encode, target_ids
 from .artifact import ARTIFACT_FILES, ScopeClassifier, cf_text, clone_base, file_hash
@@ -187,6 +188,7 @@ def train_serac(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike,
     info = {"records": len(train), "val_records": len(val), "data": data_name,
             "base_model": str(getattr(model.config, "_name_or_path", "")),
             "base_fingerprint": model.fingerprint() if hasattr(model, "fingerprint") else "",
+            "base_checkpoint": checkpoint_probe(model),
             "classifier_train": _accuracy(clf, tr_pairs, emb, cfg.threshold),
             "classifier_val": _accuracy(clf, va_pairs, emb, cfg.threshold),
             "classifier_loss": [cls_hist[0], cls_hist[-1]] if cls_hist else None, "classifier_seconds": round(t_cls, 1),
