@@ -243,3 +243,19 @@ def test_method_on_int8_base_with_fp16_activations(method, int8_fp16, tmp_path):
     h8 = int8_state(m)
     assert _edit_roundtrip(m, method, tmp_path / "stack") > 0.3
     assert int8_state(m) == h8  # int8 weights and their scales never written
+
+
+@pytest.mark.parametrize("method", ["rome", "lora", "grace"])
+def test_method_on_nf4_base_with_fp16_compute(method, tmp_path_factory, tiny_tokenizer, tmp_path):
+    """4-bit (nf4) layers computing in float16, as QLoRA-style loads set ``bnb_4bit_compute_dtype``."""
+    from editwrap.integrations.quant import bnb_config, int8_state
+
+    d = tmp_path_factory.mktemp("tiny_x10_nf4")
+    _tiny(tiny_tokenizer, torch.float32).unwrap().save_pretrained(d)
+    tiny_tokenizer.save_pretrained(d)
+    m = EditableModel.from_pretrained(d, quantization_config=bnb_config(4, bnb_4bit_compute_dtype=torch.float16),
+                                      device_map="cpu", dtype=torch.float16)
+    assert type(m.get_submodule("model.layers.1.mlp.down_proj")).__name__ == "Linear4bit"
+    h4 = int8_state(m)
+    assert _edit_roundtrip(m, method, tmp_path / "stack") > 0.3
+    assert int8_state(m) == h4
