@@ -24,6 +24,8 @@ PRESETS = {"knowedit-general": {"n_edits": 5, "methods": "rome,memit,ft-l,ft-m"}
 def _add_lm_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--model", default=None, help="local model dir or hub id (default: embedded SmolLM2-135M)")
     sp.add_argument("--load-in-8bit", action="store_true", help="load the base model in 8-bit (bitsandbytes)")
+    sp.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16", "auto"),
+                    help="weights and activations dtype (default float32; auto: the checkpoint's)")
     sp.add_argument("--tasks", default=None,
                     help="comma-separated lm-eval tasks (default: the packaged offline tasks, "
                          "editwrap_mmlu_dev,editwrap_counterfact_mc,editwrap_counterfact_gen,editwrap_triviaqa)")
@@ -62,7 +64,8 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
         raise ValueError("give the edits to evaluate: --stack DIR, --edits facts.json or --preset knowedit-general")
     from editwrap.cli import _load_model
 
-    model = _load_model(argparse.Namespace(model=args.model, stack=None, load_in_8bit=args.load_in_8bit))
+    model = _load_model(argparse.Namespace(model=args.model, stack=None, load_in_8bit=args.load_in_8bit,
+                                           dtype=args.dtype))
     bs: Any = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     common = dict(limit=_limit(args.limit), num_fewshot=args.num_fewshot, include_path=args.include_path,
                   batch_size=bs)

@@ -83,6 +83,9 @@ def test_cli_dtype_flag(bf16_dir):
     assert _load_model(args).dtype == torch.float16
     with pytest.raises(SystemExit):
         build_parser().parse_args(["edit", "--prompt", "a", "--target", "b", "--dtype", "half"])
+    for argv in (["eval", "lm", "--stack", "s"], ["serve"], ["eval", "knowedit", "--dataset", "zsre", "--data", "d",
+                                                            "--method", "rome"]):
+        assert build_parser().parse_args([*argv, "--dtype", "bfloat16"]).dtype == "bfloat16"
 
 
 # ---------------------------------------------------------------- every method in every dtype
