@@ -90,10 +90,10 @@ def test_cli_dtype_flag(bf16_dir):
 
 # ---------------------------------------------------------------- every method in every dtype
 
-def _tiny(tokenizer, dtype: torch.dtype):
-    """The tiny random Llama with embeddings ×10 (tied: logits span ~±10 instead of ~±0.6, so an
-    edit can move them), cast to ``dtype``."""
-    m = build_tiny("llama", tokenizer)
+def _tiny(tokenizer, dtype: torch.dtype, arch: str = "llama"):
+    """The tiny random Llama (or GPT-2) with embeddings ×10 (tied: logits span ~±10 instead of
+    ~±0.6, so an edit can move them), cast to ``dtype``."""
+    m = build_tiny(arch, tokenizer)
     with torch.no_grad():
         m.get_input_embeddings().weight.mul_(10.0)
     return m.to(dtype)
@@ -124,12 +124,14 @@ def _edit_roundtrip(m, method: str, path, hp: dict | None = None) -> float:
     return after - before
 
 
-@pytest.mark.parametrize("method", list(CASES))
+@pytest.mark.parametrize("method", [*CASES, *[f"gpt2:{m}" for m in ("rome", "ft-m", "lora", "grace", "wise")]])
 def test_method_in_each_dtype(method, tiny_tokenizer, tmp_path):
-    """The edit in bf16 / fp16 pops bit-exact, reloads, and moves log p(target) as in float32."""
+    """The edit in bf16 / fp16 pops bit-exact, reloads, and moves log p(target) as in float32
+    (GPT-2: Conv1D layers store their weight transposed)."""
+    arch, method = method.split(":") if ":" in method else ("llama", method)
     moved = {}
     for dtype in DTYPES:
-        m = _tiny(tiny_tokenizer, dtype)
+        m = _tiny(tiny_tokenizer, dtype, arch)
         moved[dtype] = _edit_roundtrip(m, method, tmp_path / _name(dtype))
         assert m.dtype == dtype
     ref = moved[torch.float32]
