@@ -51,7 +51,8 @@ def _order(method: str) -> int:
 def _runs(root: Path, *folders: str, mode: str | None = None, dataset: str | None = None) -> list[dict]:
     """Runs (finished or partial) under ``docs/results/<folder>``, in a stable order."""
     runs = load_summaries([root / RES / f for f in folders])
-    runs = [r for r in runs if (mode is None or r.get("mode") == mode) and (dataset is None or r.get("dataset") == dataset)]
+    runs = [r for r in runs
+            if (mode is None or r.get("mode") == mode) and (dataset is None or r.get("dataset") == dataset)]
     return sorted(runs, key=lambda r: (r["method"], r.get("_file", "")))
 
 

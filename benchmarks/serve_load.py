@@ -55,7 +55,8 @@ def start(stack_dir: Path, threads: int, *extra: str) -> tuple[subprocess.Popen,
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen([sys.executable, "-m", "editwrap.cli", "serve", "--stack-dir", str(stack_dir),
-                             "--port", str(port), *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--port", str(port), *extra], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:

@@ -42,6 +42,8 @@ def _load_model(args: argparse.Namespace) -> Any:
         kw = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": device or "auto"}
     elif device:
         kw["device_map"] = device
+    if getattr(args, "dtype", None):
+        kw["dtype"] = args.dtype
     return EditableModel.from_pretrained(args.model, stack=getattr(args, "stack", None), **kw)
 
 
@@ -172,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--load-in-8bit", action="store_true", help="load the base model in 8-bit (bitsandbytes)")
         sp.add_argument("--device", default=None, type=_device,
                         help="where to load the model: cpu, cuda, cuda:1 (default: cpu; 8-bit: auto)")
+        sp.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16", "auto"),
+                        help="weights and activations dtype (default float32; auto: the checkpoint's). Edits "
+                             "compute in float32 internally (docs/precision.md)")
 
     e = sub.add_parser("edit", help="edit one fact and show the answer before, after, and after pop")
     model_args(e)

@@ -44,6 +44,24 @@ def _as_facts(facts: Any) -> list[Fact]:
     return out
 
 
+def _dtype_key(d: Any) -> Any:
+    named = isinstance(d, str) and d != "auto" and isinstance(getattr(torch, d, None), torch.dtype)
+    return getattr(torch, d) if named else d
+
+
+def _resolve_dtype(kwargs: dict[str, Any]) -> None:
+    """One ``dtype`` for transformers from ``dtype`` or ``torch_dtype`` (float32 when neither).
+
+    transformers 5 reads both but lets ``dtype`` win silently when they differ; a disagreement is
+    an error here so that a request is never dropped.
+    """
+    td, d = kwargs.pop("torch_dtype", None), kwargs.get("dtype")
+    if td is not None and d is not None and _dtype_key(td) != _dtype_key(d):
+        raise ValueError(f"from_pretrained got dtype={d!r} and torch_dtype={td!r}, which disagree; dtype wins in "
+                         "transformers (torch_dtype is its older name): pass only one of them")
+    kwargs["dtype"] = d if d is not None else td if td is not None else torch.float32
+
+
 class EditableModel:
     """Mixin that turns a transformers ``PreTrainedModel`` instance into an editable one."""
 
@@ -54,7 +72,8 @@ class EditableModel:
         """Load a causal LM (the embedded SmolLM2 when no name is given) and wrap it.
 
         Every keyword transformers accepts (``dtype``, ``device_map``, ``quantization_config``…)
-        is passed through. ``stack=dir`` composes a saved edit stack on top.
+        is passed through. ``dtype`` / ``torch_dtype`` (its older name) default to float32 when
+        neither is given; ``"auto"`` takes the checkpoint's. ``stack=dir`` composes a saved edit stack on top.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -63,7 +82,7 @@ class EditableModel:
         if pretrained_model_name_or_path is None or str(pretrained_model_name_or_path).startswith(EMBEDDED_PREFIX):
             name = str(pretrained_model_name_or_path or EMBEDDED_PREFIX)[len(EMBEDDED_PREFIX):] or "smollm2-135m"
             pretrained_model_name_or_path = embedded_model_dir(name)
-            kwargs.setdefault("dtype", torch.float32)
+        _resolve_dtype(kwargs)
         path = str(pretrained_model_name_or_path)
         if tokenizer is None:
             check_tokenizer_files(path)  # before the (slow) weights: a missing tokenizer fails fast and clearly

@@ -116,7 +116,8 @@ def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], No
                    help="dataset format; 'mixed' draws ZsRE/WikiData_recent/WikiData_counterfact records at random")
     k.add_argument("--data", required=True,
                    help="dataset JSON file, a directory holding the KnowEdit files, or a name: knowedit:ZsRE, "
-                        "knowedit:WikiData_recent, ... (knowedit for --dataset mixed; `editwrap data list`, docs/data.md)")
+                        "knowedit:WikiData_recent, ... (knowedit for --dataset mixed; `editwrap data list`, "
+                        "docs/data.md)")
     k.add_argument("--method", required=True, help="editing method (rome, memit, ft-l, ft-m, lora, grace, ike, ...)")
     k.add_argument("--n", type=_positive, default=None, help="number of records (default: all)")
     k.add_argument("--mode", choices=("single", "batch", "sequential"), default="single")

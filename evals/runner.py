@@ -49,7 +49,7 @@ MIXED_SOURCES = ("zsre", "recent", "counterfact")
 DEFAULT_CHECKPOINTS = (10, 100, 500, 1000)
 NO_GENERATION = {"convsent", "sanitation"}  # not fact QA (Sanitation is scored on generations already)
 # settings added after runs were written: a meta file without the key was made with this value
-_LEGACY = {"generation": False}
+_LEGACY = {"generation": False, "dtype": "float32"}
 
 
 def mixed_files(data: str | Path) -> dict[str, Path]:
@@ -283,6 +283,7 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     meta = dict(dataset=dataset, data=data_label(data, out), method=m.name, mode=mode, n=len(items),
                  batch_size=batch_size if mode in ("batch", "sequential") else 1, seed=seed,
                  model=model_label(model.name_or_path, out),
+                 dtype=str(model.dtype).removeprefix("torch."),
                  data_sha256=_data_sha256(data), model_fingerprint=model.fingerprint(),
                  base_stack=len(model.stack), hparams=hp.model_dump(mode="json"),
                  fluency=(fluency_mode if fluency_mode != "greedy" else True) if with_fluency else False,

@@ -26,7 +26,8 @@ def training_records(paths: Sequence[str | Path], n: int | None = None,
     ``n`` keeps the first n of each. ``exclude``: evaluation files whose records must not leak into
     training — a training record is dropped when its subject or prompt (case/space-insensitive)
     occurs in the first ``exclude_n`` records of any of them. An ``exclude`` *directory* (or the
-    name ``knowedit``) stands for ``--dataset mixed`` drawn from it (seed 0): the first ``exclude_n`` records of that draw, i.e.
+    name ``knowedit``) stands for ``--dataset mixed`` drawn from it (seed 0): the first ``exclude_n``
+    records of that draw, i.e.
     exactly the facts of a mixed run with ``--n exclude_n``. Returns (records, "path1,path2").
     """
     banned: set[str] = set()

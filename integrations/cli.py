@@ -25,6 +25,8 @@ PRESETS = {"knowedit-general": {"n_edits": 5, "suite": "general-ability"}}
 def _add_lm_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--model", default=None, help="local model dir or hub id (default: embedded SmolLM2-135M)")
     sp.add_argument("--load-in-8bit", action="store_true", help="load the base model in 8-bit (bitsandbytes)")
+    sp.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16", "auto"),
+                    help="weights and activations dtype (default float32; auto: the checkpoint's)")
     sp.add_argument("--tasks", default=None,
                     help="comma-separated lm-eval tasks (default: the packaged offline tasks, "
                          "editwrap_mmlu_dev,editwrap_counterfact_mc,editwrap_counterfact_gen,editwrap_triviaqa)")
@@ -71,7 +73,8 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     from editwrap.evals.provenance import model_name
 
     facts = L.recent_facts(args.n_edits or PRESETS[args.preset]["n_edits"], args.data) if args.preset else None
-    model = _load_model(argparse.Namespace(model=args.model, stack=None, load_in_8bit=args.load_in_8bit))
+    model = _load_model(argparse.Namespace(model=args.model, stack=None, load_in_8bit=args.load_in_8bit,
+                                           dtype=args.dtype))
     bs: Any = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     common = dict(limit=_limit(args.limit), num_fewshot=args.num_fewshot, include_path=args.include_path,
                   batch_size=bs)

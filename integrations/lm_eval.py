@@ -91,10 +91,8 @@ class EditwrapLM(HFLM):
             name = str(pretrained or "").strip()
             load_kw = {}
             dtype = kwargs.pop("dtype", None)
-            if dtype not in (None, "auto"):
-                import torch
-
-                load_kw["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+            if dtype is not None:  # "auto" and "bfloat16" as lm-eval passes them; from_pretrained reads both
+                load_kw["dtype"] = dtype
             model = EditableModel.from_pretrained(None if name in ("", "embedded", "default") else name,
                                                   tokenizer=tokenizer, **load_kw)
             device = str(kwargs.pop("device", None) or "")

@@ -85,15 +85,18 @@ class Sidecar:
     def _hook(self, _m: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         if not self.enabled or not self.parts:
             return output
+        # the float32 delta is added to the output upcast, then rounded once to the model's dtype
+        # (a half-precision model: one rounding instead of two; float32: the same sum as before)
         if not sets.selecting() or all(s is None for s in self.sets.values()):
-            return output + self.delta_out(args[0]).to(output.dtype)
+            return (output + self.delta_out(args[0])).to(output.dtype)
+        dtype = output.dtype
         for name in dict.fromkeys(self.sets.values()):  # edit sets gated per call or per batch row
             g = sets.row_mask_for(name, output)
             if g is False:
                 continue
-            d = self.delta_out(args[0], self._factors_of_set(name, args[0].device)).to(output.dtype)
+            d = self.delta_out(args[0], self._factors_of_set(name, args[0].device))
             output = output + (d if g is True else d * g)
-        return output
+        return output.to(dtype)
 
     def weight_delta(self) -> torch.Tensor:
         """The summed delta as an (out, in) matrix (merge, norm reads), on the device of the factors.

@@ -241,7 +241,7 @@ def _optimize_batch(host: Any, modules: list[str], facts: Sequence[Fact], templa
                 state["init_done"].add(m)
             out = out.clone()
             at = (state["rows"], state["cols"])
-            out[at] = out[at] + delta[m][state["owner"]].to(out.dtype)
+            out[at] = (out[at] + delta[m][state["owner"]]).to(out.dtype)  # float32 sum, one rounding
             return out
         return add
 

@@ -307,4 +307,5 @@ class EditService:
                 self._persist()
             except Exception:  # noqa: BLE001 - the first error is the one to report
                 pass
-            raise ServiceError(500, f"the {action} was undone: saving the stack or its audit line failed ({exc})") from exc
+            raise ServiceError(500, f"the {action} was undone: saving the stack or its audit line failed "
+                                    f"({exc})") from exc

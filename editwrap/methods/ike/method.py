@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import os
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ...entries.adapter import AdapterEntry
+from ...entries.adapter import AdapterEntry, quiet_peft_import
 from ...facts import Fact
 from .hparams import LoraHparams
 from ...ops.hooks import frozen
@@ -28,6 +28,7 @@ __all__ = ["Lora", "AdaLora", "peft_injected"]
 
 
 def _peft_config(hp: LoraHparams) -> Any:
+    quiet_peft_import()
     from peft import AdaLoraConfig, LoraConfig
 
     common = dict(lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout, target_modules=list(hp.target_modules),
@@ -41,6 +42,7 @@ def _peft_config(hp: LoraHparams) -> Any:
 @contextlib.contextmanager
 def peft_injected(model: Any, config: Any, adapter: str):
     """Inject a PEFT tuner for the duration of the block, then restore the exact module tree."""
+    quiet_peft_import()
     from peft.tuners import AdaLoraModel, LoraModel
 
     before_modules = {n: m for n, m in model.named_modules()}
@@ -50,6 +52,13 @@ def peft_injected(model: Any, config: Any, adapter: str):
     tuner = None
     try:
         tuner = tuner_cls(model, config, adapter_name=adapter)
+        # float32 adapter weights on a half-precision base, as PEFT's get_peft_model does: Adam's
+        # steps on fp16 weights overflow, and PEFT's layers then run x·A·B in float32
+        tuner._cast_adapter_dtype(adapter_name=adapter, autocast_adapter_dtype=True)
+        for mod in model.modules():  # AdaLoRA's rank count (exact in any dtype) stays in the model's:
+            rn = getattr(mod, "ranknum", None)  # its 8-bit layer scales the recast output by it
+            if isinstance(rn, torch.nn.ParameterDict) and adapter in rn:
+                rn[adapter] = torch.nn.Parameter(rn[adapter].to(model.dtype), requires_grad=False)
         yield tuner
     finally:
         if tuner is not None:

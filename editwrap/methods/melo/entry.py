@@ -167,7 +167,7 @@ class MeloRouter:
                 a, b = e.parts[name]
                 part = lora_out(x, a.to(x.device), b.to(x.device), e.scale) * (active == i).unsqueeze(-1)
                 delta = part if delta is None else delta + part
-            return out if delta is None else out + delta.to(out.dtype)
+            return out if delta is None else (out + delta).to(out.dtype)
         return hook
 
 

@@ -54,6 +54,11 @@ class MeloHparams(HparamsBase):
     radius: float = Field(0.4, gt=0)
     #: "mean": running mean of the router input over the tokens so far; "last": the token itself
     key_type: Literal["mean", "last"] = "mean"
+    #: weight of KL(unedited ‖ edited) on the token after the target (0 = EasyEdit's loss, which
+    #: leaves the block pushing the target at every generated token: "Rome Rome Rome")
+    after_target_kl: float = Field(1.0, ge=0)
+    #: tokens of the unedited model's own continuation after the target that the KL covers
+    after_target_tokens: int = Field(5, ge=0)
     #: stop once the target NLL is below this (0 = always run num_steps, as EasyEdit)
     early_stop_loss: float = Field(0.0, ge=0)
     seed: int = 0

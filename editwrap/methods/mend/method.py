@@ -20,6 +20,7 @@ import torch
 from ...entries.delta import DeltaEntry
 from ...facts import Fact
 from .hparams import EDITOR_ENV, MendHparams
+from ...ops.fingerprint import trained_on_other_base
 from ...ops.hooks import frozen, get_module
 from ...stack import Edit
 from ..base import MethodBase, register_method
@@ -83,10 +84,9 @@ class Mend(MethodBase):
             if got != tuple(shape):
                 raise ValueError(f"MEND editor {path} expects {m} of shape {tuple(shape)} (out, in) but the model's "
                                  f"is {got}; train an editor for this model")
-        fp = meta.get("info", {}).get("base_fingerprint")
-        if fp and hasattr(model, "fingerprint") and fp != model.fingerprint():
-            warnings.warn(f"MEND editor {path} was trained on another base model (fingerprint {fp}); edits may be poor",
-                          stacklevel=3)
+        if trained_on_other_base(meta.get("info", {}), model):
+            warnings.warn(f"MEND editor {path} was trained on another base model (fingerprint "
+                          f"{meta['info']['base_fingerprint']}); edits may be poor", stacklevel=3)
         device = next(model.parameters()).device
         editor = editor.to(device)
         enc, labels = encode_edit(model.tokenizer, [f.text_prompt for f in facts], [f.target_new for f in facts],

@@ -33,6 +33,7 @@ from ...entries.delta import is_conv1d
 from ...facts import Fact
 from ...arch import arch_of
 from .hparams import MendTrainConfig
+from ...ops.fingerprint import checkpoint_probe
 from ...ops.hooks import frozen, get_module, patch_output
 from ...ops.memory import peak_memory_mb
 from ...ops.tokens import batch_encode, target_ids
@@ -166,6 +167,7 @@ def train_mend(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike, 
     fp = model.fingerprint() if hasattr(model, "fingerprint") else ""
     dh = data_hash(records)
     run = {"config": cfg.model_dump(mode="json"), "modules": modules, "base_fingerprint": fp,
+           "base_checkpoint": checkpoint_probe(model),
            "base_model": portable_path(getattr(model.config, "_name_or_path", None)), "data_hash": dh,
            "n_records": len(records), "data": data_name}
     step, history, elapsed = 0, [], 0.0
@@ -213,7 +215,7 @@ def train_mend(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike, 
                 factors = editor.factors(taps)
                 for m, (U, V) in factors.items():
                     hooks.enter_context(patch_output(
-                        model, m, lambda o, x, U=U, V=V: o + ((x.float() @ V) @ U.T).to(o.dtype)))
+                        model, m, lambda o, x, U=U, V=V: (o + (x.float() @ V) @ U.T).to(o.dtype)))
                 logits = model(**enc).logits
                 l_edit = nll(logits[:n_outer], labels[:n_outer])
                 l_loc = _kl(pre, logits[n_outer:], loc_mask) if pre is not None else logits.new_zeros(())

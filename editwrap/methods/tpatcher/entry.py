@@ -50,7 +50,7 @@ class PatchBank:
         if self._cat is None or self._cat[0].device != out.device:
             ks, bs, vs = zip(*self.parts.values())
             self._cat = (torch.cat(ks, 1).to(out.device), torch.cat(bs).to(out.device), torch.cat(vs).to(out.device))
-        return out + patch_out(args[0], *self._cat).to(out.dtype)
+        return (out + patch_out(args[0], *self._cat)).to(out.dtype)
 
 
 @register_entry

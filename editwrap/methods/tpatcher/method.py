@@ -63,7 +63,7 @@ class TPatcher(MethodBase):
             b = torch.zeros(len(facts), device=q.device, requires_grad=True)
             v = torch.zeros(len(facts), d_out, device=q.device, requires_grad=True)
             opt = torch.optim.Adam([k, b, v], lr=hp.lr)
-            st.enter_context(patch_output(model, module, lambda out, x: out + patch_out(x, k, b, v).to(out.dtype)))
+            st.enter_context(patch_output(model, module, lambda out, x: (out + patch_out(x, k, b, v)).to(out.dtype)))
             st.enter_context(torch.enable_grad())
 
             def step() -> tuple[torch.Tensor, dict[str, float]]:

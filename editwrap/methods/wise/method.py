@@ -108,9 +108,9 @@ class Wise(MethodBase):
             seen: dict[str, torch.Tensor] = {}
 
             def fn(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-                side = out + F.linear(x.float(), cur + delta).to(out.dtype)
+                side = out + F.linear(x.float(), cur + delta)  # float32: distances see the unrounded side
                 seen["main"], seen["side"] = out, side
-                return side
+                return side.to(out.dtype)
 
             st.enter_context(patch_output(model, module, fn))
             st.enter_context(torch.enable_grad())
