@@ -33,7 +33,7 @@ test-fast: install
 bench: install
 	$(PY) benchmarks/edit_speed.py --n 50
 
-# the GPU benchmark suite on a CUDA machine (docs/GPU.md); resumable, e.g. make bench-gpu SUITE="knowedit quant"
+# the GPU benchmark suite on a CUDA machine (docs/gpu.md); resumable, e.g. make bench-gpu SUITE="knowedit quant"
 bench-gpu: install
 	bash benchmarks/gpu/run.sh --python $(PY) $(SUITE)
 

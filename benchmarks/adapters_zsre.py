@@ -19,15 +19,16 @@ import time
 import torch
 
 from editwrap import EditableModel, state_dict_hash
-from editwrap.evals.hub import resolve_data
+from editwrap.hub import resolve_data
 from editwrap.evals.metrics import token_accuracy
-
+from editwrap.methods.catalog import suite_names
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=10)
-    ap.add_argument("--methods", default="grace,wise,lora,adalora,melo")
+    ap.add_argument("--methods", default=suite_names("adapters-zsre"),
+                    help="comma-separated (default: %(default)s, the `adapters-zsre` suite)")
     ap.add_argument("--data", default="knowedit:ZsRE")
     ap.add_argument("--hparams", default="{}", help='JSON: {"lora": {"num_steps": 40}}')
     args = ap.parse_args()

@@ -3,7 +3,8 @@
     python benchmarks/edit_speed.py --n 50 --methods rome,memit,ft-m,ft-l --out results/edit_speed.json
     OMP_NUM_THREADS=1 python benchmarks/edit_speed.py --profile rome,memit:10,memit:100,ft-m,alphaedit:10
     OMP_NUM_THREADS=1 python benchmarks/edit_speed.py --resolve alphaedit:30,alphaedit:100
-    OMP_NUM_THREADS=1 python benchmarks/edit_speed.py --profile wise --on-stack results/lifelong/mixed-wise-sequential.stack
+    OMP_NUM_THREADS=1 python benchmarks/edit_speed.py --profile wise \
+        --on-stack results/lifelong/mixed-wise-sequential.stack
 
 ``--profile``: one edit per ``method[:batch]`` after a warm-up edit (context templates and
 covariance statistics are then cached, as in any run after the first), CPU and wall seconds per
@@ -38,6 +39,8 @@ from pathlib import Path
 from editwrap import EditableModel, state_dict_hash
 from editwrap.evals.datasets import load_dataset
 from editwrap.evals.metrics import answer_tokens, locality_score, token_accuracy
+from editwrap.methods.base import method_class
+from editwrap.methods.catalog import suite_names
 
 DEFAULT_DATA = "knowedit:ZsRE"
 
@@ -97,19 +100,22 @@ def profile(model, facts, specs: list[str], hparams: dict) -> list[dict]:
         method, _, b = spec.partition(":")
         batch = facts[:int(b or 1)]
         hp = {k: v for k, v in hparams.items() if k in model.default_hparams(method).model_fields}
-        warm = model.edit(facts[-1:] if method != "rome" else facts[-1], method=method, **hp)  # caches
+        one = method_class(method).single_fact  # its compute takes one fact, not a list
+        warm = model.edit(facts[-1] if one else facts[-1:], method=method, **hp)  # caches
         warm.pop()
         c0, w0 = time.process_time(), time.perf_counter()
         with profiling() as times:
             with phase("method total"):
-                edit = model.edit(batch if method != "rome" else batch[0], method=method, **hp)
+                edit = model.edit(batch[0] if one else batch, method=method, **hp)
             with phase("scoring"):
-                acc = token_accuracy(model, model.tokenizer, [f.text_prompt for f in batch], [f.target_new for f in batch])
+                acc = token_accuracy(model, model.tokenizer, [f.text_prompt for f in batch],
+                                     [f.target_new for f in batch])
         cpu, wall = time.process_time() - c0, time.perf_counter() - w0
         edit.pop()
         known = sum(times[k][0] for k in times if k not in ("method total", "scoring"))
         times["other (method)"] = [times["method total"][0] - known, 0.0, 1]
-        rows.append({"spec": spec, "facts": len(batch), "cpu_s": cpu, "wall_s": wall, "cpu_s_per_fact": cpu / len(batch),
+        rows.append({"spec": spec, "facts": len(batch), "cpu_s": cpu, "wall_s": wall,
+                     "cpu_s_per_fact": cpu / len(batch),
                      "edit_succ": statistics.mean(acc), "hparams": hp,
                      "phases": {k: {"cpu_s": v[0], "wall_s": v[1], "calls": v[2]} for k, v in times.items()}})
         print(profile_table(rows[-1:]), flush=True)
@@ -158,38 +164,49 @@ def profile_table(rows: list[dict]) -> str:
     for r in rows:
         ph = [f"{r['phases'][p]['cpu_s']:.2f}" if p in r["phases"] else "–" for p in PHASES]
         out.append(f"| {r['spec']} | {r['facts']} | " + " | ".join(ph) +
-                   f" | {r['cpu_s']:.1f} | {r['cpu_s_per_fact']:.2f} | {r['wall_s']:.1f} | {100 * r['edit_succ']:.1f} |")
+                   f" | {r['cpu_s']:.1f} | {r['cpu_s_per_fact']:.2f} | {r['wall_s']:.1f}"
+                   f" | {100 * r['edit_succ']:.1f} |")
     return "\n".join(out)
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| method | hparams | n | Edit Succ. | rephrase | locality | s / edit | CPU-s / edit | pop (ms) | bytes / entry "
+    out = ["| method | hparams | n | Edit Succ. | rephrase | locality | s / edit | CPU-s / edit | pop (ms) "
+           "| bytes / entry "
            "| pop bit-exact |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         reph = f"{r['rephrase']:.3f}" if r.get("rephrase") is not None else "-"
         loc = f"{r['locality']:.3f}" if r.get("locality") is not None else "-"
         cpu = f"{r['cpu_s_per_edit']:.2f}" if r.get("cpu_s_per_edit") is not None else "-"
         hp = ", ".join(f"{k}={v}" for k, v in (r.get("hparams") or {}).items()) or "defaults"
-        out.append(f"| {r['method']} | {hp} | {r['n']} | {r['edit_succ']:.3f} | {reph} | {loc} | {r['s_per_edit']:.2f} | "
+        out.append(f"| {r['method']} | {hp} | {r['n']} | {r['edit_succ']:.3f} | {reph} | {loc} "
+                   f"| {r['s_per_edit']:.2f} | "
                    f"{cpu} | {r['pop_ms']:.2f} | {r['bytes_per_entry']:,} | {r['pop_bit_exact']} |")
     return "\n".join(out)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line; ``--methods`` defaults to the registry's ``speed`` suite."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=DEFAULT_DATA, help="ZsRE file or dataset name (default knowedit:ZsRE)")
     ap.add_argument("--pool", default="knowedit", help="--resolve: the mixed pool (knowedit or a folder)")
     ap.add_argument("--n", type=int, default=50)
-    ap.add_argument("--methods", default="rome,memit,ft-m,ft-l")
+    ap.add_argument("--methods", default=suite_names("speed"),
+                    help="comma-separated (default: %(default)s, the `speed` suite)")
     ap.add_argument("--batches", default="10,100", help="MEMIT batch sizes ('' to skip)")
     ap.add_argument("--indices", default="", help="only these record indices (comma-separated), e.g. to re-run a few")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
-    ap.add_argument("--profile", default="", help="per-phase CPU time of one edit per method[:batch], e.g. rome,memit:10")
-    ap.add_argument("--resolve", default="", help="CPU time of the solve stage alone (consolidation), e.g. alphaedit:30")
+    ap.add_argument("--profile", default="",
+                    help="per-phase CPU time of one edit per method[:batch], e.g. rome,memit:10")
+    ap.add_argument("--resolve", default="",
+                    help="CPU time of the solve stage alone (consolidation), e.g. alphaedit:30")
     ap.add_argument("--hparam", action="append", default=[],
                     help="hyperparameter override (name=JSON value), e.g. v_num_grad_steps=12: a measured trade-off")
     ap.add_argument("--on-stack", default=None, help="a saved stack directory to compose before profiling")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     model = EditableModel.from_pretrained()
     if args.on_stack:
         model.compose(args.on_stack)

@@ -4,11 +4,15 @@
 # samples, single mode, with fluency; then the 100-edit sequential mixed run for ROME and FT-L.
 # Every run resumes where it stopped, so rerunning this script after an interruption finishes it.
 # Wall time per run goes to $OUT/walltimes.tsv.  Usage: bash benchmarks/knowedit_table.sh [methods] [datasets]
+# The methods default to the `knowedit-table` suite, the sequential run to the `knowedit-sequential` suite
+# (python -m editwrap.methods --names --suite NAME lists them).
 # Data by name (docs/data.md): the KnowEdit test files from the Hugging Face Hub dataset zjunlp/KnowEdit
 # (run `editwrap data knowedit` once first: the jobs run with HF_HUB_OFFLINE=1), or a local copy in $EDITWRAP_DATA_DIR.
 set -u
 OUT=${OUT:-results/knowedit}
-METHODS=${1:-ft-m,ft-l,rome,memit}
+PY=${PYTHON:-python}
+METHODS=${1:-$("$PY" -m editwrap.methods --names --suite knowedit-table)} || exit 1
+SEQ_METHODS=$("$PY" -m editwrap.methods --names --suite knowedit-sequential) || exit 1
 DATASETS=${2:-zsre,recent,wikibio,counterfact,convsent,sanitation}
 N=${N:-50}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -29,7 +33,7 @@ for m in ${METHODS//,/ }; do
   done
 done
 if [ "${SEQUENTIAL:-1}" = 1 ]; then
-  for m in rome ft-l; do
+  for m in ${SEQ_METHODS//,/ }; do
     run "mixed-$m-seq" --dataset mixed --data knowedit --method "$m" --mode sequential --n 100 --checkpoints 10,25,50,100
   done
 fi

@@ -4,7 +4,7 @@
 
 Why: the value optimisation of ROME/MEMIT/AlphaEdit is almost all matrix products
 (``tradeoffs.py --values-only --flops`` counts them); their GFLOP divided by this rate is the
-least CPU time an edit can take without doing less arithmetic (docs/SPEED.md).
+least CPU time an edit can take without doing less arithmetic (docs/speed.md).
 """
 from __future__ import annotations
 

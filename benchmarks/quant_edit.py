@@ -91,7 +91,8 @@ def run_mode(mode: str, methods: list[str], n: int, data: str, hp: dict) -> list
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| mode | method | n | Edit Succ. | rephrase | locality | s / edit | model MB | peak RSS MB | pop bit-exact |",
+    out = ["| mode | method | n | Edit Succ. | rephrase | locality | s / edit | model MB | peak RSS MB "
+           "| pop bit-exact |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for r in rows:
@@ -105,12 +106,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=DEFAULT_DATA, help="file or dataset name (default knowedit:ZsRE)")
     ap.add_argument("--n", type=int, default=50)
-    ap.add_argument("--methods", default="rome,memit,ft-m,lora")
+    ap.add_argument("--methods", default=None, help="comma-separated (default: the `gpu-quant` suite's methods)")
     ap.add_argument("--modes", default="fp32,int8", help="comma-separated: fp32, int8, nf4")
     ap.add_argument("--hp", action="append", default=[], help="key=value hyperparameter override (repeatable)")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.methods is None:
+        from editwrap.methods.catalog import suite_names
+
+        args.methods = suite_names("gpu-quant")
     methods = [m for m in args.methods.split(",") if m]
     modes = [m for m in args.modes.split(",") if m]
     if args._child:  # one mode in this process, rows to the given file

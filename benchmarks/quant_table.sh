@@ -3,12 +3,13 @@
 # records, single mode, through the KnowEdit runner: Edit Succ., rephrase, portability, locality,
 # s/edit, peak memory, pop verified bit-exact on every record (int8 data and scales included in the
 # state-dict hash). Resumable; rerun after an interruption. Table: editwrap report $OUT/fp32 $OUT/int8
-# Usage: bash benchmarks/quant_table.sh [methods] [modes]
+# Usage: bash benchmarks/quant_table.sh [methods] [modes]   (methods default to the `gpu-quant` suite's)
 # Data: knowedit:ZsRE (docs/data.md): run `editwrap data knowedit --only ZsRE` once first (the jobs run with
 # HF_HUB_OFFLINE=1), or point $EDITWRAP_DATA_DIR at a local copy.
 set -u
 OUT=${OUT:-results/quant}
-METHODS=${1:-rome,memit,ft-m,lora}
+PY=${PYTHON:-python}
+METHODS=${1:-$("$PY" -m editwrap.methods --names --suite gpu-quant)} || exit 1
 MODES=${2:-int8,fp32}
 N=${N:-50}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1

@@ -22,26 +22,37 @@ from pathlib import Path
 from typing import Callable
 
 from editwrap.evals.metrics import summarize
-from editwrap.evals.reference import reference
+from editwrap.evals.reference import reference, reference_method
 from editwrap.evals.errors import error_section
 from editwrap.evals.report import NAMES as DATASETS
-from editwrap.evals.report import (GEN, _curve_tables, _fmt, _labels, load_summaries, paper_comparison_table, paper_rows,
-                                   plot_sequential, run_table)
+from editwrap.evals.report import (GEN, _curve_tables, _fmt, _labels, load_summaries, paper_comparison_table,
+                                   paper_rows, plot_sequential, run_table)
 from editwrap.evals.resultlog import read_result_lines
+from editwrap.methods.base import METHODS, ordered_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = "docs/RESULTS.md"
 RES = "docs/results"
-NAMES = {"rome": "ROME", "memit": "MEMIT", "ft-m": "FT-M", "ft-l": "FT-L", "lora": "LoRA", "ike": "IKE",
-         "serac": "SERAC", "mend": "MEND", "zsre": "ZsRE", "recent": "WikiData_recent", "adalora": "AdaLoRA",
-         "grace": "GRACE", "wise": "WISE", "melo": "MELO", "t-patcher": "T-Patcher", "kn": "KN"}
 METRICS = ("Edit Succ.", "Rephrase", "Portability", "Locality")
+
+
+def _name(key: str) -> str:
+    """How tables write a method (its ``display_name``) or a dataset."""
+    cls = METHODS.get(key)
+    return cls.display_name if cls is not None else DATASETS.get(key, key)
+
+
+def _order(method: str) -> int:
+    """A method's position in tables (by family, then rank; the registry's order)."""
+    names = [c.name for c in ordered_methods()]
+    return names.index(method) if method in names else len(names)
 
 
 def _runs(root: Path, *folders: str, mode: str | None = None, dataset: str | None = None) -> list[dict]:
     """Runs (finished or partial) under ``docs/results/<folder>``, in a stable order."""
     runs = load_summaries([root / RES / f for f in folders])
-    runs = [r for r in runs if (mode is None or r.get("mode") == mode) and (dataset is None or r.get("dataset") == dataset)]
+    runs = [r for r in runs
+            if (mode is None or r.get("mode") == mode) and (dataset is None or r.get("dataset") == dataset)]
     return sorted(runs, key=lambda r: (r["method"], r.get("_file", "")))
 
 
@@ -84,7 +95,8 @@ def lifelong(root: Path, plots: bool) -> str:
             if Path(r.get("_file", "")).parent.name == "lifelong"}
     extra = {r["method"] for r in _runs(root, "knowedit", mode="sequential", dataset="mixed")} - have
     return _sequential(root, ("lifelong",), "mixed", "lifelong/report/sequential-mixed.png",
-                       {" [lifelong]": "", " [normcap]": ", max_delta_norm=0.3", " [fast]": ", v_lr=2.0, 16 steps", " [ngd]": ", v_optimizer=ngd, 12 steps, two threads",
+                       {" [lifelong]": "", " [normcap]": ", max_delta_norm=0.3", " [fast]": ", v_lr=2.0, 16 steps",
+                        " [ngd]": ", v_optimizer=ngd, 12 steps, two threads",
                         " [generated]": ", with generated answers", " [knowedit]": ""}, plots,
                        also=[("knowedit", m) for m in sorted(extra)])
 
@@ -102,32 +114,32 @@ def adapters_sequential(root: Path, plots: bool) -> str:
 
 def trained_editors(root: Path, plots: bool) -> str:
     """IKE, SERAC and MEND in and across domains, beside the paper's in-domain Llama-2-7b-chat numbers."""
-    order = {"ike": 0, "serac": 1, "mend": 2}
     runs = sorted(_runs(root, "trained_editors", mode="single"),
-                  key=lambda r: (order.get(r["method"], 9), r.get("trained_on") != "zsre",
+                  key=lambda r: (_order(r["method"]), r.get("trained_on") != "zsre",
                                  r["dataset"] != r.get("trained_on"), r["dataset"]))
-    lines = ["| method | trained on ⇒ evaluated on | " + " | ".join(METRICS) + " | n | paper, Llama-2-7b-chat (Edit / Port. / Loc.) |",
+    paper_head = "paper, Llama-2-7b-chat (Edit / Port. / Loc.)"
+    lines = ["| method | trained on ⇒ evaluated on | " + " | ".join(METRICS) + f" | n | {paper_head} |",
              "|---|---|" + "---:|" * (len(METRICS) + 1) + "---|"]
     for r in runs:
         rows, ds, src = paper_rows(r), r["dataset"], r.get("trained_on")
-        name = NAMES.get(r["method"], r["method"]) + (f" (k={r['hparams']['k']})" if r.get("hparams", {}).get("k") else "")
-        ref_method = "ice" if r["method"] == "ike" else r["method"]
+        name = _name(r["method"]) + (f" (k={r['hparams']['k']})" if r.get("hparams", {}).get("k") else "")
+        ref_method = reference_method(r["method"])
         ref = [reference(ds, m, ref_method) for m in ("Edit Succ.", "Portability", "Locality")]
         paper = ""
         if (src is None or src == ds) and all(v is not None for v in ref):
-            paper = ("ICE: " if ref_method == "ice" else "") + " / ".join(f"{v:.2f}" for v in ref)
-        lines.append(f"| {name} | {NAMES.get(src, src) if src else '–'} ⇒ {NAMES.get(ds, ds)} | "
+            label = f"{_name(ref_method)}: " if ref_method != r["method"] else ""
+            paper = label + " / ".join(f"{v:.2f}" for v in ref)
+        lines.append(f"| {name} | {_name(src) if src else '–'} ⇒ {_name(ds)} | "
                      + " | ".join(_fmt(rows[m]) for m in METRICS) + f" | {r.get('n', '–')} | {paper} |")
     return "\n".join(lines)
 
 
 def quant(root: Path, plots: bool) -> str:
     """int8 runs beside fp32 on the records both have (fp32: gpu/quant/fp32, else the KnowEdit ZsRE run)."""
-    order = ("rome", "memit", "ft-m", "lora")
     int8 = {r["method"]: r for r in _runs(root, "gpu/quant/int8", mode="single", dataset="zsre")}
     lines = ["| method | records | " + " | ".join(f"{m} fp32 → int8" if m == "Edit Succ." else m for m in METRICS)
              + " | pops bit-exact (int8) | CUDA peak MB fp32 → int8 |", "|---|---:|" + "---|" * (len(METRICS) + 2)]
-    for method in sorted(int8, key=lambda m: (order.index(m) if m in order else 9, m)):
+    for method in sorted(int8, key=lambda m: (_order(m), m)):
         stem = f"zsre-{method}-single"
         fp32_dir = next(d for d in (root / RES / "gpu/quant/fp32", root / RES / "gpu/knowedit", None)
                         if d is None or (d / f"{stem}.jsonl").exists())
@@ -141,10 +153,12 @@ def quant(root: Path, plots: bool) -> str:
         peaks = []
         for d in (fp32_dir, root / RES / "gpu/quant/int8"):
             p = d / f"{stem}.summary.json"
-            peaks.append(json.loads(p.read_text()).get("peak_memory_mb", {}).get("cuda_peak_allocated_mb") if p.exists() else None)
+            mb = json.loads(p.read_text()).get("peak_memory_mb", {}) if p.exists() else {}
+            peaks.append(mb.get("cuda_peak_allocated_mb") if p.exists() else None)
         peak = " → ".join(f"{v:.0f}" for v in peaks) if all(v is not None for v in peaks) else "–"
-        lines.append(f"| {NAMES.get(method, method)} | {len(idx)} | "
-                     + " | ".join(f"{_fmt(a[m])} → {_fmt(b[m])}" for m in METRICS) + f" | {exact}/{len(idx)} | {peak} |")
+        lines.append(f"| {_name(method)} | {len(idx)} | "
+                     + " | ".join(f"{_fmt(a[m])} → {_fmt(b[m])}" for m in METRICS)
+                     + f" | {exact}/{len(idx)} | {peak} |")
     return "\n".join(lines)
 
 
@@ -152,11 +166,12 @@ def speed(root: Path, plots: bool) -> str:
     """Per-phase CPU seconds of one edit (``benchmarks/edit_speed.py --profile``)."""
     phases = ("covariance", "keys", "value optimisation", "solve", "other (method)", "scoring")
     rows = json.loads((root / RES / "speed/profile.json").read_text())
-    lines = ["| edit | facts | " + " | ".join(p.replace(" (method)", "") for p in phases) + " | CPU-s / fact | Edit Succ. |",
+    head = " | ".join(p.replace(" (method)", "") for p in phases)
+    lines = ["| edit | facts | " + head + " | CPU-s / fact | Edit Succ. |",
              "|---|---:|" + "---:|" * (len(phases) + 2)]
     for r in rows:
         method, _, batch = r["spec"].partition(":")
-        name = NAMES.get(method, method) + (f", batch of {batch}" if batch else "")
+        name = _name(method) + (f", batch of {batch}" if batch else "")
         cells = [f"{r['phases'][p]['cpu_s']:.2f}" if p in r["phases"] else "–" for p in phases]
         lines.append(f"| {name} | {r['facts']} | " + " | ".join(cells)
                      + f" | {r['cpu_s_per_fact']:.2f} | {100 * r['edit_succ']:.1f} |")
@@ -181,19 +196,15 @@ def main_table(root: Path, plots: bool) -> str:
     return _relabel("\n\n".join(parts), {}) if parts else "(no runs under docs/results/main yet)"
 
 
-ORDER = ("rome", "memit", "kn", "ft-l", "ft-m", "lora", "adalora", "grace", "wise", "melo", "t-patcher", "ike", "serac",
-         "mend")
-
-
 def headline(root: Path, plots: bool) -> str:
     """README's headline: one row per method on ZsRE 50, teacher-forced beside generated."""
     runs = sorted(_runs(root, "main", mode="single", dataset="zsre"),
-                  key=lambda r: ORDER.index(r["method"]) if r["method"] in ORDER else len(ORDER))
+                  key=lambda r: _order(r["method"]))
     cols = ("Edit Succ.", "Rephrase", "Locality")
     lines = ["| method | " + " | ".join(f"{c} TF / gen." for c in cols) + " |", "|---|" + "---:|" * len(cols)]
     for r in runs:
         rows = paper_rows(r)
-        lines.append(f"| {NAMES.get(r['method'], r['method'])} | "
+        lines.append(f"| {_name(r['method'])} | "
                      + " | ".join(f"{_fmt(rows[c])} / {_fmt(rows[c + GEN])}" for c in cols) + " |")
     return "\n".join(lines)
 
@@ -202,6 +213,7 @@ README_SECTIONS: dict[str, Callable[[Path, bool], str]] = {"headline": headline}
 
 # marker name -> section builder(root, plots) -> markdown body
 SECTIONS: dict[str, Callable[[Path, bool], str]] = {
+    "headline": headline,  # the README's results table, the same text on both pages
     "main-table": main_table,
     "knowedit-paper": knowedit_paper,
     "mixed-sequential": mixed_sequential,
@@ -230,7 +242,8 @@ def render(doc: str, new: dict[str, str]) -> str:
         marked = f"<!-- begin:{name} -->\n{body}\n<!-- end:{name} -->"
         doc, found = _pattern(name).subn(lambda m: marked, doc)
         if found != 1:
-            raise SystemExit(f"the document needs exactly one <!-- begin:{name} --> / <!-- end:{name} --> pair (found {found})")
+            raise SystemExit(f"the document needs exactly one <!-- begin:{name} --> / <!-- end:{name} --> pair (found "
+                             f"{found})")
     return doc
 
 

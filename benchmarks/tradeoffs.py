@@ -1,6 +1,7 @@
 """Speed/quality trade-offs of the locate-then-edit methods on the mixed KnowEdit records.
 
-    OMP_NUM_THREADS=1 python benchmarks/tradeoffs.py memit --n 30 --batch 10 --hparam v_lr=2.0 --hparam v_num_grad_steps=16
+    OMP_NUM_THREADS=1 python benchmarks/tradeoffs.py memit --n 30 --batch 10 --hparam v_lr=2.0 \
+        --hparam v_num_grad_steps=16
     OMP_NUM_THREADS=1 python benchmarks/tradeoffs.py memit --n 20 --values-only --hparam v_num_grad_steps=12
     OMP_NUM_THREADS=1 python benchmarks/tradeoffs.py memit --n 10 --values-only --hparam v_optimizer=ngd \
         --hparam v_lr=10 --hparam v_momentum=0.5 --hparam v_num_grad_steps=12
@@ -33,6 +34,8 @@ import time
 from editwrap import EditableModel, state_dict_hash
 from editwrap.evals.probe import edit_and_probe
 from editwrap.evals.runner import item_fact, load_records
+from editwrap.methods.base import ordered_methods
+from editwrap.ops.exact import exact_paths
 
 DEFAULT_DATA = "knowedit"
 
@@ -92,27 +95,29 @@ def values_only(model, facts, method: str, hp: dict, flops: bool = False) -> dic
 
 def padding(model, facts, method: str, batch: int, hp: dict) -> dict:
     """Share of the tail positions a value-optimisation step computes that are padding: per edit of
-    ``batch`` facts, batches of ``v_batch_facts`` as ``optimize_values`` forms them (and if the short
-    KL rows ran as a batch of their own). No model forward is run."""
+    ``batch`` facts, batches of ``batch_facts`` facts (``editwrap.ops.exact``) as ``optimize_values``
+    forms them (and if the short KL rows ran as a batch of their own). No model forward is run."""
+    from editwrap.ops import exact
     from editwrap.ops.keys import context_templates
     from editwrap.ops.values import _build_rows, _tail_length
 
     d = model.default_hparams(method)
     h = type(d).model_validate({**d.model_dump(), **hp})
     tok, templates = model.tokenizer, context_templates(model, h.context_templates)
+    step = exact.current().batch_facts
     real = padded = padded_kl_apart = 0
     for e in range(0, len(facts), batch):
         edit = facts[e:e + batch]
         order = sorted(edit, key=lambda f: _tail_length(tok, f))
-        for i in range(0, len(order), h.v_batch_facts):
-            rows = _build_rows(tok, order[i:i + h.v_batch_facts], templates)
+        for i in range(0, len(order), step):
+            rows = _build_rows(tok, order[i:i + step], templates)
             tails = [len(r) - s for r, s in zip(rows.ids, rows.subj)]
             kl = [t for k, t in enumerate(tails) if k % (rows.n_rw + 1) == rows.n_rw]
             rw = [t for k, t in enumerate(tails) if k % (rows.n_rw + 1) != rows.n_rw]
             real += sum(tails)
             padded += len(tails) * max(tails)
             padded_kl_apart += len(rw) * max(rw) + len(kl) * max(kl)
-    return {"v_batch_facts": h.v_batch_facts, "tail_positions": real,
+    return {"batch_facts": step, "tail_positions": real,
             "padding_pct": round(100 * (1 - real / padded), 1),
             "padding_pct_kl_apart": round(100 * (1 - real / padded_kl_apart), 1)}
 
@@ -127,7 +132,7 @@ def _value(text: str):
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("method", choices=["rome", "memit", "alphaedit", "pmet"])
+    ap.add_argument("method", choices=[c.name for c in ordered_methods() if c.family == "locate-then-edit"])
     ap.add_argument("--data", default=DEFAULT_DATA, help="the mixed pools: knowedit (the Hub files) or a folder")
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--batch", type=int, default=10, help="facts per edit (ROME: always 1)")
@@ -135,17 +140,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--values-only", action="store_true", help="only the value optimisation (steps, loss)")
     ap.add_argument("--flops", action="store_true", help="--values-only: also count the GFLOP per fact")
     ap.add_argument("--padding", action="store_true", help="only the share of padded positions per step")
+    ap.add_argument("--batch-facts", type=int, default=None,
+                    help="facts per value-optimisation batch (exact: changes speed and padding only)")
     args = ap.parse_args(argv)
     hp = {k: _value(v) for k, v in (h.split("=", 1) for h in args.hparam)}
     model = EditableModel.from_pretrained()
     facts = [item_fact(r) for r in load_records("mixed", args.data, n=args.n)[0]]
     batch = 1 if args.method == "rome" else args.batch
-    if args.padding:
-        row = padding(model, facts, args.method, batch, hp)
-    elif args.values_only:
-        row = values_only(model, facts, args.method, hp, args.flops)
-    else:
-        row = edit_and_score(model, facts, args.method, batch, hp)
+    with exact_paths(**({"batch_facts": args.batch_facts} if args.batch_facts else {})):
+        if args.padding:
+            row = padding(model, facts, args.method, batch, hp)
+        elif args.values_only:
+            row = values_only(model, facts, args.method, hp, args.flops)
+        else:
+            row = edit_and_score(model, facts, args.method, batch, hp)
     print(json.dumps({"method": args.method, "n": args.n, "batch": batch, "hparams": hp, **row}), flush=True)
 
 

@@ -45,7 +45,8 @@ def main() -> None:
     ap.add_argument("--compute", type=int, default=0, help="instead: compute this many edits from --data")
     ap.add_argument("--hparams", default="{}", help="JSON overrides of WiseHparams for --compute")
     ap.add_argument("--save", help="save the computed stack here")
-    ap.add_argument("--data", required=True, help="the ZsRE file (or dataset name, e.g. knowedit:ZsRE) the stack's facts came from")
+    ap.add_argument("--data", required=True,
+                    help="the ZsRE file (or dataset name, e.g. knowedit:ZsRE) the stack's facts came from")
     ap.add_argument("--checkpoints", default="10,50,100,200")
     ap.add_argument("--unrelated", type=int, default=100)
     ap.add_argument("--json", help="also write the table here")

@@ -1,5 +1,5 @@
 """editwrap: model-editing middleware for Hugging Face models with an exact, reversible edit stack."""
-__version__ = "0.2.0.dev0"
+from ._version import __version__
 
 from .facts import Fact, FactError, Probe, load_facts
 from .stack import Edit, EditStack, StackError

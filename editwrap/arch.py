@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Arch", "arch_of", "FAMILIES", "ATTN_OUT"]
+__all__ = ["Arch", "arch_of", "layer_at_depth", "FAMILIES", "ATTN_OUT"]
 
 
 @dataclass(frozen=True)
@@ -104,3 +104,9 @@ def check_module_map(model: Any, arch: Arch) -> None:
         if arch.post_mlp_norm:
             get(arch.post_mlp_norm_at(i))
     get(arch.final_norm)
+
+
+def layer_at_depth(model: Any, index: int = 27, of: int = 32) -> int:
+    """Layer ``index`` of ``of`` (EasyEdit's Llama-7B choice) scaled to this model's depth."""
+    n = arch_of(model).n_layers
+    return min(n - 1, round(index / of * n))

@@ -1,7 +1,8 @@
-"""``editwrap`` command line: ``edit`` and ``demo`` here; other subcommands plug in.
+"""``editwrap`` command line: ``edit``, ``demo`` and ``methods`` here; other subcommands plug in.
 
-A module listed in :data:`PLUGINS` that exists and defines ``register(subparsers)`` adds its own
-subcommands (``eval``, ``report``, ``train``…), so features never edit this file's parser.
+A module listed in :data:`PLUGINS`, or named by a method's ``cli`` attribute (e.g. ``train mend``),
+that exists and defines ``register(subparsers, model_args)`` adds its own subcommands (``eval``,
+``report``, ``train``…), so features never edit this file's parser.
 """
 from __future__ import annotations
 
@@ -12,16 +13,22 @@ import sys
 import time
 from typing import Any, Sequence
 
+#: subcommand modules outside the method folders; each method's own come from its ``cli`` attribute
 PLUGINS = [
     "editwrap.evals.cli",
     "editwrap.evals.data_cli",
     "editwrap.integrations.cli",
-    "editwrap.methods.mend.cli",
-    "editwrap.methods.serac.cli",
     "editwrap.analysis.cli",
     "editwrap.server.cli",
     "editwrap.export.cli",
 ]
+
+
+def plugins() -> list[str]:
+    """Every subcommand module: :data:`PLUGINS`, then the methods' (in table order)."""
+    from .methods.base import ordered_methods
+
+    return PLUGINS + list(dict.fromkeys(c.cli for c in ordered_methods() if c.cli))
 
 
 def _load_model(args: argparse.Namespace) -> Any:
@@ -35,7 +42,41 @@ def _load_model(args: argparse.Namespace) -> Any:
         kw = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": device or "auto"}
     elif device:
         kw["device_map"] = device
+    if getattr(args, "dtype", None):
+        kw["dtype"] = args.dtype
     return EditableModel.from_pretrained(args.model, stack=getattr(args, "stack", None), **kw)
+
+
+def train_parser(subparsers: Any, model_args: Any, name: str, help: str, out_help: str) -> argparse.ArgumentParser:
+    """``editwrap train <name>`` for a method with a trained artifact (its ``cli`` module calls this):
+    the model options and the training-data options every trainer takes (``--data``, ``--out``,
+    ``--n``, ``--exclude``, ``--exclude-n``, ``--seed``); the caller adds its own."""
+    t = subparsers.choices.get("train")
+    if t is None:
+        t = subparsers.add_parser("train", help="train the artifact of a trained method (editwrap methods --with "
+                                                "artifact_field)")
+        t.add_subparsers(dest="trainer", required=True)
+    tsub = next(a for a in t._actions if isinstance(a, argparse._SubParsersAction))
+    sp = tsub.add_parser(name, help=help)
+    model_args(sp)
+    sp.add_argument("--data", action="append", required=True, help="training records (JSON/JSONL; repeatable)")
+    sp.add_argument("--out", required=True, help=out_help)
+    sp.add_argument("--n", type=int, default=None, help="use the first N records of each file (after --exclude)")
+    sp.add_argument("--exclude", action="append", default=[], metavar="PATH",
+                    help="evaluation file whose subjects/prompts are held out of training (repeatable); a "
+                         "directory holds out the facts of a --dataset mixed run drawn from it")
+    sp.add_argument("--exclude-n", type=int, default=None, help="only the first N records of each --exclude file")
+    sp.add_argument("--seed", type=int, default=0)
+    return sp
+
+
+def training_records(args: argparse.Namespace) -> tuple[list[Any], str]:
+    """The records and data name a ``train`` subcommand asked for (see :func:`train_parser`)."""
+    from .evals.splits import training_records as load
+
+    records, name = load(args.data, args.n, args.exclude or (), args.exclude_n)
+    print(f"training on {len(records)} records from {name}", file=sys.stderr)
+    return records, name
 
 
 def _device(text: str) -> str:
@@ -111,7 +152,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         before = model.generate_text(prompt, max_new_tokens=8)
         t0 = time.time()
         model.edit(Fact(prompt=prompt, subject=subject, target_new=target), method=method)
-        print(f"[{method}] {prompt!r}\n   before: {before!r}\n   after : {model.generate_text(prompt, max_new_tokens=8)!r}"
+        print(f"[{method}] {prompt!r}\n   before: {before!r}\n   after : "
+              f"{model.generate_text(prompt, max_new_tokens=8)!r}"
               f"   ({time.time() - t0:.1f} s)")
     print(model.stack)
     print(f"control with 3 edits: {control!r} -> {model.generate_text(control, max_new_tokens=6)!r}")
@@ -132,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--load-in-8bit", action="store_true", help="load the base model in 8-bit (bitsandbytes)")
         sp.add_argument("--device", default=None, type=_device,
                         help="where to load the model: cpu, cuda, cuda:1 (default: cpu; 8-bit: auto)")
+        sp.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16", "auto"),
+                        help="weights and activations dtype (default float32; auto: the checkpoint's). Edits "
+                             "compute in float32 internally (docs/precision.md)")
 
     e = sub.add_parser("edit", help="edit one fact and show the answer before, after, and after pop")
     model_args(e)
@@ -149,7 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(d)
     d.set_defaults(func=cmd_demo)
 
-    for name in PLUGINS:
+    from .methods import catalog
+
+    ms = sub.add_parser("methods", help="list the editing methods and what each says about itself")
+    catalog.add_arguments(ms)
+    ms.set_defaults(func=catalog.run)
+
+    for name in plugins():
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -19,10 +19,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .facts import Fact
-from .stack import Edit, StackError
+from .errors import StackError
 
 if TYPE_CHECKING:
     from .model import EditableModel
+    from .stack import Edit
 
 __all__ = ["POLICIES", "fact_slot", "find_conflicts", "edit_with_policy"]
 
@@ -47,22 +48,11 @@ def find_conflicts(edits: Sequence[Edit], facts: Sequence[Fact]) -> list[tuple[F
 
 
 def _take_out(host: "EditableModel", gone: Sequence[Edit]) -> Callable[[], None]:
-    """Detach ``gone`` (and re-push the edits above the lowest of them, in order); return an undo
-    that restores the exact stack: the same edits, attached again in the same order."""
-    stack = list(host._edits)
-    above = stack[min(stack.index(e) for e in gone):]
-    for e in reversed(above):
-        host._detach(e)
-    kept = [e for e in above if e not in gone]
-    for e in kept:
-        host.push(e)
-
-    def undo() -> None:
-        for e in reversed(kept):
-            host._detach(e)
-        for e in above:
-            host.push(e)
-    return undo
+    """Take ``gone`` off the stack (the edits above the lowest of them are put back in order);
+    return an undo that restores the exact stack: the same edits, attached again in the same order."""
+    original = host.stack.edits
+    host.restack([e for e in original if e not in gone])
+    return lambda: host.restack(original)
 
 
 def edit_with_policy(host: "EditableModel", facts: list[Fact], compute: Callable[[], Edit], policy: str,
@@ -76,7 +66,7 @@ def edit_with_policy(host: "EditableModel", facts: list[Fact], compute: Callable
         twice = next(f.text_prompt for f, s in zip(facts, slots) if slots.count(s) > 1)
         raise StackError(f"two facts of this edit fill the same slot ({twice!r}); edit them separately or pass "
                          "on_conflict='stack'")
-    found = find_conflicts([e for e in host._edits if e.edit_set == edit_set], facts)
+    found = find_conflicts([e for e in host.stack if e.edit_set == edit_set], facts)
     report: dict[str, Any] = {"policy": policy, "with": [
         {"edit": e.id, "method": e.method, "prompt": old.text_prompt, "target_new": old.target_new,
          "new_target": new.target_new} for new, e, old in found]}
@@ -87,7 +77,7 @@ def edit_with_policy(host: "EditableModel", facts: list[Fact], compute: Callable
                          "on_conflict='replace' or 'stack'")
     undo: Callable[[], None] | None = None
     if found and policy == "replace":
-        if host._merged is not None:
+        if host.is_merged:
             raise StackError("the stack is merged into the weights; call model.unmerge() before editing")
         holders = list(dict.fromkeys(e for _, e, _ in found))
         for e in holders:

@@ -23,41 +23,51 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import torch
 
 from .facts import Fact
-from .methods.base import get_method
-from .stack import Edit, StackError
+from .methods.base import METHODS, get_method
+from .errors import StackError
 
 if TYPE_CHECKING:
     from .model import EditableModel
+    from .stack import Edit
 
-__all__ = ["consolidate", "retract", "RESOLVABLE"]
+__all__ = ["consolidate", "retract", "resolvable_methods"]
 
-#: methods whose entries store per-fact target values and can be re-solved jointly
-RESOLVABLE = ("memit", "alphaedit")
+
+def resolvable_methods() -> list[str]:
+    """Methods whose entries store per-fact target values and can be re-solved jointly
+    (``resolvable = True`` on the method class)."""
+    return [name for name, cls in METHODS.items() if cls.resolvable]
+
+
+def _resolvable(e: Edit) -> bool:
+    return e.method in METHODS and METHODS[e.method].resolvable and "z" in getattr(e.entry, "aux", {})
 
 
 def _pick(host: "EditableModel", edits: Any) -> list[Edit]:
     if edits is None:
-        return [e for e in host._edits if e.method in RESOLVABLE and "z" in getattr(e.entry, "aux", {})]
+        return [e for e in host.stack if _resolvable(e)]
     if isinstance(edits, slice):
-        return list(host._edits[edits])
-    return [host._find(e) for e in edits]
+        return host.stack.edits[edits]
+    return [host.find(e) for e in edits]
 
 
 def _check(chosen: Sequence[Edit], method: str) -> None:
+    names = "/".join(resolvable_methods())
     if not chosen:
-        raise StackError("nothing to consolidate: no MEMIT/AlphaEdit entries with stored target values on the stack")
+        raise StackError(f"nothing to consolidate: no {names} entries with stored target values on the stack")
     if len({e.edit_set for e in chosen}) > 1:
         raise StackError(f"the chosen edits belong to different edit sets {sorted({str(e.edit_set) for e in chosen})}; "
                          "consolidate each set separately (pass its edits)")
     for e in chosen:
-        if e.method not in RESOLVABLE:  # e.g. PMET's z is an MLP-output target, not a block output
-            raise StackError(f"edit {e.id} ({e.method}) cannot be consolidated: only {'/'.join(RESOLVABLE)} entries "
+        if e.method not in resolvable_methods():  # e.g. PMET's z is an MLP-output target, not a block output
+            raise StackError(f"edit {e.id} ({e.method}) cannot be consolidated: only {names} entries "
                              "store block-output target values; pop or remove it instead")
         if "z" not in getattr(e.entry, "aux", {}):
             raise StackError(f"edit {e.id} ({e.method}) stores no target values (aux['z']); only "
-                             f"{'/'.join(RESOLVABLE)} entries can be consolidated; pop or remove it instead")
-    if method not in RESOLVABLE:
-        raise StackError(f"consolidate(method={method!r}) is not supported; choose one of {', '.join(RESOLVABLE)}")
+                             f"{names} entries can be consolidated; pop or remove it instead")
+    if method not in resolvable_methods():
+        raise StackError(f"consolidate(method={method!r}) is not supported; choose one of "
+                         f"{', '.join(resolvable_methods())}")
     layers = {tuple(e.hparams.get("layers", ())) for e in chosen}
     if len(layers) > 1:
         raise StackError(f"the edits were made on different layer ranges {sorted(layers)}; their target values "
@@ -66,7 +76,7 @@ def _check(chosen: Sequence[Edit], method: str) -> None:
 
 def _hparams(host: "EditableModel", m: Any, base: dict[str, Any], overrides: dict[str, Any]) -> Any:
     fields = m.Hparams.model_fields
-    return host._resolve_hparams(m, None, {**{k: v for k, v in base.items() if k in fields}, **overrides})
+    return host.resolve_hparams(m, None, **{**{k: v for k, v in base.items() if k in fields}, **overrides})
 
 
 def consolidate(host: "EditableModel", edits: Any = None, method: str | None = None,
@@ -77,7 +87,7 @@ def consolidate(host: "EditableModel", edits: Any = None, method: str | None = N
     (how :func:`retract` works); ``overrides``: hyperparameters of the joint solve (e.g.
     ``mom2_update_weight``). Transactional: on error the stack is as before.
     """
-    if host._merged is not None:
+    if host.is_merged:
         raise StackError("the stack is merged into the weights; call model.unmerge() before consolidating")
     chosen = _pick(host, edits)
     method = get_method(method or (chosen[0].method if chosen else "memit")).name
@@ -93,26 +103,17 @@ def consolidate(host: "EditableModel", edits: Any = None, method: str | None = N
         raise StackError("no facts left to solve for; pop the edits instead")
     m = get_method(method)
     hp = _hparams(host, m, chosen[0].hparams, overrides)
-    original = list(host._edits)
-    for e in chosen:
-        host._detach(e)
+    original = host.stack.edits
+    host.restack([e for e in original if all(e is not c for c in chosen)])
     try:
         new = m.resolve(host, facts, torch.stack(zs), hp)
         new.entry.check_finite()
     except BaseException:
-        _restore(host, original)
+        host.restack(original)
         raise
     new.info.update(consolidated=[e.id for e in chosen], n_facts=len(facts))
     new.edit_set = chosen[0].edit_set
     return host.push(new)
-
-
-def _restore(host: "EditableModel", original: list[Edit]) -> None:
-    """Put the stack back exactly as ``original`` (same entries, same attach order)."""
-    for e in reversed(list(host._edits)):
-        host._detach(e)
-    for e in original:
-        host.push(e)
 
 
 def retract(host: "EditableModel", fact: Fact | str) -> Edit | None:
@@ -123,7 +124,7 @@ def retract(host: "EditableModel", fact: Fact | str) -> Edit | None:
     def match(f: Fact) -> bool:
         return f.prompt == fact if isinstance(fact, str) else (f.prompt, f.target_new) == (fact.prompt, fact.target_new)
 
-    holders = [e for e in host._edits if any(match(f) for f in e.facts)]
+    holders = [e for e in host.stack if any(match(f) for f in e.facts)]
     if not holders:
         raise StackError(f"no edit on the stack holds the fact {fact!r}")
     if len(holders) > 1:
@@ -133,9 +134,9 @@ def retract(host: "EditableModel", fact: Fact | str) -> Edit | None:
     if all(match(f) for f in e.facts):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            host.pop() if e is host._edits[-1] else host.remove(e)
+            host.pop() if e is host.stack[-1] else host.remove(e)
         return None
-    if e.method not in RESOLVABLE or "z" not in getattr(e.entry, "aux", {}):
+    if not _resolvable(e):
         raise StackError(f"edit {e.id} ({e.method}) holds {len(e.facts)} facts and no stored target values, so one "
                          "fact cannot be taken out of it; remove the whole edit and re-edit the others")
     return consolidate(host, [e], exclude=[f for f in e.facts if match(f)])

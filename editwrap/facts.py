@@ -103,11 +103,13 @@ def check_facts(
     for i, f in enumerate(facts):
         if not isinstance(f, Fact):
             raise FactError(
-                f"facts[{i}] is a {type(f).__name__}, not a Fact; build it with editwrap.Fact(prompt=..., target_new=...)"
+                f"facts[{i}] is a {type(f).__name__}, not a Fact; build it with editwrap.Fact(prompt=..., "
+                f"target_new=...)"
             )
         if needs_subject:
             if f.subject is None:
-                raise FactError(f"facts[{i}].subject is missing; method '{method}' needs the subject to locate the edit")
+                raise FactError(f"facts[{i}].subject is missing; method '{method}' needs the subject to locate the "
+                                f"edit")
             if f.subject not in f.text_prompt:
                 raise FactError(
                     f"facts[{i}].subject {f.subject!r} does not occur in the prompt {f.text_prompt!r}; "
@@ -117,7 +119,8 @@ def check_facts(
             n = len(tokenizer(f.text_prompt + " " + f.target_new.strip())["input_ids"])
             if n > max_length:
                 raise FactError(
-                    f"facts[{i}] is {n} tokens (prompt + target) but the model accepts {max_length}; shorten prompt/target_new"
+                    f"facts[{i}] is {n} tokens (prompt + target) but the model accepts {max_length}; shorten "
+                    f"prompt/target_new"
                 )
 
 

@@ -20,7 +20,8 @@ import torch
 from . import sets as _sets
 from .entries.delta import is_conv1d
 from .facts import Fact, check_facts
-from .methods.base import HparamsBase, get_method
+from .methods.base import HparamsBase, get_method, ordered_methods
+from .ops.tokens import check_tokenizer_files
 from .ops.fingerprint import checkpoint_probe, is_quantized as _is_quantized, model_fingerprint
 from .ops.hooks import get_module
 from .stack import Edit, EditStack, StackError, load_stack_dir
@@ -43,20 +44,22 @@ def _as_facts(facts: Any) -> list[Fact]:
     return out
 
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model",
-                    "vocab.txt")
+def _dtype_key(d: Any) -> Any:
+    named = isinstance(d, str) and d != "auto" and isinstance(getattr(torch, d, None), torch.dtype)
+    return getattr(torch, d) if named else d
 
 
-def _check_tokenizer_files(path: str) -> None:
-    """A local model folder without any tokenizer file: say how to pass one (transformers would end
-    in an error about converting a slow tokenizer)."""
-    if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in _TOKENIZER_FILES):
-        raise ValueError(
-            f"model folder {path} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}). Pass one: "
-            "EditableModel.from_pretrained(path, tokenizer=<folder or hub id of the base model's tokenizer, or a "
-            "tokenizer object>) or EditableModel.wrap(model, tokenizer), or save it beside the weights "
-            "(tokenizer.save_pretrained(path)); "
-            "`editwrap export merged` writes model and tokenizer together")
+def _resolve_dtype(kwargs: dict[str, Any]) -> None:
+    """One ``dtype`` for transformers from ``dtype`` or ``torch_dtype`` (float32 when neither).
+
+    transformers 5 reads both but lets ``dtype`` win silently when they differ; a disagreement is
+    an error here so that a request is never dropped.
+    """
+    td, d = kwargs.pop("torch_dtype", None), kwargs.get("dtype")
+    if td is not None and d is not None and _dtype_key(td) != _dtype_key(d):
+        raise ValueError(f"from_pretrained got dtype={d!r} and torch_dtype={td!r}, which disagree; dtype wins in "
+                         "transformers (torch_dtype is its older name): pass only one of them")
+    kwargs["dtype"] = d if d is not None else td if td is not None else torch.float32
 
 
 class EditableModel:
@@ -69,7 +72,8 @@ class EditableModel:
         """Load a causal LM (the embedded SmolLM2 when no name is given) and wrap it.
 
         Every keyword transformers accepts (``dtype``, ``device_map``, ``quantization_config``…)
-        is passed through. ``stack=dir`` composes a saved edit stack on top.
+        is passed through. ``dtype`` / ``torch_dtype`` (its older name) default to float32 when
+        neither is given; ``"auto"`` takes the checkpoint's. ``stack=dir`` composes a saved edit stack on top.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -78,10 +82,10 @@ class EditableModel:
         if pretrained_model_name_or_path is None or str(pretrained_model_name_or_path).startswith(EMBEDDED_PREFIX):
             name = str(pretrained_model_name_or_path or EMBEDDED_PREFIX)[len(EMBEDDED_PREFIX):] or "smollm2-135m"
             pretrained_model_name_or_path = embedded_model_dir(name)
-            kwargs.setdefault("dtype", torch.float32)
+        _resolve_dtype(kwargs)
         path = str(pretrained_model_name_or_path)
         if tokenizer is None:
-            _check_tokenizer_files(path)  # before the (slow) weights: a missing tokenizer fails fast and clearly
+            check_tokenizer_files(path)  # before the (slow) weights: a missing tokenizer fails fast and clearly
         model = AutoModelForCausalLM.from_pretrained(path, *args, **kwargs)
         if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or path))
@@ -107,7 +111,7 @@ class EditableModel:
         if tokenizer is None:
             from transformers import AutoTokenizer
 
-            _check_tokenizer_files(self.config._name_or_path)
+            check_tokenizer_files(self.config._name_or_path)
             tokenizer = AutoTokenizer.from_pretrained(self.config._name_or_path)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -118,7 +122,7 @@ class EditableModel:
         d["_merged"] = None
         d["_ew_cache"] = {}
         if _is_quantized(self):  # the base weights must never change: no in-place 4-bit repacking
-            from editwrap.integrations.quant import pin_cpu_4bit_layout
+            from .ops.bnb import pin_cpu_4bit_layout
 
             pin_cpu_4bit_layout(self)
 
@@ -157,15 +161,15 @@ class EditableModel:
         """(method, facts, hparams) after every input check: errors here change nothing."""
         m = get_method(method)
         facts = _as_facts(facts)
-        hp = self._resolve_hparams(m, hparams, overrides)
+        hp = self.resolve_hparams(m, hparams, **overrides)
         check_facts(facts, tokenizer=self.tokenizer, method=m.name, needs_subject=m.needs_subject,
                     max_length=self.max_length)
         if self._merged is not None:
             raise StackError("the stack is merged into the weights; call model.unmerge() before editing")
-        if not getattr(m, "supports_quantized", True) and _is_quantized(self):
-            raise StackError(f"method '{m.name}' cannot edit a quantized (8-/4-bit) model: "
-                             f"{getattr(m, 'quantized_reason', 'it needs float weights')}. Load the model without "
-                             "quantization_config, or use a side-car method (rome, memit, ft-l, ft-m, lora)")
+        if not m.supports_quantized and _is_quantized(self):
+            able = ", ".join(c.name for c in ordered_methods() if c.supports_quantized)
+            raise StackError(f"method '{m.name}' cannot edit a quantized (8-/4-bit) model: {m.quantized_reason}. "
+                             f"Load the model without quantization_config, or use one of {able}")
         return m, facts, hp
 
     def _compute(self, m: Any, facts: list[Fact], hp: Any) -> Edit:
@@ -199,7 +203,10 @@ class EditableModel:
             return edit
         return edit_with_policy(self, facts, compute, on_conflict, edit_set)
 
-    def _resolve_hparams(self, m: Any, hparams: HparamsBase | dict | None, overrides: dict[str, Any]) -> HparamsBase:
+    def resolve_hparams(self, method: Any, hparams: HparamsBase | dict | None = None, **overrides: Any) -> HparamsBase:
+        """Validated hyperparameters of ``method`` (a name or a method) for this model: its defaults,
+        then ``hparams`` (an Hparams object replaces the defaults, a dict updates them), then ``overrides``."""
+        m = get_method(method) if isinstance(method, str) else method
         base = hparams if isinstance(hparams, HparamsBase) else m.default_hparams(self)
         data = {**base.model_dump(), **(hparams if isinstance(hparams, dict) else {}), **overrides}
         try:
@@ -237,7 +244,7 @@ class EditableModel:
 
     def remove(self, edit: Edit | str) -> Edit:
         """Remove an edit from anywhere in the stack (only for order-independent entry kinds)."""
-        e = self._find(edit)
+        e = self.find(edit)
         if e is not self._edits[-1]:
             if not e.entry.removable_anywhere:
                 raise StackError(
@@ -249,12 +256,38 @@ class EditableModel:
                 warnings.warn(f"removing edit {e.id}: edits {later} were computed with it present", stacklevel=2)
         return self._detach(e)
 
-    def _find(self, edit: Edit | str) -> Edit:
+    def find(self, edit: Edit | str) -> Edit:
+        """The edit on this model's stack with the id of ``edit`` (an Edit or an id)."""
         key = edit if isinstance(edit, str) else edit.id
         for e in self._edits:
             if e.id == key:
                 return e
         raise StackError(f"edit {key} is not on this model's stack")
+
+    def restack(self, edits: Sequence[Edit]) -> None:
+        """Make the stack exactly ``edits`` (bottom first): edits of the stack, some left out or
+        reordered, or ones popped before. Pops down to the part both share, then pushes the rest in
+        order, so every entry is attached on top of the same entries as it will sit on (exact for
+        every entry kind). Transactional: on error the stack is put back as it was."""
+        if self._merged is not None:
+            raise StackError("the stack is merged into the weights; call model.unmerge() before changing it")
+        want, before = list(edits), list(self._edits)
+        if len({id(e) for e in want}) != len(want):
+            raise StackError("restack() got the same edit twice")
+        k = 0
+        while k < min(len(want), len(before)) and want[k] is before[k]:
+            k += 1
+        try:
+            self._set_top(before[k:], want[k:])
+        except BaseException:
+            self._set_top([e for e in self._edits[k:]], before[k:])
+            raise
+
+    def _set_top(self, current: list[Edit], new: list[Edit]) -> None:
+        for e in reversed(current):
+            self._detach(e)
+        for e in new:
+            self.push(e)
 
     def _detach(self, e: Edit) -> Edit:
         if self._merged is not None:
@@ -399,7 +432,8 @@ class EditableModel:
             return None
         rows = [[r] if isinstance(r, str) else list(r) for r in edit_sets]
         if n is not None and len(rows) != n:
-            raise ValueError(f"edit_sets has {len(rows)} entries for {n} prompts; give one list of set names per prompt")
+            raise ValueError(f"edit_sets has {len(rows)} entries for {n} prompts; give one list of set names per "
+                             f"prompt")
         _sets.validate(set(self.edit_sets), [name for r in rows for name in r])
         self._no_merged_sets()
         return rows

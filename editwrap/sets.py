@@ -119,4 +119,5 @@ def check_taggable(entry: Any, edit_set: str | None) -> None:
     if getattr(entry, "plane", "weights") == "activations":
         raise ValueError(f"edit_set={edit_set!r}: {entry.kind} entries share one state per module across edits and "
                          "cannot be limited to a set; push them without edit_set (they then apply to every set), or "
-                         "use a side-car method (rome, memit, alphaedit, ft-m, lora, ...) or ike/serac for per-set edits")
+                         "use a side-car method (rome, memit, alphaedit, ft-m, lora, ...) or ike/serac for per-set "
+                         "edits")

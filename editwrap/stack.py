@@ -15,8 +15,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .entries.base import Entry, entry_from_saved
+from .errors import StackError
+from ._version import __version__
 from .facts import Fact
+from .ops.exact import RETIRED_HPARAMS
 from .ops.fingerprint import checkpoint_probe, quantization_label, same_checkpoint
+from .ops.journal import (JOURNAL, append_line, fsync_dir, fsync_file, fsync_tree, ids_digest, last_line, lines,
+                          manifest_text, read_header)
 from .paths import portable_path
 
 if TYPE_CHECKING:
@@ -25,12 +30,10 @@ if TYPE_CHECKING:
 __all__ = ["Edit", "EditStack", "StackError", "load_stack_dir", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
-#: a stack saved in several safetensors shards (``save_stack_dir(..., append=True)``)
+#: a stack saved in several safetensors shards by earlier appends (still read)
 SHARDED_FORMAT = 2
-
-
-class StackError(RuntimeError):
-    """An operation on the edit stack is not allowed as asked; the message says what to do instead."""
+#: a stack whose appends are lines of ``edits.journal.jsonl`` (``save_stack_dir(..., append=True)``)
+JOURNAL_FORMAT = 3
 
 
 class Edit:
@@ -172,30 +175,31 @@ def save_stack_dir(edits: Sequence[Edit], path: Path, host: "EditableModel", app
     """Write ``edits.json`` + ``edits.safetensors`` into a new directory renamed into place.
 
     ``append``: when ``path`` already holds a stack of this base whose edits are the first ones of
-    ``edits`` (same ids), write only the new edits, to one more safetensors shard, and commit them
-    by replacing ``edits.json`` (a long sequential run then saves in time proportional to what is
-    new, not to the whole stack). Otherwise, and always without ``append``, the whole stack is
-    rewritten as one file."""
-    from . import __version__
-
+    ``edits`` (same ids, in order), write only the new edits: one more safetensors shard, committed
+    by one fsynced line of ``edits.journal.jsonl``. Its cost does not depend on the size of the
+    stack: the check reads the manifest's first line and the journal's last line, not the records.
+    Otherwise (and always without ``append``) the whole stack is rewritten as one file; with
+    ``append`` in the journal's format (:data:`JOURNAL_FORMAT`), so the next append is as cheap."""
     path = Path(path)
-    header = {"format_version": FORMAT_VERSION, "editwrap_version": __version__,
-              "base_fingerprint": host.fingerprint(), "base_model": portable_path(host.name_or_path),
-              "base_checkpoint": checkpoint_probe(host), "base_quantization": quantization_label(host)}
-    if append and _append(edits, path, header):
+    fingerprint = host.fingerprint()
+    if append and _append(edits, path, host, fingerprint):
         return path
+    header = _header(host, fingerprint)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
         tensors, records = _write_entries(edits, 0, tmp)
-        (tmp / "edits.json").write_text(json.dumps({**header, "edits": records}, indent=2), encoding="utf-8")
+        head = _journal_header(header, edits, []) if append else header
+        (tmp / "edits.json").write_text(manifest_text(head, records), encoding="utf-8")
         save_file(tensors, str(tmp / "edits.safetensors"))
         _keep_foreign(path, tmp)
+        fsync_tree(tmp)  # durable before the rename makes it the stack
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:6]}")
             os.replace(path, old)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
@@ -211,42 +215,91 @@ def _keep_foreign(path: Path, tmp: Path) -> None:
         return
     for f in path.iterdir():
         if f.is_file() and not (f.name.startswith("edits") and f.suffix in (".json", ".safetensors")
-                                or f.name.startswith(".edits.json.tmp-")):
+                                or f.name == JOURNAL or f.name.startswith(".edits.json.tmp-")):
             try:
                 os.link(f, tmp / f.name)
             except OSError:
                 shutil.copy2(f, tmp / f.name)
 
 
-def _append(edits: Sequence[Edit], path: Path, header: dict[str, Any]) -> bool:
+def _header(host: "EditableModel", fingerprint: str) -> dict[str, Any]:
+    """The manifest's description of the base model (checked on load)."""
+    return {"format_version": FORMAT_VERSION, "editwrap_version": __version__, "base_fingerprint": fingerprint,
+            "base_model": portable_path(host.name_or_path), "base_checkpoint": checkpoint_probe(host),
+            "base_quantization": quantization_label(host)}
+
+
+def _journal_header(header: dict[str, Any], edits: Sequence[Edit], shards: list[str]) -> dict[str, Any]:
+    """The manifest header of a stack that takes journal lines: what an append checks against."""
+    ids = [e.id for e in edits]
+    return {**header, "format_version": JOURNAL_FORMAT, "journal_id": uuid.uuid4().hex[:12],
+            **({"shards": shards} if shards else {}), "count": len(ids), "last_id": ids[-1] if ids else None,
+            "ids_digest": ids_digest(ids)}
+
+
+def _saved_state(edits: Sequence[Edit], path: Path, host: "EditableModel", fingerprint: str) -> dict[str, Any] | None:
+    """The journal id, count and ids digest of the stack saved in ``path`` when ``edits`` continues
+    it; None when it does not (a rewrite follows). A manifest not yet in the journal's format is
+    read whole once and rewritten in it, keeping its records and shards."""
+    mf, jl = path / "edits.json", path / JOURNAL
+    head = read_header(mf)
+    if head is None or head.get("format_version") != JOURNAL_FORMAT:
+        try:
+            old = json.loads(mf.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        k = len(old.get("edits", []))
+        if (old.get("format_version", 0) > SHARDED_FORMAT or old.get("base_fingerprint") != fingerprint
+                or k == 0 or k > len(edits) or [r.get("id") for r in old["edits"]] != [e.id for e in edits[:k]]):
+            return None
+        jl.unlink(missing_ok=True)  # one kept by an older editwrap's rewrite: not ours
+        head = _journal_header(_header(host, fingerprint), edits[:k], list(old.get("shards", [])))
+        tmp = path / f".edits.json.tmp-{uuid.uuid4().hex[:6]}"
+        try:
+            tmp.write_text(manifest_text(head, old["edits"]), encoding="utf-8")
+            fsync_file(tmp)
+            os.replace(tmp, mf)
+        finally:
+            tmp.unlink(missing_ok=True)
+        fsync_dir(path)
+        return head
+    if head.get("base_fingerprint") != fingerprint:
+        return None
+    try:
+        last = last_line(jl)
+    except ValueError:
+        return None
+    state = last if last is not None and last.get("journal_id") == head["journal_id"] else head
+    k = state.get("count", 0)
+    if (k == 0 or k > len(edits) or edits[k - 1].id != state.get("last_id")
+            or ids_digest([e.id for e in edits[:k]]) != state.get("ids_digest")):
+        return None
+    return {**state, "journal_id": head["journal_id"]}
+
+
+def _append(edits: Sequence[Edit], path: Path, host: "EditableModel", fingerprint: str) -> bool:
     """The ``append`` case of :func:`save_stack_dir`; False when it does not apply."""
-    mf = path / "edits.json"
-    try:
-        old = json.loads(mf.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    state = _saved_state(edits, path, host, fingerprint)
+    if state is None:
         return False
-    k = len(old.get("edits", []))
-    if (old.get("format_version", 0) > SHARDED_FORMAT or old.get("base_fingerprint") != header["base_fingerprint"]
-            or k == 0 or k > len(edits) or [r.get("id") for r in old["edits"]] != [e.id for e in edits[:k]]):
-        return False
-    shards = list(old.get("shards", ["edits.safetensors"]))
+    k = state["count"]
+    if k == len(edits):
+        return True
     tensors, records = _write_entries(edits[k:], k, path)
+    shard = path / f"edits-{k:06d}.safetensors"  # overwrites one left by an append cut before its line
     if tensors:
-        shard = f"edits-{k:06d}-{uuid.uuid4().hex[:6]}.safetensors"
-        save_file(tensors, str(path / shard))
-        shards.append(shard)
-    manifest = {**header, "format_version": SHARDED_FORMAT if len(shards) > 1 else FORMAT_VERSION,
-                "shards": shards, "edits": [*old["edits"], *records]}
-    tmp = path / f".edits.json.tmp-{uuid.uuid4().hex[:6]}"
-    try:
-        # compact: json's C encoder (indent uses the pure-Python one, ~4x slower on a 10,000-edit manifest)
-        tmp.write_text(json.dumps(manifest, separators=(",", ":")), encoding="utf-8")
-        os.replace(tmp, mf)  # the commit point: before it, the new shard is an orphan the old manifest ignores
-    finally:
-        tmp.unlink(missing_ok=True)
-    for f in path.glob("edits-*.safetensors"):
-        if f.name not in shards:
-            f.unlink(missing_ok=True)
+        save_file(tensors, str(shard))
+        fsync_file(shard)
+    else:
+        shard.unlink(missing_ok=True)
+    for i in range(k, len(edits)):
+        if (path / f"entry-{i}").is_dir():
+            fsync_tree(path / f"entry-{i}")
+    fsync_dir(path)
+    ids = [e.id for e in edits]
+    append_line(path / JOURNAL, {"journal_id": state["journal_id"], "shard": shard.name if tensors else None,
+                                 "count": len(ids), "last_id": ids[-1], "ids_digest": ids_digest(ids),
+                                 "edits": records})  # the commit point
     return True
 
 
@@ -263,8 +316,9 @@ def load_stack_dir(path: str | os.PathLike, expected_fingerprint: str | None = N
     if not mf.exists():
         raise StackError(f"{path} is not a saved edit stack (no edits.json); save one with model.stack.save(dir)")
     manifest = json.loads(mf.read_text(encoding="utf-8"))
-    if manifest.get("format_version", 0) > SHARDED_FORMAT:
-        raise StackError(f"{path} was written by a newer editwrap (format {manifest['format_version']}); upgrade editwrap")
+    if manifest.get("format_version", 0) > JOURNAL_FORMAT:
+        raise StackError(f"{path} was written by a newer editwrap (format {manifest['format_version']}); upgrade "
+                         f"editwrap")
     fp = manifest.get("base_fingerprint")
     if expected_fingerprint is not None and fp != expected_fingerprint and checkpoint is not None and \
             same_checkpoint(manifest.get("base_checkpoint"), checkpoint):
@@ -279,19 +333,39 @@ def load_stack_dir(path: str | os.PathLike, expected_fingerprint: str | None = N
             f"stack {path} was computed on base model {manifest.get('base_model')!r} (fingerprint {fp}) but this "
             f"model's fingerprint is {expected_fingerprint}; load it onto the same base model it was made with"
         )
-    flat: dict[str, torch.Tensor] = {}
-    for shard in manifest.get("shards", ["edits.safetensors"]):
+    records, shards = list(manifest["edits"]), list(manifest.get("shards", ["edits.safetensors"]))
+    if manifest.get("format_version") == JOURNAL_FORMAT:
+        _read_journal(path, manifest["journal_id"], records, shards)
+    by_edit: dict[int, dict[str, torch.Tensor]] = {}
+    for shard in shards:
         if (path / shard).exists() or shard != "edits.safetensors":
-            flat.update(load_file(str(path / shard)))
+            for key, t in load_file(str(path / shard)).items():
+                i, name = key.split("/", 1)
+                by_edit.setdefault(int(i), {})[name] = t
     edits = []
-    for i, rec in enumerate(manifest["edits"]):
-        prefix = f"{i}/"
-        tensors = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+    for i, rec in enumerate(records):
+        tensors = by_edit.get(i, {})
         entry = entry_from_saved(rec["kind"], rec.get("meta", {}), tensors)
         extra = path / f"entry-{i}"
         if extra.is_dir() and hasattr(entry, "load_extra"):
             entry.load_extra(extra)
-        edits.append(Edit(rec["method"], [Fact.model_validate(f) for f in rec["facts"]], rec.get("hparams", {}),
+        hparams = {k: v for k, v in rec.get("hparams", {}).items() if k not in RETIRED_HPARAMS}
+        edits.append(Edit(rec["method"], [Fact.model_validate(f) for f in rec["facts"]], hparams,
                           entry, id=rec["id"], depends_on=rec.get("depends_on"), created=rec.get("created"),
                           info=rec.get("info"), edit_set=rec.get("edit_set")))
     return edits
+
+
+def _read_journal(path: Path, journal_id: str, records: list[dict], shards: list[str]) -> None:
+    """Add the committed journal lines' records and shards (lines of another journal id, left by an
+    older editwrap's rewrite, are not this manifest's)."""
+    for n, line in enumerate(lines(path / JOURNAL), 1):
+        if line.get("journal_id") != journal_id:
+            continue
+        records.extend(line["edits"])
+        if line.get("shard"):
+            shards.append(line["shard"])
+        if line.get("count") != len(records):
+            raise StackError(f"{path / JOURNAL} line {n} ends the stack at {line.get('count')} edits but its lines add "
+                             f"up to {len(records)}: the journal was changed by hand; restore it or drop the lines "
+                             "after the last consistent one")

@@ -7,4 +7,4 @@ from .metrics import __all__ as _metrics_all
 __all__ = [*_datasets_all, *_metrics_all]
 from .runner import run_knowedit  # noqa: E402,F401
 from .report import build_report  # noqa: E402,F401
-from .hub import DataNotFoundError, fetch, resolve_data  # noqa: E402,F401
+from editwrap.hub import DataNotFoundError, fetch, resolve_data  # noqa: E402,F401

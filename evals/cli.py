@@ -52,7 +52,7 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
     from editwrap.cli import _load_model, _parse_hparams
     from editwrap.methods.base import get_method
 
-    from .hub import is_data_name, lookup, resolve_data
+    from editwrap.hub import is_data_name, lookup, resolve_data
     from .runner import mixed_files, run_knowedit
 
     get_method(args.method)  # fail on a bad name or missing data before loading the model
@@ -77,8 +77,8 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
                          seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress,
                          trained_on=args.trained_on, save_stacks=not args.no_save_stacks, save_every=args.save_every,
                          stop_after=args.stop_after, keep_stack=args.keep_stack,
-                         generation=not args.no_generation, gen_margin=args.gen_margin, chat_template=args.chat_template,
-                         protocol=args.protocol)
+                         generation=not args.no_generation, gen_margin=args.gen_margin,
+                         chat_template=args.chat_template, protocol=args.protocol)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if "rank" in s:  # a sharded run's other ranks: rank 0 prints the merged result
@@ -89,9 +89,11 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
         + ("-memit" if s.get("protocol") == "memit" else "")
     print(Path(args.out, f"{stem}.md").read_text(encoding="utf-8"))
     total = f" ({s['total_wall_seconds']:.1f} s over {s['processes']} processes)" if s.get("processes", 1) > 1 else ""
-    print(f"wall time {s['wall_seconds']:.1f} s{total}; results in {args.out}/ ({stem}.jsonl, .summary.json, .md; report.md)")
+    print(f"wall time {s['wall_seconds']:.1f} s{total}; results in {args.out}/ ({stem}.jsonl, .summary.json, .md; "
+          f"report.md)")
     if s.get("stopped_after"):
-        print(f"stopped after checkpoint {s['stopped_after']}; the same command without --stop-after resumes from there")
+        print(f"stopped after checkpoint {s['stopped_after']}; the same command without --stop-after resumes from "
+              f"there")
     return 0 if s.get("bit_exact") is not False else 1
 
 
@@ -122,7 +124,8 @@ def _run_args(k: argparse.ArgumentParser) -> None:
     """The run settings ``eval knowedit`` and ``eval counterfact`` share."""
     k.add_argument("--data", required=True,
                    help="dataset JSON file, a directory holding the KnowEdit files, or a name: knowedit:ZsRE, "
-                        "knowedit:WikiData_recent, ... (knowedit for --dataset mixed; `editwrap data list`, docs/data.md)")
+                        "knowedit:WikiData_recent, ... (knowedit for --dataset mixed; `editwrap data list`, "
+                        "docs/data.md)")
     k.add_argument("--method", required=True, help="editing method (rome, memit, ft-l, ft-m, lora, grace, ike, ...)")
     k.add_argument("--n", type=_positive, default=None, help="number of records (default: all)")
     k.add_argument("--mode", choices=("single", "batch", "sequential"), default="single")
@@ -134,19 +137,23 @@ def _run_args(k: argparse.ArgumentParser) -> None:
     k.add_argument("--checkpoints", type=_checkpoints, default=[10, 100, 500, 1000],
                    help="sequential mode: measure after this many edits (comma-separated; the last record always)")
     k.add_argument("--hparam", action="append", default=[], help="override a hyperparameter: name=value (repeatable)")
-    k.add_argument("--fluency", action="store_true", help="also score fluency (n-gram entropy of 100 generated tokens; slow)")
+    k.add_argument("--fluency", action="store_true",
+                   help="also score fluency (n-gram entropy of 100 generated tokens; slow)")
     k.add_argument("--fluency-mode", choices=("greedy", "easyedit"), default=None,  # = metrics.FLUENCY_MODES
                    help="fluency decoding (implies --fluency): greedy (default: 100 new tokens, stop at EOS) or "
                         "easyedit (EasyEdit's test_generation_quality: top-5 sampling to 100 tokens including the "
                         "prompt, no EOS stop, seeded with --seed; comparable with EasyEdit/KnowEdit tables)")
     k.add_argument("--no-generation", action="store_true",
-                   help="skip the generated-answer metrics (greedy answers, prefix match / F1; on by default for fact datasets)")
+                   help="skip the generated-answer metrics (greedy answers, prefix match / F1; on by default for fact "
+                        "datasets)")
     k.add_argument("--gen-margin", type=_nonnegative, default=8,  # = generation.DEFAULT_MARGIN (not imported: torch)
                    help="generated answers: new-token budget = target tokens + this margin (default 8)")
     k.add_argument("--chat-template", action="store_true",
-                   help="generated answers: wrap prompts in the tokenizer's chat template (teacher-forced metrics unchanged)")
+                   help="generated answers: wrap prompts in the tokenizer's chat template (teacher-forced metrics "
+                        "unchanged)")
     k.add_argument("--gen-tokens", type=_positive, default=20, help="tokens generated for Sanitation answers")
-    k.add_argument("--retain-n", type=_positive, default=None, help="Sanitation retain probes for locality (default all)")
+    k.add_argument("--retain-n", type=_positive, default=None,
+                   help="Sanitation retain probes for locality (default all)")
     k.add_argument("--seed", type=int, default=0,
                    help="ConvSent draws / mixed-dataset shuffle / --fluency-mode easyedit sampling")
     k.add_argument("--out", default="results", help="results folder (default results/)")
@@ -182,7 +189,8 @@ def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], No
                    help="memit: also score ROME/MEMIT/AlphaEdit's CounterFact metrics (as `eval counterfact`)")
     k.set_defaults(func=cmd_knowedit)
     c = evsub.add_parser("counterfact", help="the same runner scored with ROME/MEMIT/AlphaEdit's CounterFact metrics",
-                         description="Edit each record and score it with the metrics of the ROME/MEMIT/AlphaEdit papers "
+                         description="Edit each record and score it with the metrics of the ROME/MEMIT/AlphaEdit "
+                                     "papers "
                                      "(Efficacy/Paraphrase/Neighborhood Score and Magnitude, token accuracy; with "
                                      "--fluency generation entropy and consistency), beside EasyEdit's; results stream "
                                      "to OUT/<dataset>-<method>-<mode>-memit.jsonl (docs/counterfact.md).")
@@ -200,7 +208,8 @@ def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], No
         add_eval_lm(evsub)
 
     r = subparsers.add_parser("report", help="merge KnowEdit run summaries (and lm-eval regressions) into one report")
-    r.add_argument("folders", nargs="+", help="results folders (searched recursively for *.summary.json, lm_eval-*.json)")
+    r.add_argument("folders", nargs="+",
+                   help="results folders (searched recursively for *.summary.json, lm_eval-*.json)")
     r.add_argument("--out", default=None, help="output folder for report.md and plots (default: the first folder)")
     r.add_argument("--title", default="KnowEdit results")
     r.add_argument("--paper", action="store_true",

@@ -43,7 +43,7 @@ from editwrap.facts import Fact
 
 from .batching import RecordGen, Request
 from .datasets import _read, folder_file
-from .hub import is_data_name, resolve_data
+from editwrap.hub import is_data_name, resolve_data
 from .measure import Scorer, _nan_to_none
 from .metrics import _scored, generate_fast, n_gram_entropy
 from .tfidf import Tfidf
@@ -73,7 +73,8 @@ def _rewrite(rec: Mapping[str, Any]) -> Mapping[str, Any]:
     return rw[0] if isinstance(rw, list) and rw else rw
 
 
-def counterfact_items(items: Sequence[Any], dataset: str, data: Any) -> tuple[list[CounterfactRecord], Tfidf | None, str | bool]:
+def counterfact_items(items: Sequence[Any], dataset: str,
+                      data: Any) -> tuple[list[CounterfactRecord], Tfidf | None, str | bool]:
     """Wrap loaded facts as :class:`CounterfactRecord`; for ROME's format read their generation
     prompts and, from the data file's folder, the consistency reference texts and TF-IDF statistics.
     Returns (records, vectorizer or None, what consistency uses: a description, or False)."""
@@ -156,7 +157,8 @@ class CounterfactScorer(Scorer):
                     rows.append((group, p, f.ground_truth, "true"))
         for probes in f.locality.values():
             for pr in probes:
-                rows += [("neighborhood", pr.prompt, f.target_new, "new"), ("neighborhood", pr.prompt, pr.answer, "true")]
+                rows += [("neighborhood", pr.prompt, f.target_new, "new"),
+                         ("neighborhood", pr.prompt, pr.answer, "true")]
         reqs = [Request(target_scores, [r[1] for r in rows], ([r[2] for r in rows],))]
         if self.with_fluency:
             reqs.append(Request(sample_texts, item.generation_prompts or [f.text_prompt], (),
@@ -255,8 +257,10 @@ def memit_report(runs: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> st
     for ds in sorted({r["dataset"] for _, r in picked}):
         rs = [(lab, r) for lab, r in picked if r["dataset"] == ds]
         base = max((r for _, r in rs), key=lambda r: (r.get("metrics") or {}).get("n") or 0)
-        cols = [(f"unedited (n={(base.get('metrics') or {}).get('n')})", (base.get("metrics") or {}).get("memit_pre") or {})]
-        cols += [(f"{lab} ({r.get('mode')}, n={(r.get('metrics') or {}).get('n')})", (r.get("metrics") or {}).get("memit") or {})
+        bm = base.get("metrics") or {}
+        cols = [(f"unedited (n={bm.get('n')})", bm.get("memit_pre") or {})]
+        cols += [(f"{lab} ({r.get('mode')}, n={(r.get('metrics') or {}).get('n')})",
+                  (r.get("metrics") or {}).get("memit") or {})
                  for lab, r in rs]
         parts.append(f"### {ds}: CounterFact protocol\n\n" + _table(cols))
     return "\n\n".join(parts)
@@ -265,7 +269,7 @@ def memit_report(runs: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> st
 def detect_dataset(data: Any) -> str:
     """The ``--dataset`` format of a data file or name, for ``editwrap eval counterfact``."""
     from .datasets import detect_format
-    from .hub import lookup
+    from editwrap.hub import lookup
 
     if is_data_name(data) and ":" in str(data):
         return lookup(str(data)).dataset

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 
 def _only(text: str) -> list[str]:
-    from .hub import lookup
+    from editwrap.hub import lookup
 
     names = []
     for part in (x.strip() for x in text.split(",")):
@@ -26,7 +26,7 @@ def _only(text: str) -> list[str]:
 
 
 def cmd_knowedit(args: argparse.Namespace) -> int:
-    from .hub import CATALOG, DATA_DIR_ENV, fetch
+    from editwrap.hub import CATALOG, DATA_DIR_ENV, fetch
 
     names = args.only or [n for n, f in CATALOG.items() if n.startswith("knowedit:")]
     got = fetch(names, dest=args.dest, progress=lambda line: print(f"fetching {line}", file=sys.stderr))
@@ -42,7 +42,7 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .hub import CATALOG, DATA_DIR_ENV, locate
+    from editwrap.hub import CATALOG, DATA_DIR_ENV, locate
 
     print(f"{DATA_DIR_ENV}: {os.environ.get(DATA_DIR_ENV) or '(not set)'}")
     for name, f in CATALOG.items():

@@ -25,10 +25,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .metrics import _device, _forward, _ids, _pad_id
+from editwrap.ops.forward import model_device as _device
+from editwrap.ops.forward import pad_id as _pad_id
+from editwrap.ops.forward import padded_forward as _forward
+from editwrap.ops.forward import token_ids as _ids
 
 __all__ = ["DEFAULT_MARGIN", "normalize_answer", "answer_match", "answer_f1", "answer_budget", "cut_answer",
-           "generate_answers", "score_answers", "locality_match", "summarize_generation"]
+           "generate_answers", "score_answers", "locality_match"]
 
 DEFAULT_MARGIN = 8
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -163,24 +166,3 @@ def locality_match(pre_answers: Sequence[str], post_answers: Sequence[str]) -> l
     if len(pre_answers) != len(post_answers):
         raise ValueError(f"{len(pre_answers)} pre-edit but {len(post_answers)} post-edit answers")
     return [float(normalize_answer(a) == normalize_answer(b)) for a, b in zip(pre_answers, post_answers)]
-
-
-def summarize_generation(gens: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The run summary's ``generation`` block: the EasyEdit block's names and averaging order
-    (:func:`~editwrap.evals.metrics.summarize`) applied to ``success``, plus ``... F1`` variants
-    from ``f1``."""
-    from .metrics import summarize
-
-    def shaped(g: Mapping[str, Any], field: str) -> dict[str, Any]:
-        r: dict[str, Any] = {"rewrite_acc": (g.get("rewrite") or {}).get(field, []),
-                             "portability": {k: v.get(field, []) for k, v in (g.get("portability") or {}).items()},
-                             "locality": dict(g.get("locality") or {}) if field == "success" else {}}
-        if g.get("rephrase"):
-            r["rephrase_acc"] = g["rephrase"].get(field, [])
-        return r
-
-    s, f = summarize([shaped(g, "success") for g in gens]), summarize([shaped(g, "f1") for g in gens])
-    return {"n": len(gens), "Edit Succ.": s["Edit Succ."], "Rephrase": s["Rephrase"], "Portability": s["Portability"],
-            "Locality": s["Locality"], "Edit Succ. F1": f["Edit Succ."], "Rephrase F1": f["Rephrase"],
-            "Portability F1": f["Portability"], "Portability by key": s["Portability by key"],
-            "Locality by key": s["Locality by key"]}

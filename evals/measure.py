@@ -42,13 +42,22 @@ from .metrics import (FLUENCY_MODES, answer_tokens, continuation_logprob_dists, 
                       fluency_easyedit, generate_tokens, kl_divergence_locality, locality_score,
                       sanitation_locality, sanitation_success, token_accuracy, token_logprobs)
 
-__all__ = ["Scorer", "item_fact"]
+__all__ = ["Scorer", "item_fact", "result_line"]
 
 
 def item_fact(item: Any) -> Fact:
     """The Fact to edit with for a dataset item (a record that wraps one, such as ConvSentRecord or
     CounterfactRecord, holds it as ``.fact``)."""
     return item if isinstance(item, Fact) else item.fact
+
+
+def result_line(index: int, item: Any, source: str, post: dict, **extra: Any) -> dict:
+    """One JSONL line of a run: which record, its fact, ``extra`` fields and the post-edit scores."""
+    f = item_fact(item)
+    line = {"index": index, "dataset": source, "prompt": f.text_prompt, "target_new": f.target_new}
+    if f.ground_truth is not None:  # the original answer: error analysis tells partial replacements by it
+        line["ground_truth"] = f.ground_truth
+    return {**line, **extra, "post": post}
 
 
 def _nan_to_none(v: Any) -> Any:
@@ -105,7 +114,8 @@ class Scorer:
             groups.setdefault(id(m), []).append(i)
         out: list[Any] = [None] * len(routed)
         for idx in groups.values():
-            res = fn(routed[idx[0]][1], self.tok, [routed[i][0] for i in idx], *[[c[i] for i in idx] for c in cols], **kw)
+            res = fn(routed[idx[0]][1], self.tok, [routed[i][0] for i in idx], *[[c[i] for i in idx] for c in cols],
+                     **kw)
             for i, v in zip(idx, res):
                 out[i] = v
         return out
@@ -136,7 +146,8 @@ class Scorer:
         if isinstance(item, ConvSentRecord):  # per record: float results, kept on their own batches
             ctx, rep, _ = item.inner_qa()
             octx, orep = item.outer_qa()
-            return {"inner": self._on(token_logprobs, ctx, rep), "outer": self._on(continuation_logprob_dists, octx, orep)}
+            return {"inner": self._on(token_logprobs, ctx, rep),
+                    "outer": self._on(continuation_logprob_dists, octx, orep)}
         if self.sanitation:
             if self._retain_pre is None:
                 self._retain_pre = self._generate([p.prompt for p in self.retain])

@@ -22,67 +22,20 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
+from editwrap.ops.forward import model_device as _device
+from editwrap.ops.forward import pad_id as _pad_id
+from editwrap.ops.forward import padded_forward as _forward
+from editwrap.ops.forward import token_ids as _ids
+
 __all__ = [
     "token_accuracy", "answer_tokens", "locality_score", "token_logprobs", "sequence_logprob",
     "continuation_logprob_dists", "word_tokenize", "compute_n_gram_entropy", "n_gram_entropy",
     "generate_tokens", "fluency", "generate_fast", "fluency_easyedit", "FLUENCY_MODES", "convsent_success",
-    "kl_divergence_locality", "sanitation_success", "sanitation_locality", "summarize",
+    "kl_divergence_locality", "sanitation_success", "sanitation_locality", "summarize", "summarize_generation",
 ]
 
 
 # ---- teacher-forced scoring ---------------------------------------------------------------------
-
-def _ids(tok: Any, text: str) -> list[int]:
-    ids = tok(text)["input_ids"]
-    ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-    return list(ids[0]) if ids and isinstance(ids[0], list) else ids
-
-
-def _pad_id(tok: Any) -> int:
-    for attr in ("pad_token_id", "eos_token_id"):
-        if getattr(tok, attr, None) is not None:
-            return int(getattr(tok, attr))
-    return 0
-
-
-def _device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
-
-
-def _takes_position_ids(model: Any) -> bool:
-    params = inspect.signature(model.forward).parameters.values()
-    return any(p.name == "position_ids" or p.kind is p.VAR_KEYWORD for p in params)
-
-
-def _forward(model: Any, seqs: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, list[int]]:
-    """Logits for a padded batch and, per row, the column where its tokens start.
-
-    Position ids are rebuilt from the mask, so a left-padded row is scored exactly as if alone
-    (EasyEdit left-pads without position ids, which shifts absolute-position models like GPT-2).
-    """
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    starts = []
-    for i, s in enumerate(seqs):
-        start = width - len(s) if side == "left" else 0
-        ids[i, start:start + len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, start:start + len(s)] = 1
-        starts.append(start)
-    dev = _device(model)
-    kw: dict[str, Any] = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev)}
-    if _takes_position_ids(model):
-        kw["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(dev)
-    with torch.no_grad():
-        out = model(**kw)
-    logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", None)
-    if logits is None:
-        logits = out["logits"] if isinstance(out, Mapping) else out[0]
-    return logits.float(), starts
-
 
 def _scored(model: Any, tok: Any, prefixes: Sequence[str], texts: Sequence[str],
             batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
@@ -423,7 +376,8 @@ def sanitation_success(generations: Sequence[str], target: str = "I don't know."
     return sum(target.lower() in g.lower() for g in generations) / len(generations)
 
 
-def sanitation_locality(pre_gen_tokens: Sequence[Sequence[int]], post_gen_tokens: Sequence[Sequence[int]]) -> list[float]:
+def sanitation_locality(pre_gen_tokens: Sequence[Sequence[int]],
+                        post_gen_tokens: Sequence[Sequence[int]]) -> list[float]:
     """Per retain prompt: positions where the post-edit generation repeats the pre-edit one,
     over the pre-edit length (EasyEdit ``Experimenter.locality``). Pass generated tokens only:
     EasyEdit re-tokenizes decoded text, adding a BOS that always matches; we do not count it.
@@ -452,7 +406,8 @@ def _nested(records: Sequence[Mapping[str, Any]], section: str) -> tuple[float |
     per_record, per_key = [], {}
     for r in records:
         # EasyEdit names keys "<key>_acc" and (at HEAD) leaves raw "<key>_output" token lists beside them
-        means = {k.removesuffix("_acc"): _mean(v) for k, v in (r.get(section) or {}).items() if not k.endswith("_output")}
+        means = {k.removesuffix("_acc"): _mean(v)
+                 for k, v in (r.get(section) or {}).items() if not k.endswith("_output")}
         means = {k: m for k, m in means.items() if not math.isnan(m)}
         for k, m in means.items():
             per_key.setdefault(k, []).append(m)
@@ -493,8 +448,6 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         out[k] = sum(vals) / len(vals) if vals else None
     gens = [r["generation"] for r in recs if isinstance(r.get("generation"), Mapping)]
     if gens:
-        from .generation import summarize_generation
-
         out["generation"] = summarize_generation(gens)
     for key in ("memit", "memit_pre"):  # protocol="memit" (editwrap.evals.counterfact): after / before the edits
         blocks = [r[key] for r in recs if isinstance(r.get(key), Mapping)]
@@ -503,3 +456,22 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
             out[key] = summarize_counterfact(blocks)
     return out
+
+
+def summarize_generation(gens: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The run summary's ``generation`` block: the EasyEdit block's names and averaging order
+    (:func:`summarize`) applied to ``success``, plus ``... F1`` variants
+    from ``f1``."""
+    def shaped(g: Mapping[str, Any], field: str) -> dict[str, Any]:
+        r: dict[str, Any] = {"rewrite_acc": (g.get("rewrite") or {}).get(field, []),
+                             "portability": {k: v.get(field, []) for k, v in (g.get("portability") or {}).items()},
+                             "locality": dict(g.get("locality") or {}) if field == "success" else {}}
+        if g.get("rephrase"):
+            r["rephrase_acc"] = g["rephrase"].get(field, [])
+        return r
+
+    s, f = summarize([shaped(g, "success") for g in gens]), summarize([shaped(g, "f1") for g in gens])
+    return {"n": len(gens), "Edit Succ.": s["Edit Succ."], "Rephrase": s["Rephrase"], "Portability": s["Portability"],
+            "Locality": s["Locality"], "Edit Succ. F1": f["Edit Succ."], "Rephrase F1": f["Rephrase"],
+            "Portability F1": f["Portability"], "Portability by key": s["Portability by key"],
+            "Locality by key": s["Locality by key"]}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from editwrap.paths import portable_path
 
-from .hub import COLLECTIONS, is_data_name, lookup, name_of_path
+from editwrap.hub import COLLECTIONS, is_data_name, lookup, name_of_path
 
 __all__ = ["data_label", "model_label", "model_name", "relative_to"]
 

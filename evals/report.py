@@ -18,7 +18,8 @@ from typing import Any, Iterable, Sequence
 from .errors import error_section
 from .provenance import model_name
 
-__all__ = ["paper_rows", "run_table", "case_tables", "write_run", "build_report", "load_summaries", "partial_summary", "plot_sequential",
+__all__ = ["paper_rows", "run_table", "case_tables", "write_run", "build_report", "load_summaries", "partial_summary",
+           "plot_sequential",
            "general_ability_table", "cross_domain_table", "paper_comparison_table"]
 
 NAMES = {"zsre": "ZsRE", "recent": "WikiData_recent", "counterfact": "WikiData_counterfact", "wikibio": "WikiBio",
@@ -54,7 +55,8 @@ def _fmt(v: Any) -> str:
 def _labels(runs: Sequence[dict]) -> list[str]:
     """Column names: the method, plus the model / folder where needed to tell columns apart."""
     labels = [r["method"] + (f" ({r['trained_on']} ⇒)" if r.get("trained_on") else "")
-              + (f" ×{r['batch_size']}/edit" if r.get("mode") == "sequential" and (r.get("batch_size") or 1) > 1 else "")
+              + (f" ×{r['batch_size']}/edit" if r.get("mode") == "sequential" and (r.get("batch_size") or 1) > 1
+                 else "")
               + (f" +consolidate/{r['consolidate_every']}" if r.get("consolidate_every") else "")
               + (" [memit protocol]" if r.get("protocol") == "memit" else "") for r in runs]
     if len({model_name(r.get("model")) for r in runs}) > 1:  # the same model at other paths is one
@@ -103,7 +105,8 @@ def _breakdown(summary: dict) -> str:
             for sec in ("Portability", "Locality") for k, v in (mm.get(f"{sec} by key") or {}).items()]
     if not rows:
         return ""
-    return "\n".join(["| section | key | score |", "|---|---|---:|", *(f"| {s} | {k} | {_fmt(v)} |" for s, k, v in rows)])
+    return "\n".join(["| section | key | score |", "|---|---|---:|",
+                      *(f"| {s} | {k} | {_fmt(v)} |" for s, k, v in rows)])
 
 
 def _curve_tables(runs: Sequence[dict]) -> str:
@@ -179,7 +182,8 @@ def write_run(summary: dict, out: str | Path, stem: str) -> None:
     sequential runs, ``<stem>.png``."""
     out = Path(out)
     (out / f"{stem}.summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    title = f"{NAMES.get(summary['dataset'], summary['dataset'])} — {summary['mode']} ({model_name(summary.get('model')) or 'model'})"
+    name = NAMES.get(summary["dataset"], summary["dataset"])
+    title = f"{name} — {summary['mode']} ({model_name(summary.get('model')) or 'model'})"
     parts = [run_table([summary], title), "", _breakdown(summary)]
     if summary.get("fluency") == "easyedit" and (summary.get("metrics") or {}).get("Fluency") is not None:
         parts += ["", f"Fluency: EasyEdit mode (top-5 sampling to 100 tokens including the prompt, seed "
@@ -276,7 +280,8 @@ def general_ability_table(folders: Iterable[str | Path]) -> str:
     if not rows:
         return ""
     return "\n".join(["## General ability (lm-eval, before vs after the edits)", "",
-                      "| edits | task | metric | before | after | delta | stderr |", "|---|---|---|---:|---:|---:|---:|",
+                      "| edits | task | metric | before | after | delta | stderr |",
+                      "|---|---|---|---:|---:|---:|---:|",
                       *rows])
 
 
@@ -290,7 +295,8 @@ def paper_comparison_table(runs: Sequence[dict]) -> str:
     for ds in [d for d in NAMES if any(r["dataset"] == d for r in single)]:
         rs = sorted((r for r in single if r["dataset"] == ds), key=lambda r: r["method"])
         model = model_name(rs[0].get("model")) or "ours"
-        head = " | ".join(f"{r['method']} ours (n={r.get('n', '–')}{' of ' + str(r['n_requested']) if r.get('in_progress') else ''})"
+        head = " | ".join(f"{r['method']} ours "
+                          f"(n={r.get('n', '–')}{' of ' + str(r['n_requested']) if r.get('in_progress') else ''})"
                           f" | {r['method']} paper" for r in rs)
         lines = [f"#### {NAMES[ds]} (ours: {model})", "", f"| metric | {head} |", "|---|" + "---:|" * (2 * len(rs))]
         cols = [paper_rows(r) for r in rs]
@@ -345,7 +351,8 @@ def case_tables(runs: Sequence[dict], n: int) -> str:
         if not idx:
             continue
         rows = [f"### Cases: {NAMES.get(ds, ds)} — single", "",
-                "| # | prompt | target | unedited answer | " + " | ".join(_labels(rs)) + " |", "|---" * (4 + len(rs)) + "|"]
+                "| # | prompt | target | unedited answer | " + " | ".join(_labels(rs)) + " |",
+                "|---" * (4 + len(rs)) + "|"]
         for i in idx:
             recs = [d.get((i,)) for d in lines]
             first = next(x for x in recs if x is not None)

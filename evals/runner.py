@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from editwrap.methods.base import get_method
+from editwrap.ops.exact import RETIRED_HPARAMS
 from editwrap.ops.fingerprint import state_dict_hash
 from editwrap.ops.memory import device_name, peak_memory_mb
 from editwrap.paths import portable
@@ -33,10 +34,11 @@ from editwrap.paths import portable
 from .counterfact import PROTOCOLS, CounterfactScorer, counterfact_items
 from .datasets import DATASETS, DEFAULT_FILES, folder_file, load_dataset
 from .generation import DEFAULT_MARGIN
-from .hub import is_data_name, resolve_data
+from editwrap.hub import is_data_name, resolve_data
 from .ledger import TimeLedger
 from .resultlog import ResultLog, read_result_lines
 from .measure import Scorer, item_fact
+from .measure import result_line as _line
 from .metrics import FLUENCY_MODES, summarize
 from .provenance import data_label, model_label
 
@@ -46,10 +48,9 @@ __all__ = ["run_knowedit", "ResultLog", "read_result_lines", "load_records", "mi
 MODES = ("single", "batch", "sequential")
 MIXED_SOURCES = ("zsre", "recent", "counterfact")
 DEFAULT_CHECKPOINTS = (10, 100, 500, 1000)
-SINGLE_FACT_METHODS = {"rome"}  # compute() rejects a list of facts
 NO_GENERATION = {"convsent", "sanitation"}  # not fact QA (Sanitation is scored on generations already)
 # settings added after runs were written: a meta file without the key was made with this value
-_LEGACY = {"generation": False}
+_LEGACY = {"generation": False, "dtype": "float32"}
 
 
 def mixed_files(data: str | Path) -> dict[str, Path]:
@@ -67,7 +68,7 @@ def mixed_files(data: str | Path) -> dict[str, Path]:
 
 def load_records(dataset: str, data: str | Path, n: int | None = None, *, seed: int = 0) -> tuple[list, list, list]:
     """(items, sources, retain probes). ``data``: a file, a directory or a dataset name
-    (``knowedit:ZsRE``; :mod:`editwrap.evals.hub`). ``mixed``: ZsRE + WikiData_recent +
+    (``knowedit:ZsRE``; :mod:`editwrap.hub`). ``mixed``: ZsRE + WikiData_recent +
     WikiData_counterfact from :func:`mixed_files`, shuffled with ``seed`` (the first ``n`` of one
     fixed order, so a larger ``n`` extends a smaller run)."""
     if dataset == "mixed":
@@ -80,14 +81,6 @@ def load_records(dataset: str, data: str | Path, n: int | None = None, *, seed: 
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join((*DATASETS, 'mixed'))}")
     ds = load_dataset(dataset, data, n=n, seed=seed)
     return list(ds), [dataset] * len(ds), list(ds.locality)
-
-
-def _line(index: int, item: Any, source: str, post: dict, **extra: Any) -> dict:
-    f = item_fact(item)
-    line = {"index": index, "dataset": source, "prompt": f.text_prompt, "target_new": f.target_new}
-    if f.ground_truth is not None:  # the original answer: error analysis tells partial replacements by it
-        line["ground_truth"] = f.ground_truth
-    return {**line, **extra, "post": post}
 
 
 def _run_edits(model: Any, scorer: Scorer, items: list, sources: list, method: str, hp: Any,
@@ -160,8 +153,10 @@ def _data_sha256(data: str | Path) -> str:
 def _hparams_differ(method: str, old: dict, new: dict) -> bool:
     """A field the old run did not record (added to the method since) counts as equal when the
     new run keeps its default, and a field since removed counts as equal when the old run left it
-    unset (None): resuming an older run stays possible after such additions and removals."""
+    unset (None): resuming an older run stays possible after such additions and removals. The
+    retired switches of exact speed-ups never changed a result and are ignored."""
     fields = get_method(method).Hparams.model_fields
+    old = {k: v for k, v in old.items() if k not in RETIRED_HPARAMS}
     for k, v in new.items():
         if k in old:
             if old[k] != v:
@@ -217,20 +212,19 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     recomputing (False: replay instead; dense FT deltas are 3.5 MB per edit on SmolLM2), and
     ``keep_stack`` keeps it when the run is complete (to load the edited model, or to score its
     last checkpoint again, e.g. with generated answers, by a run asked for that checkpoint only).
-    ``retain_n``: Sanitation retain probes used for locality (None = all). ``trained_on``: a trained editor directory (MEND editor / SERAC artifact)
-    made on another dataset's train split; it is passed as the method's ``editor``/``artifact``
-    hparam, the stem gets ``-from-<source>`` and the summary records ``trained_on`` (source ⇒
-    target, see :func:`trained_source`). ``with_fluency``: also score fluency, with ``fluency_mode``
-    ``"greedy"`` (greedy, 100 new tokens, stop at EOS) or ``"easyedit"`` (EasyEdit's top-5 sampling to
-    100 tokens including the prompt, seeded with ``seed``); recorded in the meta as ``fluency``:
-    False, True (greedy) or ``"easyedit"``. ``generation``: also score greedy answers of fact records
-    (:mod:`editwrap.evals.generation`; budget = target tokens + ``gen_margin``; ``chat_template``
-    wraps those prompts in the tokenizer's chat template); recorded in the meta as
-    ``{"margin", "chat_template"}`` or False. ``protocol="memit"``: also score ROME/MEMIT/AlphaEdit's
-    CounterFact metrics (:mod:`editwrap.evals.counterfact`; ``with_fluency`` adds their sampled
-    generation entropy and consistency); the stem gets ``-memit``.
-    Writes ``<dataset>-<method>-<mode>.{jsonl,meta.json,summary.json,md}`` (+ ``.png`` for
-    sequential) and refreshes ``report.md`` for the whole folder.
+    ``retain_n``: Sanitation retain probes used for locality (None = all). ``trained_on``: a trained artifact
+    directory (e.g. a MEND editor) made on another dataset's train split; it is passed as the method's
+    ``artifact_field`` hparam, the stem gets ``-from-<source>`` and the summary records ``trained_on`` (source
+    ⇒ target, see :func:`trained_source`). ``with_fluency``: also score fluency, with ``fluency_mode``
+    ``"greedy"`` (greedy, 100 new tokens, stop at EOS) or ``"easyedit"`` (EasyEdit's top-5 sampling to 100
+    tokens including the prompt, seeded with ``seed``); recorded in the meta as ``fluency``: False, True
+    (greedy) or ``"easyedit"``. ``generation``: also score greedy answers of fact records
+    (:mod:`editwrap.evals.generation`; budget = target tokens + ``gen_margin``; ``chat_template`` wraps those
+    prompts in the tokenizer's chat template); recorded in the meta as ``{"margin", "chat_template"}`` or
+    False. ``protocol="memit"``: also score ROME/MEMIT/AlphaEdit's CounterFact metrics
+    (:mod:`editwrap.evals.counterfact`; ``with_fluency`` adds their sampled generation entropy and
+    consistency); the stem gets ``-memit``. Writes ``<dataset>-<method>-<mode>.{jsonl,meta.json,summary.json,md}``
+    (+ ``.png`` for sequential) and refreshes ``report.md`` for the whole folder.
     """
     from tqdm.auto import tqdm
 
@@ -250,11 +244,11 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     if fluency_mode not in FLUENCY_MODES:
         raise ValueError(f"unknown fluency mode {fluency_mode!r}; choose one of {', '.join(FLUENCY_MODES)}")
     m = get_method(method)  # unknown method -> ValueError listing the available ones
-    if mode == "batch" and m.name in SINGLE_FACT_METHODS:
+    if mode == "batch" and m.single_fact:
         raise ValueError(f"method {m.name!r} edits one fact at a time; use --mode single or sequential, "
-                         "or a batch method (memit, ft-l, ft-m, lora)")
+                         "or a method that edits a batch of facts at once")
     batch_size = batch_size if batch_size is not None else (10 if mode == "batch" else 1)
-    if mode == "sequential" and batch_size > 1 and m.name in SINGLE_FACT_METHODS:
+    if mode == "sequential" and batch_size > 1 and m.single_fact:
         raise ValueError(f"method {m.name!r} edits one fact at a time; use --batch-size 1 in sequential mode")
     if batch_size < 1 or (n is not None and n < 1):
         raise ValueError("--n and --batch-size must be >= 1")
@@ -273,9 +267,12 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     hparams = dict(hparams or {})
     source = None
     if trained_on is not None:
-        source, field = trained_source(trained_on), _artifact_field(m)
-        hparams[field] = str(Path(trained_on).resolve())
-    hp = model._resolve_hparams(m, None, hparams)
+        if m.artifact_field is None:
+            raise ValueError(f"--trained-on needs a method with a trained artifact; {m.name!r} takes no trained "
+                             f"artifact")
+        source = trained_source(trained_on)
+        hparams[m.artifact_field] = str(Path(trained_on).resolve())
+    hp = model.resolve_hparams(m, None, **hparams)
 
     t_start = time.time()
     items, sources, retain = load_records(dataset, data, n, seed=seed)
@@ -297,6 +294,7 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     meta = dict(dataset=dataset, data=data_label(data, out), method=m.name, mode=mode, n=len(items),
                  batch_size=batch_size if mode in ("batch", "sequential") else 1, seed=seed,
                  model=model_label(model.name_or_path, out),
+                 dtype=str(model.dtype).removeprefix("torch."),
                  data_sha256=_data_sha256(data), model_fingerprint=model.fingerprint(),
                  base_stack=len(model.stack), hparams=hp.model_dump(mode="json"),
                  fluency=(fluency_mode if fluency_mode != "greedy" else True) if with_fluency else False,
@@ -396,22 +394,14 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     return summary
 
 
-def _artifact_field(m: Any) -> str:
-    for field in ("editor", "artifact"):
-        if field in m.Hparams.model_fields:
-            return field
-    raise ValueError(f"--trained-on needs a trained method (mend, serac); {m.name!r} takes no trained artifact")
-
-
 def trained_source(path: str | Path) -> str:
     """The dataset a trained editor / artifact was trained on (from its JSON ``data`` field), as a
     dataset name when recognised (``zsre``, ``recent``, ``counterfact``…), else the file stem; several
     files give their names joined by ``+`` (ZsRE + recent + counterfact: ``mixed``)."""
     p = Path(path)
-    meta = next((json.loads(f.read_text(encoding="utf-8")) for f in (p / "editor.json", p / "serac.json")
-                 if f.is_file()), None)
+    meta = next((json.loads(f.read_text(encoding="utf-8")) for f in sorted(p.glob("*.json"))), None)
     if meta is None:
-        raise FileNotFoundError(f"--trained-on {p}: no editor.json (MEND) or serac.json (SERAC) there")
+        raise FileNotFoundError(f"--trained-on {p}: no trained artifact there (its JSON manifest, e.g. editor.json)")
     names: list[str] = []
     for data in str(meta.get("info", {}).get("data") or meta.get("data") or p.name).split(","):
         stem = Path(data).stem.lower()

@@ -30,7 +30,7 @@ from editwrap.ops.fingerprint import state_dict_hash
 from editwrap.ops.norms import delta_norms
 from editwrap.stack import StackError, load_stack_dir, save_stack_dir
 
-from .measure import Scorer, item_fact
+from .measure import Scorer, item_fact, result_line
 
 __all__ = ["run_sequential", "SCORE_CHUNK"]
 
@@ -78,8 +78,6 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
     the saved stack, so the same run resumes from there. ``keep_stack``: keep the saved stack when
     the run is complete (it is removed otherwise: the JSONL holds the results); a run asked for its
     last checkpoint only restores it instead of recomputing the edits."""
-    from .runner import _line
-
     cps = sorted(c for c in checkpoints if stop_after is None or c <= stop_after)
     complete = len(cps) == len(checkpoints)
     pending = [c for c in cps if not all(log.has(c, i) for i in range(c))]
@@ -130,7 +128,7 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
                 posts = scorer.post_many([items[i] for i in idx], [pre[i] for i in idx])
                 secs = round((time.time() - t1) / len(idx), 3)  # the record's share of its chunk
                 for i, post in zip(idx, posts):
-                    log.write(_line(i, items[i], sources[i], post, checkpoint=c, n_edits=c, seconds=secs))
+                    log.write(result_line(i, items[i], sources[i], post, checkpoint=c, n_edits=c, seconds=secs))
                     bar.update(1)
                 tick()
     finally:
@@ -140,6 +138,7 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
     if not exact:
         warnings.warn("after popping every sequential edit the model's state dict differs from the start "
                       "(the stack did not undo exactly)", RuntimeWarning, stacklevel=2)
-    if exact and complete and not keep_stack and stack_dir is not None and all(log.has(c, i) for c in cps for i in range(c)):
+    if exact and complete and not keep_stack and stack_dir is not None and \
+            all(log.has(c, i) for c in cps for i in range(c)):
         shutil.rmtree(stack_dir, ignore_errors=True)  # finished: the JSONL holds the results
     return {"bit_exact": exact, "replayed": replayed, "restored": n_saved, "delta_norms": norms}

@@ -8,7 +8,7 @@ from typing import Sequence
 from editwrap.facts import Fact, load_facts
 
 from .datasets import load_dataset
-from .hub import resolve_data
+from editwrap.hub import resolve_data
 
 __all__ = ["training_records"]
 
@@ -22,11 +22,12 @@ def training_records(paths: Sequence[str | Path], n: int | None = None,
     """Edit records for training an editor (MEND, SERAC, IKE pools), as Facts.
 
     Each path is a dataset file in any supported format (detected), a dataset name
-    (``knowedit:ZsRE``, ``zsre_mend:train``; :mod:`editwrap.evals.hub`) or a file of editwrap Facts;
+    (``knowedit:ZsRE``, ``zsre_mend:train``; :mod:`editwrap.hub`) or a file of editwrap Facts;
     ``n`` keeps the first n of each. ``exclude``: evaluation files whose records must not leak into
     training — a training record is dropped when its subject or prompt (case/space-insensitive)
     occurs in the first ``exclude_n`` records of any of them. An ``exclude`` *directory* (or the
-    name ``knowedit``) stands for ``--dataset mixed`` drawn from it (seed 0): the first ``exclude_n`` records of that draw, i.e.
+    name ``knowedit``) stands for ``--dataset mixed`` drawn from it (seed 0): the first ``exclude_n``
+    records of that draw, i.e.
     exactly the facts of a mixed run with ``--n exclude_n``. Returns (records, "path1,path2").
     """
     banned: set[str] = set()

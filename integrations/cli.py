@@ -18,12 +18,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-PRESETS = {"knowedit-general": {"n_edits": 5, "methods": "rome,memit,ft-l,ft-m"}}
+#: preset -> edits per method and the benchmark suite whose methods it runs (``editwrap methods --suite``)
+PRESETS = {"knowedit-general": {"n_edits": 5, "suite": "general-ability"}}
 
 
 def _add_lm_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--model", default=None, help="local model dir or hub id (default: embedded SmolLM2-135M)")
     sp.add_argument("--load-in-8bit", action="store_true", help="load the base model in 8-bit (bitsandbytes)")
+    sp.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16", "auto"),
+                    help="weights and activations dtype (default float32; auto: the checkpoint's)")
     sp.add_argument("--tasks", default=None,
                     help="comma-separated lm-eval tasks (default: the packaged offline tasks, "
                          "editwrap_mmlu_dev,editwrap_counterfact_mc,editwrap_counterfact_gen,editwrap_triviaqa)")
@@ -33,8 +36,11 @@ def _add_lm_args(sp: argparse.ArgumentParser) -> None:
     src.add_argument("--preset", choices=sorted(PRESETS), default=None,
                      help="knowedit-general: 5 consecutive WikiData_recent edits per method, then the tasks")
     sp.add_argument("--method", default="rome", help="editing method for --edits (default rome)")
-    sp.add_argument("--methods", default=None, help="comma-separated methods for --preset (default rome,memit,ft-l,ft-m)")
-    sp.add_argument("--n-edits", type=int, default=None, help="number of WikiData_recent edits for --preset (default 5)")
+    sp.add_argument("--methods", default=None,
+                    help="comma-separated methods for --preset (default: the preset's suite, "
+                         "editwrap methods --suite general-ability)")
+    sp.add_argument("--n-edits", type=int, default=None,
+                    help="number of WikiData_recent edits for --preset (default 5)")
     sp.add_argument("--data", default=None, metavar="FILE_OR_NAME",
                     help="the WikiData_recent records --preset edits (default knowedit:WikiData_recent; docs/data.md)")
     sp.add_argument("--batch-edit", action="store_true", help="apply --edits as one batch edit instead of one by one")
@@ -67,7 +73,8 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     from editwrap.evals.provenance import model_name
 
     facts = L.recent_facts(args.n_edits or PRESETS[args.preset]["n_edits"], args.data) if args.preset else None
-    model = _load_model(argparse.Namespace(model=args.model, stack=None, load_in_8bit=args.load_in_8bit))
+    model = _load_model(argparse.Namespace(model=args.model, stack=None, load_in_8bit=args.load_in_8bit,
+                                           dtype=args.dtype))
     bs: Any = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     common = dict(limit=_limit(args.limit), num_fewshot=args.num_fewshot, include_path=args.include_path,
                   batch_size=bs)
@@ -75,7 +82,10 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     t0 = time.time()
     if args.preset:
         preset = PRESETS[args.preset]
-        methods = [m.strip() for m in (args.methods or preset["methods"]).split(",") if m.strip()]
+        from editwrap.methods.catalog import select
+
+        default = ",".join(c.name for c in select(suite=preset["suite"]))
+        methods = [m.strip() for m in (args.methods or default).split(",") if m.strip()]
         print(f"preset {args.preset}: {len(facts)} consecutive WikiData_recent edits per method "
               f"({', '.join(methods)}); tasks {', '.join(tasks)}; limit {common['limit']}", flush=True)
         before = None
@@ -83,7 +93,8 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
             r = L.regression(model, tasks, edits=facts, method=m, before=before, **common)
             before = r["raw_before"]
             runs.append(r)
-            print(f"[{m}] {r['n_edits']} edits in {r['edit_seconds']:.1f} s; eval after {r['eval_seconds']['after']:.0f} s; "
+            print(f"[{m}] {r['n_edits']} edits in {r['edit_seconds']:.1f} s; eval after "
+                  f"{r['eval_seconds']['after']:.0f} s; "
                   f"bit-exact after pop: {r['bit_exact']}", flush=True)
             print(L.regression_markdown(r), flush=True)  # partial results as each method finishes
     elif args.stack:

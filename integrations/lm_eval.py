@@ -56,7 +56,7 @@ def load_edit_facts(path: str | os.PathLike) -> list[Any]:
     records (extra keys ignored)."""
     from editwrap.facts import Fact
 
-    from editwrap.evals.hub import resolve_data
+    from editwrap.hub import resolve_data
 
     text = resolve_data(path).read_text(encoding="utf-8").strip()
     rows = json.loads(text) if text.startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
@@ -91,10 +91,8 @@ class EditwrapLM(HFLM):
             name = str(pretrained or "").strip()
             load_kw = {}
             dtype = kwargs.pop("dtype", None)
-            if dtype not in (None, "auto"):
-                import torch
-
-                load_kw["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+            if dtype is not None:  # "auto" and "bfloat16" as lm-eval passes them; from_pretrained reads both
+                load_kw["dtype"] = dtype
             model = EditableModel.from_pretrained(None if name in ("", "embedded", "default") else name,
                                                   tokenizer=tokenizer, **load_kw)
             device = str(kwargs.pop("device", None) or "")
@@ -152,7 +150,8 @@ def _cuda() -> bool:
 
 
 # ---------------------------------------------------------------- running tasks
-def task_manager(tasks: Sequence[str] = (), include_path: str | os.PathLike | Sequence[str | os.PathLike] | None = None):
+def task_manager(tasks: Sequence[str] = (),
+                 include_path: str | os.PathLike | Sequence[str | os.PathLike] | None = None):
     """A TaskManager that knows the packaged offline tasks; the stock task tree is indexed only if needed."""
     from lm_eval.tasks import TaskManager
 
@@ -213,7 +212,7 @@ def recent_facts(n: int = 5, path: str | os.PathLike | None = None, start: int =
     ``path``: a file or dataset name (default :data:`RECENT_DATA`, found as ``--data`` values are)."""
     from editwrap.facts import Fact
 
-    from editwrap.evals.hub import resolve_data
+    from editwrap.hub import resolve_data
 
     rows = json.loads(resolve_data(path or RECENT_DATA).read_text(encoding="utf-8"))[start:start + n]
     return [Fact(prompt=r["prompt"], subject=r["subject"], target_new=r["target_new"]) for r in rows]
@@ -277,9 +276,11 @@ def regression(model: Any, tasks: Sequence[str] = OFFLINE_TASKS, edits: Iterable
                 "stderr_delta": _paired_stderr(pb, pa), "n": len(pa) or None}
     return {"tasks": table, "method": None if stack is not None else method,
             "stack": str(stack) if stack is not None else None, "n_edits": len(pushed),
-            "edits": [{"id": e.id, "method": e.method, "facts": [f.text_prompt + " -> " + f.target_new for f in e.facts]}
+            "edits": [{"id": e.id, "method": e.method,
+                       "facts": [f.text_prompt + " -> " + f.target_new for f in e.facts]}
                       for e in pushed],
-            "edit_seconds": round(t_edit, 2), "eval_seconds": {"before": round(t_before, 1), "after": round(t_after, 1)},
+            "edit_seconds": round(t_edit, 2),
+            "eval_seconds": {"before": round(t_before, 1), "after": round(t_after, 1)},
             "limit": limit, "bit_exact": bit_exact, "raw_before": res_before}
 
 

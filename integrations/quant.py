@@ -29,11 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from editwrap.ops.bnb import pin_cpu_4bit_layout
 from editwrap.ops.fingerprint import is_quantized, quantization_label
 
 __all__ = [
     "load_quantized", "bnb_config", "is_quantized_module", "quantized_modules", "is_quantized",
-    "quantization_label", "int8_state", "int8_state_hash", "dequantized_weight", "requantize_merge",
+    "quantization_label", "int8_state", "int8_state_hash", "requantize_merge",
     "quiet_bnb", "pin_cpu_4bit_layout",
 ]
 
@@ -72,31 +73,6 @@ def quiet_bnb() -> None:
     lg = logging.getLogger("bitsandbytes.autograd._functions")
     if _FILTER not in lg.filters:
         lg.addFilter(_FILTER)
-
-
-def pin_cpu_4bit_layout(model: nn.Module) -> int:
-    """Keep bitsandbytes 4-bit layers in their loaded layout on CPUs with AVX512-BF16.
-
-    bitsandbytes (0.49+) repacks a ``Linear4bit`` weight on its first CPU inference forward: it
-    rewrites the weight bytes into another layout and rounds ``absmax`` to bfloat16, in place, and
-    ``state_dict()`` unpacks it again. That breaks editwrap's contract that the base weights are never
-    written (a pop could not be checked bit for bit, dequantized weights read a different layout)
-    and it fails outright for layers whose input width is not a multiple of the 64-wide block.
-    Returns how many layers were pinned (a layer already repacked is unpacked first).
-    """
-    n = 0
-    for mod in model.modules():
-        if not type(mod).__name__.startswith(("Linear4bit", "LinearNF4", "LinearFP4")):
-            continue
-        qs = getattr(mod.weight, "quant_state", None)
-        if qs is not None and getattr(qs, "packing_format_for_cpu", False):
-            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-
-            mod.weight.data, mod.weight.quant_state = _convert_weight_packed_for_cpu_inverse(mod.weight.data, qs)
-        if getattr(mod, "support_avx512bf16_for_cpu", False):
-            mod.support_avx512bf16_for_cpu = False
-            n += 1
-    return n
 
 
 def bnb_config(bits: int = 8, **kwargs: Any) -> Any:
@@ -199,21 +175,6 @@ def int8_state_hash(model: nn.Module) -> str:
     for k, v in sorted(int8_state(model).items()):
         h.update(f"{k}={v};".encode())
     return h.hexdigest()
-
-
-def dequantized_weight(mod: nn.Module) -> torch.Tensor:
-    """The float32 (out, in) weight a quantized linear computes with."""
-    import bitsandbytes.functional as F
-
-    w = mod.weight
-    if type(mod).__name__.startswith("Linear4bit") or getattr(w, "quant_state", None) is not None:
-        return F.dequantize_4bit(w.data, w.quant_state).float()
-    scb = _scales(mod).get("SCB")
-    if scb is None:
-        if w.is_floating_point():  # has_fp16_weights=True: not quantized yet
-            return w.detach().float()
-        raise ValueError(f"{type(mod).__name__} has no SCB scales; cannot dequantize")
-    return F.int8_vectorwise_dequant(w.data, scb).float()
 
 
 # ---------------------------------------------------------------- lossy merge

@@ -34,7 +34,7 @@ def test_update_leaves_preserved_keys_unchanged(tiny_model):
     m = tiny_model
     hp = _hp(m)
     e = m.edit([F1, F2], method="alphaedit", **hp)
-    modules = [arch_of(m).mlp_out_at(l) for l in FAST["layers"]]
+    modules = [arch_of(m).mlp_out_at(i) for i in FAST["layers"]]
     covs = second_moment(m, modules, n_tokens=300, progress=False)
     for mod in modules:
         P = null_space_projector(covs[mod], hp["nullspace_threshold"])

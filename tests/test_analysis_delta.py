@@ -104,7 +104,8 @@ def test_cli_on_a_saved_stack_with_its_results(tiny_llama_dir, tmp_path):
     m.edit(FACTS[0], method="rome", **FAST["rome"])
     m.edit(FACTS[1], method="ft-l", **FAST["ft-l"])
     stack = m.stack.save(tmp_path / "tiny-run.stack")
-    lines = [{"index": i, "prompt": f.prompt, "checkpoint": 2, "post": {"locality": {"R": [loc, 1.0]}, "rewrite_acc": [1.0]}}
+    lines = [{"index": i, "prompt": f.prompt, "checkpoint": 2,
+              "post": {"locality": {"R": [loc, 1.0]}, "rewrite_acc": [1.0]}}
              for i, (f, loc) in enumerate(zip(FACTS, [0.5, 0.0]))]
     lines.append({"index": 0, "prompt": FACTS[0].prompt, "checkpoint": 1, "post": {"locality": {"R": [0.0]}}})
     (tmp_path / "tiny-run.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n{torn")

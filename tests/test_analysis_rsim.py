@@ -55,7 +55,8 @@ def test_rsim_curve_on_hand_computed_overlaps():
 def _fact(subject: str, chain: int, rel: int) -> Fact:
     return Fact(prompt=f"The capital of {subject} is", subject=subject, target_new="Rome", ground_truth="Paris",
                 portability={"Reasoning": [{"prompt": f"The language of {subject} is", "answer": "French"}] * chain},
-                locality={"Relation_Specificity": [{"prompt": f"The leader of {subject} is", "answer": "Macron"}] * rel})
+                locality={"Relation_Specificity": [{"prompt": f"The leader of {subject} is",
+                                                    "answer": "Macron"}] * rel})
 
 
 def test_items_pairs_and_case_choice():
@@ -99,20 +100,23 @@ def test_attribution_is_the_first_order_ablation_effect(tiny_tokenizer):
         fd = (logp(layer, 1 + d) - logp(layer, 1 - d)) / (2 * d)
         assert abs(fd) == pytest.approx(scores[layer], rel=0.05, abs=1e-5), layer
     top, tok = layer_attribution(m, prompt)
-    assert len(top) == arch.n_layers and tok == tiny_tokenizer.decode([int(m(input_ids=ids[:, :n]).logits[0, -1].argmax())])
+    greedy = int(m(input_ids=ids[:, :n]).logits[0, -1].argmax())
+    assert len(top) == arch.n_layers and tok == tiny_tokenizer.decode([greedy])
 
 
 def test_cli_writes_json_and_png(tiny_gpt2_dir, tmp_path, capsys):
     from editwrap.cli import main
 
     recs = [{"subject": s, "prompt": f"The capital of {s} is", "target_new": "Rome", "ground_truth": ["Paris"],
-             "portability": {"Reasoning": [{"prompt": f"The language of the country of {s} is", "ground_truth": "French"}]},
+             "portability": {"Reasoning": [{"prompt": f"The language of the country of {s} is",
+                                            "ground_truth": "French"}]},
              "locality": {"Relation_Specificity": [{"prompt": f"{s} is located in", "ground_truth": ["Europe"]}]}}
             for s in ("France", "Microsoft", "Google")]
     data = tmp_path / "knowedit.json"
     data.write_text(json.dumps(recs))
     out = tmp_path / "rsim"
-    assert main(["analyze", "rsim", "--model", str(tiny_gpt2_dir), "--data", str(data), "--n", "3", "--out", str(out)]) == 0
+    assert main(["analyze", "rsim", "--model", str(tiny_gpt2_dir), "--data", str(data), "--n", "3", "--out",
+                 str(out)]) == 0
     res = json.loads((out / "rsim.json").read_text())
     c = res["curve"]
     assert c["k"] == [1, 2, 3] and res["items"] == 9 and res["all_pairs"] == 27  # 36 pairs minus 3 × 3 within records

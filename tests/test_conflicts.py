@@ -41,7 +41,8 @@ def test_replace_is_default_and_equals_editing_the_base(tiny_llama):
     e = m.edit(NEW, method="ft-m", **HP)
     assert [x.facts[0].target_new for x in m.stack] == ["Paris", "Berlin"] and m.stack[0] is above
     rep = e.info["conflicts"]
-    assert rep["policy"] == "replace" and rep["with"][0]["target_new"] == "Rome" and rep["with"][0]["new_target"] == "Berlin"
+    assert rep["policy"] == "replace"
+    assert rep["with"][0]["target_new"] == "Rome" and rep["with"][0]["new_target"] == "Berlin"
     m.pop()
     m.pop()
     assert state_dict_hash(m) == h0
@@ -84,7 +85,8 @@ def test_failed_replace_restores_the_stack_exactly(tiny_llama, monkeypatch):
     with pytest.raises(RuntimeError, match="computation failed"):
         m.edit(NEW, method="ft-m", **HP)
     assert seen == [ids[1:]]  # computed with the old edit taken out ...
-    assert [e.id for e in m.stack] == ids and state_dict_hash(m) == h and torch.equal(_logits(m), before)  # ... put back
+    assert [e.id for e in m.stack] == ids and state_dict_hash(m) == h and torch.equal(_logits(m),
+                                                                                      before)  # ... put back
     monkeypatch.undo()
     m.clear()
 

@@ -21,7 +21,7 @@ def logits(m, text="The capital of France is Paris and the tower"):
 def _direct(m, method, facts, zs, hp_from):
     """The joint solve computed by hand on the model as it is."""
     meth = get_method(method)
-    hp = m._resolve_hparams(meth, None, {k: v for k, v in hp_from.items() if k in meth.Hparams.model_fields})
+    hp = m.resolve_hparams(meth, **{k: v for k, v in hp_from.items() if k in meth.Hparams.model_fields})
     return meth.resolve(m, facts, zs, hp)
 
 

@@ -51,7 +51,8 @@ def _rome_records() -> list[dict]:
 SNIPPETS = [{"relation_id": "P103", "target_id": "Q1860",
              "samples": [{"name": "Douglas Adams", "text": "Douglas Adams wrote in English. English is his language."},
                          {"name": "Tolkien", "text": "The professor spoke English at Oxford."}]},
-            {"relation_id": "P27", "target_id": "Q142", "samples": [{"name": "Rocard", "text": "A French politician."}]}]
+            {"relation_id": "P27", "target_id": "Q142",
+             "samples": [{"name": "Rocard", "text": "A French politician."}]}]
 
 
 @pytest.fixture
@@ -97,9 +98,10 @@ def test_summary_definitions_by_hand():
     s = summarize_counterfact([a, b])
     assert s["n"] == 2
     assert s["Efficacy Score"] == pytest.approx(50.0)  # a: new more likely, b: not
-    assert s["Efficacy Magnitude"] == pytest.approx(100 * ((math.exp(-1) - math.exp(-2)) + (math.exp(-2) - math.exp(-1))) / 2)
+    e1, e2, e3 = math.exp(-1), math.exp(-2), math.exp(-3)
+    assert s["Efficacy Magnitude"] == pytest.approx(100 * ((e1 - e2) + (e2 - e1)) / 2)
     assert s["Paraphrase Score"] == pytest.approx(50.0)  # only a has paraphrases: one of two prompts
-    assert s["Paraphrase Magnitude"] == pytest.approx(100 * ((math.exp(-1) - math.exp(-2)) + (math.exp(-3) - math.exp(-2))) / 2)
+    assert s["Paraphrase Magnitude"] == pytest.approx(100 * ((e1 - e2) + (e3 - e2)) / 2)
     assert s["Neighborhood Score"] == pytest.approx(100.0)  # true answer (nll 1) ahead of the new one (nll 3)
     assert s["Neighborhood Magnitude"] == pytest.approx(100 * (math.exp(-1) - math.exp(-3)))
     assert s["Rewrite acc."] == pytest.approx(100 * (0.5 + 0.0) / 2)
@@ -193,11 +195,13 @@ def test_rome_file_extras_and_consistency_in_a_run(tiny_llama, rome_dir, tmp_pat
                      progress=False, protocol="memit", with_fluency=True)
     assert state_dict_hash(tiny_llama) == h0 and s["bit_exact"] is True
     assert s["protocol"] == "memit" and s["fluency"] == "easyedit" and s["consistency"] == used
-    lines = [json.loads(x) for x in (tmp_path / "r" / "counterfact_rome-ft-m-single-memit.jsonl").read_text().splitlines()]
+    jsonl = tmp_path / "r" / "counterfact_rome-ft-m-single-memit.jsonl"
+    lines = [json.loads(x) for x in jsonl.read_text().splitlines()]
     first = lines[0]["post"]["memit"]
     assert [t[:len(p)] for t, p in zip(first["texts"], items[0].generation_prompts)] == items[0].generation_prompts
     assert first["ngram_entropy"] == pytest.approx(n_gram_entropy(first["texts"]))
-    assert first["consistency"] == pytest.approx(tfidf.similarity(" ".join(first["texts"]), " ".join(items[0].reference_texts)))
+    expected = tfidf.similarity(" ".join(first["texts"]), " ".join(items[0].reference_texts))
+    assert first["consistency"] == pytest.approx(expected)
     assert "consistency" not in lines[1]["post"]["memit"]  # no snippets for its relation/target
     m = s["metrics"]
     assert m["memit"]["Consistency"] == pytest.approx(100 * first["consistency"])
@@ -212,7 +216,8 @@ def test_sequential_easyedit_run_resumes_and_keeps_protocols_apart(tiny_llama, t
               checkpoints=[2], hparams={"num_steps": 1}, out=tmp_path, progress=False)
     s = run_knowedit(tiny_llama, protocol="memit", **kw)
     assert set(s["checkpoints"]) == {"2", "4"} and s["checkpoints"]["2"]["memit"]["n"] == 2
-    assert s["metrics"]["memit"]["Neighborhood Score"] is not None and s["metrics"]["memit"]["Generation entropy"] is None
+    assert s["metrics"]["memit"]["Neighborhood Score"] is not None
+    assert s["metrics"]["memit"]["Generation entropy"] is None
     again = run_knowedit(tiny_llama, protocol="memit", **kw)
     assert again["edits_computed"] == 0 and again["metrics"]["memit"] == s["metrics"]["memit"]
     plain = run_knowedit(tiny_llama, **kw)  # the KnowEdit protocol: its own files, no memit block
@@ -231,7 +236,8 @@ def test_cli_eval_counterfact_reads_the_format_from_the_file(tiny_llama_dir, tmp
     from editwrap.cli import main
     from editwrap.evals.counterfact import detect_dataset
 
-    assert detect_dataset("counterfact:rome") == "counterfact_rome" and detect_dataset(EASYEDIT) == "counterfact_easyedit"
+    assert detect_dataset("counterfact:rome") == "counterfact_rome"
+    assert detect_dataset(EASYEDIT) == "counterfact_easyedit"
     out = tmp_path / "cli"
     assert main(["eval", "counterfact", "--model", str(tiny_llama_dir), "--data", str(EASYEDIT), "--method", "ft-m",
                  "--n", "2", "--hparam", "num_steps=1", "--out", str(out), "--no-progress"]) == 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from editwrap.evals import hub
+from editwrap import hub
 from editwrap.evals.datasets import load_dataset
 from editwrap.evals.provenance import data_label, model_label, model_name
 from editwrap.evals.runner import load_records, mixed_files

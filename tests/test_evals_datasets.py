@@ -26,10 +26,12 @@ def test_zsre_counts_and_first_record():
     ds = load_dataset("zsre", DATA / "ZsRE.json")
     assert isinstance(ds, LoadedDataset) and len(ds) == 20 and ds.skipped == 0
     f = ds[0]
-    assert (f.prompt, f.target_new, f.subject) == ("Which family does Epaspidoceras belong to?", "Noctuidae", "Epaspidoceras")
+    assert (f.prompt, f.target_new, f.subject) == ("Which family does Epaspidoceras belong to?", "Noctuidae",
+                                                   "Epaspidoceras")
     assert f.ground_truth == "Aspidoceratidae"  # ["Aspidoceratidae"] reduced to its first string
     assert f.rephrase == ["What family are Epaspidoceras?"]
-    assert f.portability == {"Reasoning": [Probe(prompt="What is the common name for the family Epaspidoceras belongs to?",
+    assert f.portability == {"Reasoning": [Probe(prompt="What is the common name for the family Epaspidoceras belongs "
+                                                        "to?",
                                                  answer="Owlet moths")]}
     assert f.locality["Relation_Specificity"][0] == Probe(prompt="The taxon rank of Epaspidoceras is", answer="genus")
     assert _keys(ds, "portability") == {"Reasoning": 10, "Subject_Aliasing": 5, "Logical_Generalization": 5}
@@ -78,7 +80,8 @@ def test_zsre_mend_and_counterfact_easyedit():
     assert ev[0] == Fact(prompt="What university did Watts Humphrey attend?", target_new="University of Michigan",
                          subject="Watts Humphrey", ground_truth="Illinois Institute of Technology",
                          rephrase=["What university did Watts Humphrey take part in?"],
-                         locality={"neighborhood": [Probe(prompt="nq question: who played desmond doss father in hacksaw ridge",
+                         locality={"neighborhood": [Probe(prompt="nq question: who played desmond doss father in "
+                                                                 "hacksaw ridge",
                                                           answer="Hugo Weaving")]})
     assert len(load_dataset("zsre_mend", DATA / "zsre_mend_train.json")) == 20
 
@@ -87,7 +90,8 @@ def test_zsre_mend_and_counterfact_easyedit():
     assert ce[0] == Fact(prompt="The mother tongue of Danielle Darrieux is", target_new="English",
                          subject="Danielle Darrieux", ground_truth="French",
                          rephrase=["Where Danielle Darrieux is from, people speak the language of"],
-                         locality={"neighborhood": [Probe(prompt="Michel Rocard is a native speaker of", answer="French")]})
+                         locality={"neighborhood": [Probe(prompt="Michel Rocard is a native speaker of",
+                                                          answer="French")]})
 
 
 def _easyedit_convsent_prompts(data, seed=0):
@@ -96,7 +100,7 @@ def _easyedit_convsent_prompts(data, seed=0):
     out = []
     for i, d in enumerate(data):
         sent = random.choice([0, 1])
-        tmpl = "From the sentiment dataset, answer {} postively." if sent == 0 else "From the sentiment dataset, answer {} negatively."
+        tmpl = "From the sentiment dataset, answer {} " + ("postively." if sent == 0 else "negatively.")
         prompt = tmpl.format(random.choice(CONVSENT_TEMPLATES).format(d["ent"]))
         nxt = data[(i + 1) % len(data)]
         inner_q = random.choice(CONVSENT_TEMPLATES).format(d["ent"])
@@ -137,7 +141,8 @@ def test_sanitation_test_and_train_files():
     tr = load_dataset("sanitation", DATA / "Sanitation_train.json")
     assert len(tr) == 20 and len(tr.locality) == 20
     assert tr[0].subject == "a country which has 246 varieties" and tr[0].subject in tr[0].prompt
-    assert tr.locality[0] == Probe(prompt="Question:Which year of the 18th century was called 'The Year of Victories'?\nAnswer:",
+    assert tr.locality[0] == Probe(prompt="Question:Which year of the 18th century was called 'The Year of "
+                                          "Victories'?\nAnswer:",
                                    answer="1759")
     assert len(load_dataset("sanitation", DATA / "Sanitation.json", n=3)) == 3
 
@@ -161,7 +166,8 @@ def test_counterfact_rome_requested_rewrite(tmp_path):
         "target_new": {"str": "English", "id": "Q1860"}, "target_true": {"str": "French", "id": "Q150"}},
         "paraphrase_prompts": ["Shayna does this. Danielle Darrieux spoke the language"],
         "neighborhood_prompts": ["Michel Rocard is a native speaker of", "Robert Schuman, speaker of"],
-        "attribute_prompts": ["Jack Ryan is a native speaker of"], "generation_prompts": ["Danielle Darrieux's mother tongue is"]}
+        "attribute_prompts": ["Jack Ryan is a native speaker of"],
+        "generation_prompts": ["Danielle Darrieux's mother tongue is"]}
     multi = copy.deepcopy(rec)
     multi["requested_rewrite"] = [multi["requested_rewrite"]]
     p = tmp_path / "counterfact.json"
@@ -169,10 +175,12 @@ def test_counterfact_rome_requested_rewrite(tmp_path):
     ds = load_dataset(None, p)
     assert ds.name == "counterfact_rome" and len(ds) == 2 and ds[0] == ds[1]
     f = ds[0]
-    assert (f.prompt, f.subject, f.target_new, f.ground_truth) == ("The mother tongue of {} is", "Danielle Darrieux", "English", "French")
+    assert (f.prompt, f.subject, f.target_new, f.ground_truth) == ("The mother tongue of {} is", "Danielle Darrieux",
+                                                                   "English", "French")
     assert f.text_prompt == "The mother tongue of Danielle Darrieux is"
     assert f.rephrase == rec["paraphrase_prompts"]
-    assert [(q.prompt, q.answer) for q in f.locality["neighborhood"]] == [(q, "French") for q in rec["neighborhood_prompts"]]
+    assert [(q.prompt,
+             q.answer) for q in f.locality["neighborhood"]] == [(q, "French") for q in rec["neighborhood_prompts"]]
     del rec["requested_rewrite"]["target_new"]["str"]
     p.write_text(json.dumps([rec]))
     with pytest.raises(DatasetError, match=r"record 0: field 'requested_rewrite.target_new.str'"):
@@ -208,7 +216,8 @@ def test_empty_answers_are_skipped_like_easyedit(tmp_path):
     (lambda r: r.pop("target_new"), "target_new|labels"),
     (lambda r: r.update(prompt="   "), "prompt"),
     (lambda r: r["locality"]["Relation_Specificity"][0].update(prompt=5), "locality.Relation_Specificity[0].prompt"),
-    (lambda r: r["locality"]["Relation_Specificity"][0].update(ground_truth=[7]), "locality.Relation_Specificity[0].ground_truth"),
+    (lambda r: r["locality"]["Relation_Specificity"][0].update(ground_truth=[7]),
+     "locality.Relation_Specificity[0].ground_truth"),
     (lambda r: r.update(portability=["not", "a", "dict"]), "portability"),
 ])
 def test_malformed_record_names_file_index_field(tmp_path, mutate, field):

@@ -10,9 +10,9 @@ import torch
 
 from editwrap import Fact
 from editwrap.evals.generation import (answer_budget, answer_f1, answer_match, cut_answer, generate_answers,
-                                       locality_match, normalize_answer, summarize_generation)
+                                       locality_match, normalize_answer)
 from editwrap.evals.measure import Scorer
-from editwrap.evals.metrics import summarize
+from editwrap.evals.metrics import summarize, summarize_generation
 from editwrap.evals.report import build_report, load_summaries
 from editwrap.facts import Probe
 

@@ -135,7 +135,8 @@ def test_word_tokenize_follows_treebank_rules():
         "I", "do", "n't", "know", ",", "he", "said", ":", "``", "it", "'s", "gon", "na", "rain", "''", "--",
         "maybe", "...", "can", "not", "tell", "!"]
     # period splitting per sentence; abbreviations and initials keep theirs
-    assert word_tokenize("Mr. Smith met J. Doe. It rained.") == ["Mr.", "Smith", "met", "J.", "Doe", ".", "It", "rained", "."]
+    assert word_tokenize("Mr. Smith met J. Doe. It rained.") == ["Mr.", "Smith", "met", "J.", "Doe", ".", "It",
+                                                                 "rained", "."]
 
 
 def test_word_tokenize_matches_nltk_treebank_within_a_sentence():
@@ -148,9 +149,11 @@ def test_word_tokenize_matches_nltk_treebank_within_a_sentence():
             ["They", "'ll", "say", "'", "hello", "'", "and", "we", "'ve", "seen", "Mr.", "Smith", "'s", "car", "[",
              "twice", "]", "."],
         "'Tis the season; wanna go? @home #tag 50% & more*":
-            ["'", "Tis", "the", "season", ";", "wan", "na", "go", "?", "@", "home", "#", "tag", "50", "%", "&", "more", "*"],
+            ["'", "Tis", "the", "season", ";", "wan", "na", "go", "?", "@", "home", "#", "tag", "50", "%", "&", "more",
+             "*"],
         "He said \u201cquoted\u201d text \u2013 with dashes\u2014and more.":
-            ["He", "said", "\u201c", "quoted", "\u201d", "text", "\u2013", "with", "dashes", "\u2014", "and", "more", "."],
+            ["He", "said", "\u201c", "quoted", "\u201d", "text", "\u2013", "with", "dashes", "\u2014", "and", "more",
+             "."],
     }
     for text, expected in cases.items():
         assert word_tokenize(text) == expected
@@ -241,7 +244,8 @@ def test_convsent_success_by_hand():
     worse = [[-2.0, -2.0], [-3.5]]
     assert convsent_success(pre, worse, [True, False]) == pytest.approx(1 / (1 + math.exp(-1.5)) * math.exp(-1.0))
     # token-pooled means (EasyEdit masked_mean): pos tokens -1,-1,-1,-4 -> -1.75, not the per-reply -2.5
-    assert convsent_success([[-1.0] * 3, [-4.0], [0.0]], [[-1.0] * 3, [-4.0], [-1.75]], [True, True, False]) == pytest.approx(0.5)
+    assert convsent_success([[-1.0] * 3, [-4.0], [0.0]], [[-1.0] * 3, [-4.0], [-1.75]],
+                            [True, True, False]) == pytest.approx(0.5)
 
 
 def test_kl_divergence_locality_by_hand():
@@ -262,7 +266,8 @@ def test_convsent_metrics_on_a_real_record():
     # unedited model: topic factor is 1, so es = sigmoid(pos mean - neg mean)
     pos = [v for r, t in zip(pre, target) if t for v in r]
     neg = [v for r, t in zip(pre, target) if not t for v in r]
-    assert convsent_success(pre, pre, target) == pytest.approx(1 / (1 + math.exp(-(sum(pos) / len(pos) - sum(neg) / len(neg)))))
+    assert convsent_success(pre, pre,
+                            target) == pytest.approx(1 / (1 + math.exp(-(sum(pos) / len(pos) - sum(neg) / len(neg)))))
     octx, oreplies = rec.outer_qa()
     d_pre = continuation_logprob_dists(pre_model, tok, octx, oreplies)
     assert kl_divergence_locality(d_pre, d_pre) == pytest.approx(0.0, abs=1e-6)

@@ -72,7 +72,8 @@ def test_peft_adapter_gives_the_edited_logits(tiny_model, tmp_path):
     cfg = json.loads((path / "adapter_config.json").read_text())
     note = json.loads((path / "editwrap_export.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["lora_alpha"] == cfg["r"] and cfg["rank_pattern"] == cfg["alpha_pattern"]
-    assert cfg["r"] == max(v["rank"] for v in note["modules"].values()) and set(cfg["rank_pattern"]) < set(note["modules"])
+    assert cfg["r"] == max(v["rank"] for v in note["modules"].values())
+    assert set(cfg["rank_pattern"]) < set(note["modules"])
     assert cfg["fan_in_fan_out"] == (m.config.model_type == "gpt2")  # GPT-2's Conv1D stores (in, out)
     assert [e["id"] for e in note["edits"]] == ids and note["skipped"] == []
     several = [mod for mod, v in note["modules"].items() if len(v["edits"]) > 1]

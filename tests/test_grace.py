@@ -37,7 +37,8 @@ def test_place_grow_split_expand():
 
 def test_codebook_apply_replaces_only_within_radius():
     book = Codebook(None)
-    book.keys, book.values, book.eps, book.labels = torch.eye(2), torch.tensor([[7.0], [9.0]]), torch.tensor([0.1, 0.1]), ["a", "b"]
+    book.keys, book.values = torch.eye(2), torch.tensor([[7.0], [9.0]])
+    book.eps, book.labels = torch.tensor([0.1, 0.1]), ["a", "b"]
     inp = torch.tensor([[[1.0, 0.0], [0.0, 1.05], [0.5, 0.5]]])
     out = book.apply(torch.zeros(1, 3, 1), inp)
     assert out.flatten().tolist() == [7.0, 9.0, 0.0]
@@ -50,7 +51,8 @@ def test_edit_learns_and_pop_is_exact(tiny_model):
     assert isinstance(e.entry, GraceEntry)
     # a tiny random model cannot be confident, but the first target token becomes the top-1 prediction
     first = target_ids(m.tokenizer, FACT["target_new"])[0]
-    assert int(_logits(m, FACT["prompt"])[0, -1].argmax()) == first != int(base[0, len(_logits(m, FACT["prompt"])[0]) - 1].argmax())
+    edited = _logits(m, FACT["prompt"])[0]
+    assert int(edited[-1].argmax()) == first != int(base[0, len(edited) - 1].argmax())
     assert state_dict_hash(m) == h and list(m.state_dict()) == keys
     # unrelated prompt far from the key: unchanged
     other = "Apple Microsoft Google"

@@ -186,7 +186,8 @@ def test_lm_eval_cli_with_editwrap_model_and_saved_stack(embedded, tmp_path):
         embedded.stack.save(tmp_path / "stack")
     finally:
         embedded.clear()
-    rc = L.harness_main(["run", "--model", "editwrap", "--model_args", f"pretrained=embedded,stack={tmp_path / 'stack'}",
+    rc = L.harness_main(["run", "--model", "editwrap", "--model_args",
+                         f"pretrained=embedded,stack={tmp_path / 'stack'}",
                          "--tasks", f"{MC},{GEN}", "--include_path", str(L.TASKS_DIR), "--limit", "2",
                          "--output_path", str(tmp_path / "out")])
     assert rc == 0

@@ -33,6 +33,22 @@ def test_router_is_causal_sticky_and_nearest_wins():
     assert r.route(x).tolist() == [[-1, 0, 0, 0, 1, 1]]
 
 
+def test_after_target_kl_keeps_what_follows_the_answer(tiny_llama):
+    """Trained with the KL on the unedited model's continuation, the block changes the next-token
+    distribution after "prompt + target" less than with the target NLL alone; the target still wins."""
+    m = tiny_llama
+    text = FACT["prompt"] + m.tokenizer.decode(target_ids(m.tokenizer, FACT["target_new"]))
+    ref = torch.log_softmax(_logits(m, text)[0, -1], -1)
+    drift = {}
+    for kl in (0.0, 1.0):
+        e = m.edit(FACT, method="melo", after_target_kl=kl, **FAST)
+        assert _top(m, FACT) and ("after_kl" in e.info) == (kl > 0)
+        got = torch.log_softmax(_logits(m, text)[0, -1], -1)
+        drift[kl] = float(torch.nn.functional.kl_div(got, ref, log_target=True, reduction="sum"))
+        m.pop()
+    assert drift[1.0] < drift[0.0] / 2, drift
+
+
 def test_edit_routes_unrelated_to_base_and_pop_is_exact(tiny_model):
     m = tiny_model
     h, keys, base, other = state_dict_hash(m), list(m.state_dict()), _logits(m, FACT["prompt"]), _logits(m, OTHER)
@@ -116,3 +132,20 @@ def test_embedded_melo_edit_and_pop(embedded):
     finally:
         m.pop()
     assert state_dict_hash(m) == h and m.generate_text(fact["prompt"], max_new_tokens=5) == before
+
+
+@pytest.mark.slow
+def test_embedded_melo_answer_does_not_repeat(embedded):
+    """The block stays on for every generated token; the KL after the target keeps it from saying
+    the target again there (EasyEdit's loss alone: "Rome Rome Rome Rome")."""
+    m = embedded
+    prompt = "The Eiffel Tower is located in the city of"
+    h = state_dict_hash(m)
+    before = m.generate_text(prompt, max_new_tokens=8)
+    answers = {}
+    for kl in (0.0, 1.0):
+        with m.edit({"prompt": prompt, "target_new": "Rome"}, method="melo", after_target_kl=kl):
+            answers[kl] = m.generate_text(prompt, max_new_tokens=8)
+    assert answers[0.0].count("Rome") >= 3, answers  # the failure this guards against, reproduced
+    assert answers[1.0].strip().startswith("Rome") and answers[1.0].count("Rome") == 1, answers
+    assert state_dict_hash(m) == h and m.generate_text(prompt, max_new_tokens=8) == before

@@ -7,8 +7,9 @@ import torch.nn.functional as F
 
 from editwrap import Fact, state_dict_hash
 from editwrap.arch import arch_of
-from editwrap.methods.locate_then_edit.hparams import PmetHparams
+from editwrap.methods.pmet import PmetHparams
 from editwrap.methods.pmet.method import Pmet
+from editwrap.ops.exact import exact_paths
 from editwrap.ops.hooks import first_tensor, replace_first
 from editwrap.ops.keys import context_templates, io_at_subject
 from editwrap.ops.tokens import subject_last_index, target_ids
@@ -123,10 +124,10 @@ def test_two_modules_equal_a_plain_reference_loop(tiny_model, argmax_rules):
     modules = [arch.attn_out_at(2), arch.mlp_out_at(2)]
     templates = context_templates(m, [(3, 2)])
     extra = dict(nll_factor_at_argmax=0.1, stop_kl_at_argmax=0.01) if argmax_rules else {}
-    hp = ValueHparams(v_num_grad_steps=6, v_lr=0.3, v_weight_decay=0.05, clamp_norm_factor=1.0, v_batch_facts=4,
-                      **extra)
+    hp = ValueHparams(v_num_grad_steps=6, v_lr=0.3, v_weight_decay=0.05, clamp_norm_factor=1.0, **extra)
     facts = [F1, F2, greedy_fact(m)]
-    got, init, infos = optimize_values(m, modules, facts, templates, hp)
+    with exact_paths(batch_facts=4):
+        got, init, infos = optimize_values(m, modules, facts, templates, hp)
     assert got.shape == init.shape == (2, 3, m.config.hidden_size)
     for j, f in enumerate(facts):
         want, steps = reference_values(m, modules, f, templates, hp)
@@ -241,6 +242,6 @@ def test_embedded_two_zsre_facts(embedded):
         after = acc()
     finally:
         e.pop()
-    # reference defaults are weak on this 135M model (docs/PMET.md): 0.2 -> 0.3 here
+    # reference defaults are weak on this 135M model (docs/methods/pmet.md): 0.2 -> 0.3 here
     assert after > before, (before, after)
     assert state_dict_hash(m) == h0 and torch.equal(logits(m), l0)

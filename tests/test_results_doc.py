@@ -64,3 +64,10 @@ def test_missing_markers_are_an_error(rr, generated):
 def test_readme_headline_is_up_to_date(rr):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert rr.stale(readme, rr.bodies(ROOT, sections=rr.README_SECTIONS)) == []
+
+
+def test_readme_results_table_is_the_results_page_headline(rr):
+    """The README's one results table and RESULTS.md's headline are the same text."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    doc = DOC.read_text(encoding="utf-8")
+    assert rr._pattern("headline").search(readme).group(1) == rr._pattern("headline").search(doc).group(1)

@@ -97,7 +97,8 @@ def test_cli_sigterm_writes_the_ledger(tmp_path):
             "type(m).compute_edit = slow\n"
             "c._load_model = lambda args: m\n"
             f"sys.exit(c.main(['eval', 'knowedit', '--dataset', 'zsre', '--data', r'{ZSRE}', '--method', 'ft-m',"
-            f" '--n', '20', '--mode', 'sequential', '--hparam', 'num_steps=1', '--out', r'{tmp_path}', '--no-progress']))\n")
+            f" '--n', '20', '--mode', 'sequential', '--hparam', 'num_steps=1', '--out', r'{tmp_path}', "
+            f"'--no-progress']))\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT)
     seen = 0
@@ -123,7 +124,8 @@ def test_cli_consolidated_run_prints_its_own_table(tiny_llama, tmp_path, monkeyp
     hp = ["mom2_n_tokens=300", "v_num_grad_steps=2", "context_templates=[[3,2]]", "layers=[1,2]"]
     rc = cli.main(["eval", "knowedit", "--dataset", "zsre", "--data", str(ZSRE), "--method", "memit", "--n", "4",
                    "--mode", "sequential", "--checkpoints", "2", "--consolidate-every", "2", "--stop-after", "2",
-                   "--no-generation", "--no-progress", "--out", str(tmp_path), *[a for h in hp for a in ("--hparam", h)]])
+                   "--no-generation", "--no-progress", "--out", str(tmp_path),
+                   *[a for h in hp for a in ("--hparam", h)]])
     out = capsys.readouterr().out
     assert rc == 0 and "zsre-memit-sequential-consolidated2.jsonl" in out
     assert "stopped after checkpoint 2" in out and len(tiny_llama.stack) == 0

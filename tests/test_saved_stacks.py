@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from editwrap import EditableModel
+from editwrap.ops.exact import RETIRED_HPARAMS, exact_paths
 from editwrap.ops.fingerprint import state_dict_hash
 
 STACKS = Path(__file__).resolve().parent / "data" / "stacks"
@@ -39,6 +40,10 @@ def test_saved_stack_loads_and_acts_as_saved(version):
 
     model.compose(root / "stack")
     assert [e.method for e in model.stack] == meta["methods"]
+    saved = json.loads((root / "stack" / "edits.json").read_text(encoding="utf-8"))["edits"]
+    if version == "v0.2":  # 0.2 saved the switches of exact speed-ups with every edit; they are dropped
+        assert RETIRED_HPARAMS <= {k for rec in saved for k in rec["hparams"]}
+    assert not any(RETIRED_HPARAMS & set(e.hparams) for e in model.stack)
     with torch.no_grad():
         after = model(**enc).logits
     assert not torch.allclose(after, before, atol=1e-3), "the stack changes nothing: the check could not fail"
@@ -51,3 +56,14 @@ def test_saved_stack_loads_and_acts_as_saved(version):
     assert state_dict_hash(model) == h0
     with torch.no_grad():
         assert torch.equal(model(**enc).logits, before)
+
+
+def test_exact_paths_is_a_checked_private_setting():
+    with exact_paths(batch_facts=2, fast_path=False) as p:
+        assert (p.batch_facts, p.fast_path, p.prefix_cache) == (2, False, True)
+    with pytest.raises(TypeError):
+        with exact_paths(no_such_switch=True):
+            pass
+    with pytest.raises(ValueError, match="batch_facts"):
+        with exact_paths(batch_facts=0):
+            pass

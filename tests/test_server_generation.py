@@ -63,8 +63,8 @@ def test_batched_answers_equal_unbatched_and_streams_join_to_them(tiny_llama_dir
                 sets = rnd.choice([["a"], ["b"], [], None])
                 body |= {} if sets is None else {"edit_sets": sets}
                 p = rnd.choice(PROMPTS)
-                jobs.append(("/v1/chat/completions", body | {"messages": [{"role": "user", "content": p}]}) if i % 4 == 0
-                            else ("/v1/completions", body | {"prompt": p}))
+                chat = ("/v1/chat/completions", body | {"messages": [{"role": "user", "content": p}]})
+                jobs.append(chat if i % 4 == 0 else ("/v1/completions", body | {"prompt": p}))
             alone = [asked(c, job) for job in jobs]  # one at a time: every batch holds one row
             assert c.get("/health").json()["generation"]["largest_batch"] == 1
             assert {f for _, f in alone} == {"stop", "length"}  # some rows end on a stop string
@@ -101,7 +101,8 @@ def test_embedded_tenant_rome_edit_batched_and_streamed(tmp_path):
             fact = {"prompt": Q[0], "subject": "Eiffel Tower", "target_new": "Rome"}
             r = c.post("/v1/edits", json={"facts": fact, "method": "rome"}, headers=H("alice"))
             assert r.status_code == 201 and r.json()["edit_set"] == "a", r.text
-            jobs = [(who, {"prompt": p, "max_tokens": 5}) for who in ("alice", "bob", "ops") for p in (Q[0], PROMPTS[2])]
+            jobs = [(who, {"prompt": p, "max_tokens": 5})
+                    for who in ("alice", "bob", "ops") for p in (Q[0], PROMPTS[2])]
             jobs.append(("reader", {"messages": [{"role": "user", "content": "Where is the Eiffel Tower?"}],
                                     "max_tokens": 8}))
 

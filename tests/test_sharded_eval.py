@@ -20,7 +20,7 @@ def _run(args, env=None):
 
 
 def _lines(path):
-    return [{k: v for k, v in json.loads(l).items() if k not in TIMING} for l in path.read_text().splitlines()]
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
 
 
 def test_two_process_run_equals_single_process(tiny_llama_dir, tmp_path):

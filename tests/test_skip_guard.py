@@ -61,8 +61,8 @@ def test_guard_is_off_unless_asked(tmp_path):
 def test_ci_runs_the_readme_test_command_with_the_guard():
     """.ci/run sets the guard before `make test` (the command README.md gives), and the test target runs pytest."""
     ci = (ROOT / ".ci" / "run").read_text()
-    lines = [l.strip() for l in ci.splitlines() if l.strip() and not l.lstrip().startswith("#")]
-    guard = next(i for i, l in enumerate(lines) if l.startswith("export ") and f"{ENV}=1" in l.split())
+    lines = [ln.strip() for ln in ci.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    guard = next(i for i, ln in enumerate(lines) if ln.startswith("export ") and f"{ENV}=1" in ln.split())
     assert lines[-1] == "make test" and guard < len(lines) - 1
     assert "make test " in (ROOT / "README.md").read_text()
     make = (ROOT / "Makefile").read_text().split("\ntest:")[1].split("\n\n")[0]

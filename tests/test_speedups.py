@@ -12,6 +12,7 @@ import torch
 
 from editwrap import Fact
 from editwrap.arch import arch_of
+from editwrap.ops.exact import exact_paths
 from editwrap.ops.hooks import capture
 from editwrap.ops.covariance import second_moment
 from editwrap.ops.keys import context_templates, io_at_subject
@@ -28,22 +29,24 @@ FACTS = [
 ]
 
 
-def _values(m, module, facts, **kw):
+def _values(m, module, facts, paths=None, **kw):
+    """The value optimisation with the exact speed-ups ``paths`` (``editwrap.ops.exact``)."""
     hp = ValueHparams(v_num_grad_steps=6, early_stop_loss=0.0, **kw)  # no early stop: steps never differ
     torch.manual_seed(0)
-    return optimize_values(m, module, facts, context_templates(m, [(4, 2)]), hp)
+    with exact_paths(**(paths or {})):
+        return optimize_values(m, module, facts, context_templates(m, [(4, 2)]), hp)
 
 
 @pytest.mark.parametrize("where", ["mlp", "block"])
 def test_prefix_cache_and_fact_batching_equal_the_plain_path(tiny_model, where):
     arch = arch_of(tiny_model)
     module = arch.mlp_out_at(1) if where == "mlp" else arch.block_at(2)
-    plain, init0, info0 = _values(tiny_model, module, FACTS, v_prefix_cache=False, v_batch_facts=1,
-                                  v_replay_lower=False)
+    plain, init0, info0 = _values(tiny_model, module, FACTS, dict(prefix_cache=False, batch_facts=1,
+                                                                  replay_lower=False))
     for cache, batch, replay in [(True, 1, False), (False, 3, False), (False, 1, True), (True, 3, True),
                                  (True, 2, True)]:
-        got, init, info = _values(tiny_model, module, FACTS, v_prefix_cache=cache, v_batch_facts=batch,
-                                  v_replay_lower=replay)
+        got, init, info = _values(tiny_model, module, FACTS, dict(prefix_cache=cache, batch_facts=batch,
+                                                                  replay_lower=replay))
         torch.testing.assert_close(init, init0, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-4)
         assert [i["steps"] for i in info] == [i["steps"] for i in info0]
@@ -60,7 +63,8 @@ def test_batched_facts_stop_early_one_by_one(tiny_llama):
     stop = min(o[2][0]["loss"] for o in short) * 1.001  # one fact gets there by step 3
     hp = dict(v_num_grad_steps=8, early_stop_loss=stop)
     one = [optimize_values(tiny_llama, module, [f], templates, ValueHparams(**hp)) for f in FACTS]
-    both = optimize_values(tiny_llama, module, FACTS, templates, ValueHparams(v_batch_facts=3, **hp))
+    with exact_paths(batch_facts=3):
+        both = optimize_values(tiny_llama, module, FACTS, templates, ValueHparams(**hp))
     steps_one = [o[2][0]["steps"] for o in one]
     assert [i["steps"] for i in both[2]] == steps_one and min(steps_one) <= 3
     torch.testing.assert_close(both[0], torch.cat([o[0] for o in one]), rtol=1e-4, atol=1e-4)
@@ -107,7 +111,7 @@ def test_lower_blocks_replayed_across_reads_give_the_same_keys(tiny_model):
 def test_spread_with_lower_blocks_replayed_equals_the_plain_spread(tiny_model):
     m = tiny_model
     arch = arch_of(m)
-    modules, z_module = [arch.mlp_out_at(l) for l in (1, 2, 3)], arch.block_at(3)
+    modules, z_module = [arch.mlp_out_at(i) for i in (1, 2, 3)], arch.block_at(3)
     templates = context_templates(m, [(4, 2)])
     covs = second_moment(m, modules, n_tokens=300, progress=False)
     zs = torch.randn(len(FACTS), m.config.hidden_size, generator=torch.Generator().manual_seed(0))
@@ -130,8 +134,9 @@ def test_fine_tuning_fast_path_equals_the_plain_path(tiny_model, method):
     """FT with the lower blocks replayed and only target positions projected: same delta."""
     m = tiny_model
     kw = dict(num_steps=5, lr=5e-3, early_stop_loss=0.0, norm_constraint=None, layers=[2])
-    plain = m.compute_edit(FACTS[:2], method=method, fast_path=False, **kw)
-    fast = m.compute_edit(FACTS[:2], method=method, fast_path=True, **kw)
+    with exact_paths(fast_path=False):
+        plain = m.compute_edit(FACTS[:2], method=method, **kw)
+    fast = m.compute_edit(FACTS[:2], method=method, **kw)
     for mod, part in plain.entry.parts.items():
         assert part["D"].abs().max() > 0
         torch.testing.assert_close(fast.entry.parts[mod]["D"], part["D"], rtol=1e-4, atol=1e-6)
@@ -142,15 +147,15 @@ def test_row_normalised_optimiser_batches_exactly_and_moves_along_the_gradient(t
     """``v_optimizer="ngd"``: facts batched equal facts alone; each step moves δ by exactly v_lr."""
     module = arch_of(tiny_llama).mlp_out_at(1)
     kw = dict(v_optimizer="ngd", v_lr=0.3)
-    alone = [_values(tiny_llama, module, [f], v_batch_facts=1, **kw) for f in FACTS]
-    both = _values(tiny_llama, module, FACTS, v_batch_facts=3, **kw)
+    alone = [_values(tiny_llama, module, [f], dict(batch_facts=1), **kw) for f in FACTS]
+    both = _values(tiny_llama, module, FACTS, dict(batch_facts=3), **kw)
     torch.testing.assert_close(both[0], torch.cat([a[0] for a in alone]), rtol=1e-4, atol=1e-4)
     moved = (both[0] - both[1]).norm(dim=-1)
     assert bool((moved <= 6 * 0.3 + 1e-4).all()) and bool((moved > 0).all())  # 6 steps of length 0.3 at most
     one = optimize_values(tiny_llama, module, FACTS[:1], context_templates(tiny_llama, [(4, 2)]),
                           ValueHparams(v_num_grad_steps=2, early_stop_loss=0.0, clamp_norm_factor=1e3, **kw))
     assert float((one[0] - one[1]).norm()) == pytest.approx(0.3, rel=1e-4)  # step 2 only measures
-    adam = _values(tiny_llama, module, FACTS, v_batch_facts=3, v_lr=0.3)
+    adam = _values(tiny_llama, module, FACTS, dict(batch_facts=3), v_lr=0.3)
     assert not torch.allclose(adam[0], both[0])
     with pytest.raises(ValueError, match="v_optimizer"):
         ValueHparams(v_optimizer="sgd")
@@ -167,9 +172,10 @@ def test_grace_fast_path_equals_the_plain_path_over_a_stack(tiny_model):
         block0 = m.get_submodule(arch_of(m).block_at(0))
         calls, real = [], block0.forward
         block0.forward = lambda *a, **k: calls.append(1) or real(*a, **k)
-        plain = m.compute_edit(FACTS[:2], method="grace", fast_path=False, **kw)
+        with exact_paths(fast_path=False):
+            plain = m.compute_edit(FACTS[:2], method="grace", **kw)
         n_plain = len(calls)
-        fast = m.compute_edit(FACTS[:2], method="grace", fast_path=True, **kw)
+        fast = m.compute_edit(FACTS[:2], method="grace", **kw)
     finally:
         m.pop()
         del block0.forward
@@ -185,8 +191,9 @@ def test_wise_fast_path_equals_the_plain_path(tiny_model):
     """WISE's side memory trained with the lower blocks replayed and only the facts' target
     positions projected (its out-of-scope row still runs, for the activation margins): same delta."""
     kw = dict(layer=2, n_iter=5, loc_corpus="fact")
-    plain = tiny_model.compute_edit(FACTS[:2], method="wise", fast_path=False, **kw)
-    fast = tiny_model.compute_edit(FACTS[:2], method="wise", fast_path=True, **kw)
+    with exact_paths(fast_path=False):
+        plain = tiny_model.compute_edit(FACTS[:2], method="wise", **kw)
+    fast = tiny_model.compute_edit(FACTS[:2], method="wise", **kw)
     assert plain.entry.delta.abs().max() > 0
     torch.testing.assert_close(fast.entry.delta, plain.entry.delta, rtol=1e-4, atol=1e-6)
     assert fast.info["loss"] == pytest.approx(plain.info["loss"], rel=1e-4)
@@ -204,9 +211,10 @@ def test_wise_fast_path_over_a_wise_stack_projects_only_target_positions(tiny_mo
     handle = head.register_forward_hook(lambda _m, a, _o: rows.append(a[0].reshape(-1, a[0].shape[-1]).shape[0]))
     try:
         assert not m._forward_hooks and not m._forward_pre_hooks
-        fast = m.compute_edit(FACTS[:2], method="wise", fast_path=True, **kw)
+        fast = m.compute_edit(FACTS[:2], method="wise", **kw)
         n_fast = list(rows)
-        plain = m.compute_edit(FACTS[:2], method="wise", fast_path=False, **kw)
+        with exact_paths(fast_path=False):
+            plain = m.compute_edit(FACTS[:2], method="wise", **kw)
     finally:
         handle.remove()
         m.pop()

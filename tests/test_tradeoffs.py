@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from editwrap import Fact, state_dict_hash
+from editwrap.ops.exact import exact_paths
 from tests.conftest import load_benchmark
 
 FACTS = [Fact(prompt="The Eiffel Tower is located in the city of", subject="Eiffel Tower", target_new="Rome",
@@ -41,7 +42,9 @@ def test_flop_count_and_matmul_rate(tiny_llama):
 def test_padding_share(tiny_llama):
     """One fact per batch pads only its short KL row: with that row apart nothing is padding."""
     tr = load_benchmark("tradeoffs")
-    one = tr.padding(tiny_llama, FACTS, "memit", 2, {**HP, "v_batch_facts": 1})
-    both = tr.padding(tiny_llama, FACTS, "memit", 2, {**HP, "v_batch_facts": 2})
+    with exact_paths(batch_facts=1):
+        one = tr.padding(tiny_llama, FACTS, "memit", 2, HP)
+    with exact_paths(batch_facts=2):
+        both = tr.padding(tiny_llama, FACTS, "memit", 2, HP)
     assert one["padding_pct_kl_apart"] == 0.0 and one["padding_pct"] > 0
     assert both["padding_pct"] >= both["padding_pct_kl_apart"] >= 0 and both["tail_positions"] == one["tail_positions"]

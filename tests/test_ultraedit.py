@@ -78,7 +78,9 @@ def test_statistics_chain_through_the_stack(tiny_llama):
     m.edit(Fact(prompt="Hello", target_new="world"), method="ft-l", num_steps=1)
     e3 = m.edit(FACTS[2:], method="ultraedit", **TINY)
     assert e3.info["stats_from"] == e2.id
-    m.pop(); m.pop(); e2.pop()
+    m.pop()
+    m.pop()
+    e2.pop()
     e4 = m.edit(FACTS[2:], method="ultraedit", **TINY)
     assert e4.info["stats_from"] == e1.id
     for k in ("norm_mean", "norm_var", "norm_count", "U", "V"):
@@ -165,7 +167,7 @@ def test_layer_out_of_range_and_subject_free(tiny_llama):
         tiny_llama.edit(FACTS[0], method="ultraedit", layers=[40])
     assert len(tiny_llama.stack) == 0
     hp = tiny_llama.default_hparams("ultraedit")
-    assert all(0 <= l < 4 for l in hp.layers)
+    assert all(0 <= i < 4 for i in hp.layers)
     with tiny_llama.edit(FACTS[0], method="ultraedit", **TINY) as e:  # no subject needed
         assert e.facts[0].subject is None
 

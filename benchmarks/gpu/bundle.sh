@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Optional: one archive for a CUDA machine without package access (docs/GPU.md, "Offline bundle").
+# Optional: one archive for a CUDA machine without package access (docs/gpu.md, "Offline bundle").
 # Machines that can reach a package index do not need it: `make install` there, then run.sh.
 #
 # Run on a machine with package access and a working checkout (`make install` done):

@@ -34,7 +34,8 @@ def main() -> None:
         layers = sorted(set(hp.layers) | {get_method("rome").default_hparams(m).layer})
         mods = [arch_of(m).mlp_out_at(i) for i in layers]
         second_moment(m, mods, corpus=hp.mom2_corpus, n_tokens=hp.mom2_n_tokens, progress=False)
-        print(f"statistics ready ({'int8' if int8 else 'fp32'}, layers {layers}) in {time.time() - t0:.0f} s", flush=True)
+        print(f"statistics ready ({'int8' if int8 else 'fp32'}, layers {layers}) in {time.time() - t0:.0f} s",
+              flush=True)
         del m
 
 

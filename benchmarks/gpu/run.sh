@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# The GPU benchmark suite on any CUDA machine, after `make install` (docs/GPU.md):
+# The GPU benchmark suite on any CUDA machine, after `make install` (docs/gpu.md):
 #
 #   bash benchmarks/gpu/run.sh [options] [SUITE...]
 #
 # Suites (default: knowedit sequential quant adapters):
 #   smoke       the logic tests on the GPU (EDITWRAP_TEST_DEVICE=cuda pytest, tiny models)
-#   knowedit    ROME and MEMIT on 50 records of each KnowEdit dataset, single mode (--fluency on the
-#               fact datasets); FTL_DATASETS=zsre,wikibio,... adds FT-L runs of those datasets
+#   knowedit    the gpu-knowedit methods (ROME, MEMIT) on 50 records of each KnowEdit dataset, single
+#               mode (--fluency on the fact datasets); FTL_DATASETS=zsre,wikibio,... adds FT-L runs
 #   sequential  mixed ZsRE/recent/counterfact, ROME, 100 sequential edits (checkpoints 10,25,50,100)
-#   quant       ZsRE, 50 records: ROME, MEMIT, FT-M, LoRA on the 8-bit (bitsandbytes) model, FT-M and
-#               LoRA in fp32 (the fp32 ROME/MEMIT numbers are the knowedit suite's ZsRE runs)
-#   adapters    GRACE, WISE, AdaLoRA, 200 sequential ZsRE edits (full ZsRE; checkpoints 10,50,100,200)
+#   quant       ZsRE, 50 records: the gpu-quant methods (ROME, MEMIT, FT-M, LoRA) on the 8-bit
+#               (bitsandbytes) model, and in fp32 those the knowedit suite does not run
+#   adapters    the gpu-adapters methods (GRACE, WISE, AdaLoRA), 200 sequential ZsRE edits (full ZsRE;
+#               checkpoints 10,50,100,200)
 #   all         every suite above but smoke
+# A method joins a suite by naming it in its `suites` (python -m editwrap.methods --suite NAME lists them).
 #
 # Options:
 #   --dry-run         print the commands, run nothing (no GPU needed)
@@ -83,7 +85,7 @@ doit() { if [ $DRY = 1 ]; then show "$@"; echo; else "$@"; fi; }
 CHECK_CUDA='import sys, torch
 if not torch.cuda.is_available():
     sys.exit(f"no CUDA device visible to torch {torch.__version__} (CUDA build: {torch.version.cuda}); "
-             "install a CUDA build of torch (docs/GPU.md)")
+             "install a CUDA build of torch (docs/gpu.md)")
 print("python", sys.version.split()[0], "| torch", torch.__version__, "| CUDA", torch.version.cuda,
       "|", torch.cuda.get_device_name(), f"{torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB")
 import transformers, peft; print("transformers", transformers.__version__, "| peft", peft.__version__)
@@ -97,7 +99,7 @@ else
   command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   if [ -z "$DATA" ] && { has knowedit || has sequential || has quant || has adapters; }; then
     "$PY" -c 'import sys
-from editwrap.evals.hub import resolve_data
+from editwrap.hub import resolve_data
 try:
     [resolve_data(n) for n in sys.argv[1:]]
 except (OSError, ValueError) as e:
@@ -109,7 +111,7 @@ except (OSError, ValueError) as e:
       [ -f "$DATA/$f" ] || missing="$missing $f"
     done
     if [ -n "$missing" ]; then
-      echo "run.sh: KnowEdit data folder '$DATA' lacks:$missing (--data DIR, or no --data for dataset names; docs/GPU.md)" >&2
+      echo "run.sh: KnowEdit data folder '$DATA' lacks:$missing (--data DIR, or no --data for dataset names; docs/gpu.md)" >&2
       exit 1
     fi
   fi
@@ -135,8 +137,9 @@ declare -A FILE=([zsre]=ZsRE [recent]=WikiData_recent [wikibio]=WikiBio
                  [counterfact]=WikiData_counterfact [convsent]=ConvSent [sanitation]=Sanitation)
 src() { if [ -n "$DATA" ]; then echo "$DATA/${FILE[$1]}.json"; else echo "knowedit:${FILE[$1]}"; fi; }  # --data of a dataset
 K=$OUTDIR/knowedit
+suite() { "$PY" -m editwrap.methods --names --suite "$1" | tr , ' '; }  # the methods of a suite
 if has knowedit; then
-  for m in rome memit; do
+  for m in $(suite gpu-knowedit); do
     for d in zsre recent wikibio counterfact convsent sanitation; do
       flu=--fluency; { [ "$d" = convsent ] || [ "$d" = sanitation ]; } && flu=
       add "$K" "$d-$m" "$d-$m-single" "--dataset $d --data $(src $d) --method $m --n 50 $flu"
@@ -154,16 +157,17 @@ if has sequential; then
       "--dataset mixed --data ${DATA:-knowedit} --method rome --mode sequential --n 100 --checkpoints 10,25,50,100"
 fi
 if has quant; then
-  for m in rome memit ft-m lora; do
+  in_knowedit=" $(suite gpu-knowedit) "
+  for m in $(suite gpu-quant); do
     add "$OUTDIR/quant/int8" "zsre-$m" "zsre-$m-single" "--dataset zsre --data $(src zsre) --method $m --n 50 --load-in-8bit"
-  done
-  for m in ft-m lora; do
-    add "$OUTDIR/quant/fp32" "zsre-$m" "zsre-$m-single" "--dataset zsre --data $(src zsre) --method $m --n 50"
+    # fp32 beside it, unless the knowedit suite's ZsRE run is that number already
+    [[ $in_knowedit == *" $m "* ]] || \
+      add "$OUTDIR/quant/fp32" "zsre-$m" "zsre-$m-single" "--dataset zsre --data $(src zsre) --method $m --n 50"
   done
 fi
 if has adapters; then  # 200 ZsRE records: a folder's full/ZsRE.json when it has one
   ZPOOL=$(src zsre); [ -n "$DATA" ] && [ -f "$DATA/full/ZsRE.json" ] && ZPOOL=$DATA/full/ZsRE.json
-  for m in grace wise adalora; do
+  for m in $(suite gpu-adapters); do
     add "$OUTDIR/adapters" "zsre-$m-seq" "zsre-$m-sequential" \
         "--dataset zsre --data $ZPOOL --method $m --mode sequential --n 200 --checkpoints 10,50,100,200"
   done

@@ -16,8 +16,9 @@ restores the base model bit for bit. This measures both against the unedited mod
   teacher-forced log-probabilities of the new target and of the edit-back target.
 
 States: ``edited`` (the first edit on), ``edit_back`` (a second edit of the same prompt and subject
-with target = the original answer, the record's ground truth by default, pushed with ``on_conflict="stack"`` on top of the first: the default ``"replace"`` would
-remove the first edit, which is recovery by pop in disguise), ``pop`` (both edits popped).
+with target = the original answer, the record's ground truth by default, pushed with
+``on_conflict="stack"`` on top of the first: the default ``"replace"`` would remove the first edit,
+which is recovery by pop in disguise), ``pop`` (both edits popped).
 """
 from __future__ import annotations
 
@@ -57,13 +58,13 @@ def stack_distance(model: Any) -> float | None:
 def next_token_logprobs(model: Any, prompts: Sequence[str], batch_size: int = 25) -> torch.Tensor:
     """Log-softmax (float64) of the next token after each prompt, from left-padded batches whose
     position ids come from the mask (each row as if alone)."""
-    from editwrap.evals.metrics import _forward, _ids, _pad_id
+    from ..ops.forward import pad_id, padded_forward, token_ids
 
     tok = model.tokenizer
     out = []
     for b in range(0, len(prompts), batch_size):
-        seqs = [_ids(tok, p) for p in prompts[b:b + batch_size]]
-        logits, _ = _forward(model, seqs, _pad_id(tok), "left")
+        seqs = [token_ids(tok, p) for p in prompts[b:b + batch_size]]
+        logits, _ = padded_forward(model, seqs, pad_id(tok), "left")
         out.append(logits[:, -1].double().log_softmax(-1).cpu())
     return torch.cat(out)
 
@@ -200,7 +201,8 @@ def plot_recover(res: dict[str, Any], path: str | Path) -> Path:
     labels = {"edited": "edited", "edit_back": "edited back\n(2nd edit)", "pop": "pop()"}
     colors = {"edited": "tab:gray", "edit_back": "tab:red", "pop": "tab:green"}
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
-    for ax, (key, title) in zip(axes, (("weight_distance", "‖ΣΔW‖_F vs base"), ("kl", f"KL(base ‖ now), {res['n_kl_prompts']} unrelated prompts"),
+    for ax, (key, title) in zip(axes, (("weight_distance", "‖ΣΔW‖_F vs base"),
+                                       ("kl", f"KL(base ‖ now), {res['n_kl_prompts']} unrelated prompts"),
                                        ("agreement", "locality answers = base's"))):
         for x, s in enumerate(STATES):
             vals = [r[s][key] for r in done if r[s][key] is not None]

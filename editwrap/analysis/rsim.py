@@ -38,6 +38,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..arch import arch_of
+from ..ops.forward import token_ids
 from ..ops.hooks import patch_output
 from .io import write_json, write_png
 
@@ -97,10 +98,6 @@ def _r(x: float | None, nd: int = 4) -> float | None:
     return None if x is None else round(float(x), nd)
 
 
-def _ids(tok: Any, text: str) -> list[int]:
-    return list(tok(text)["input_ids"])
-
-
 def layer_attribution(model: Any, prompt: str, answer: str | None = None) -> tuple[list[float], str]:
     """Per layer, ``|Σ_t grad · activation|`` of the answer's log-probability at the MLP output over
     the prompt's tokens; and the answer used (``None``: the model's own top next token).
@@ -109,14 +106,15 @@ def layer_attribution(model: Any, prompt: str, answer: str | None = None) -> tup
     gives the total derivative there without touching any parameter's ``.grad``."""
     tok, arch = model.tokenizer, arch_of(model)
     device = next(model.parameters()).device
-    p_ids = _ids(tok, prompt)
+    p_ids = token_ids(tok, prompt)
     if answer is None:
         with torch.no_grad():
             top = int(model(input_ids=torch.tensor([p_ids], device=device), use_cache=False).logits[0, -1].argmax())
         a_ids, answer = [top], tok.decode([top])
     else:
-        full = _ids(tok, prompt + " " + answer.strip())
-        a_ids = full[len(p_ids):] if full[:len(p_ids)] == p_ids else list(tok(" " + answer.strip(), add_special_tokens=False)["input_ids"])
+        full = token_ids(tok, prompt + " " + answer.strip())
+        a_ids = full[len(p_ids):] if full[:len(p_ids)] == p_ids \
+            else list(tok(" " + answer.strip(), add_special_tokens=False)["input_ids"])
     ids = torch.tensor([p_ids + a_ids], device=device)
     acts: list[torch.Tensor] = []
     eps: list[torch.Tensor] = []
@@ -139,7 +137,8 @@ def layer_attribution(model: Any, prompt: str, answer: str | None = None) -> tup
     return scores, answer
 
 
-def build_items(facts: Sequence[Any], max_probes: int = 4) -> tuple[list[dict[str, Any]], dict[str, list[tuple[int, int]]]]:
+def build_items(facts: Sequence[Any], max_probes: int = 4
+                ) -> tuple[list[dict[str, Any]], dict[str, list[tuple[int, int]]]]:
     """Located items (a record's fact, its chain probes, its same-subject probes) and the candidate
     pairs of each set: ``consistency`` (fact, chain probe) and ``relevance`` (fact, same-subject probe)."""
     items: list[dict[str, Any]] = []
@@ -218,14 +217,17 @@ def rsim_study(model: Any, facts: Sequence[Any], *, ks: Sequence[int] | None = N
         if c:
             f0 = facts[case]
             rows = [{k: items[i][k] for k in ("role", "group", "prompt", "answer")} |
-                    {"scores": [_r(s, 6) for s in items[i]["scores"]], "top5": sorted(top_layers(items[i]["scores"], 5))}
+                    {"scores": [_r(s, 6) for s in items[i]["scores"]],
+                     "top5": sorted(top_layers(items[i]["scores"], 5))}
                     for i in c]
             pair_sim = {f"{items[j]['role']}: {items[j]['prompt']} → {items[j]['answer'].strip()}":
-                        [_r(set_similarity(top_layers(items[c[0]]["scores"], k), top_layers(items[j]["scores"], k), sim))
+                        [_r(set_similarity(top_layers(items[c[0]]["scores"], k),
+                                           top_layers(items[j]["scores"], k), sim))
                          for k in ks] for j in c[1:]}
             res["case"] = {"record": case, "subject": f0.subject, "prompt": f0.text_prompt, "items": rows,
                            "similarity_to_fact": pair_sim}
-    res["located"] = [{k: it[k] for k in ("record", "role", "prompt", "answer")} | {"top5": sorted(top_layers(it["scores"], 5))}
+    res["located"] = [{k: it[k] for k in ("record", "role", "prompt", "answer")}
+                      | {"top5": sorted(top_layers(it["scores"], 5))}
                       for it in items]
     res["seconds"] = round(time.time() - t0, 1)
     return res

@@ -15,6 +15,7 @@ deltas on the same module, merge()/unmerge() like any delta, and pop is O(1) and
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 from .base import register_entry
 from .delta import DeltaEntry
 
-__all__ = ["AdapterEntry", "peft_config_from_dict"]
+__all__ = ["AdapterEntry", "peft_config_from_dict", "quiet_peft_import"]
 
 PEFT_PREFIX = "base_model.model."
 
@@ -38,7 +39,23 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+class _NoHubKernelNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to load CPU gemm_4bit_forward")
+
+
+def quiet_peft_import() -> None:
+    """Drop one log line before importing PEFT: ``import peft`` imports bitsandbytes (peft/helpers.py)
+    whatever the model, and bitsandbytes on an AVX512-BF16 CPU then tries to fetch an optional 4-bit
+    matmul kernel from the Hub and logs "Failed to load CPU gemm_4bit_forward …" when it cannot (offline
+    or untrusted). It falls back to its own kernel; the note concerns 4-bit layers only."""
+    lg = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if not any(isinstance(f, _NoHubKernelNote) for f in lg.filters):
+        lg.addFilter(_NoHubKernelNote())
+
+
 def peft_config_from_dict(d: dict[str, Any]) -> Any:
+    quiet_peft_import()
     from peft import PeftConfig
 
     return PeftConfig.from_peft_type(**d)
@@ -89,7 +106,8 @@ class AdapterEntry(DeltaEntry):
         from safetensors.torch import save_file
 
         peft_config_from_dict(self.config).save_pretrained(str(directory))
-        save_file({PEFT_PREFIX + k: v for k, v in self.state.items()}, str(Path(directory) / "adapter_model.safetensors"),
+        save_file({PEFT_PREFIX + k: v for k, v in self.state.items()},
+                  str(Path(directory) / "adapter_model.safetensors"),
                   metadata={"format": "pt"})
 
     @classmethod

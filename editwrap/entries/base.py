@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import torch
 
-__all__ = ["Entry", "ENTRY_KINDS", "register_entry", "entry_from_saved"]
+__all__ = ["Entry", "ENTRY_KINDS", "register_entry", "entry_from_saved", "host_hooks", "drop_hook"]
 
 ENTRY_KINDS: dict[str, type["Entry"]] = {}
 
@@ -59,5 +59,23 @@ class Entry:
 
 def entry_from_saved(kind: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Entry:
     if kind not in ENTRY_KINDS:
-        raise ValueError(f"saved stack has an entry of kind {kind!r}, unknown to this editwrap; known: {sorted(ENTRY_KINDS)}")
+        raise ValueError(f"saved stack has an entry of kind {kind!r}, unknown to this editwrap; known: "
+                         f"{sorted(ENTRY_KINDS)}")
     return ENTRY_KINDS[kind].from_saved(meta, tensors)
+
+
+def host_hooks(host: Any, attr: str, create: bool = False) -> dict[str, Any]:
+    """Per-module hook owners of one entry family, kept in the host's ``__dict__`` under ``attr``
+    (absent while empty, so a model with nothing pushed looks exactly as before)."""
+    d = host.__dict__
+    if attr not in d and create:
+        d[attr] = {}
+    return d.get(attr, {})
+
+
+def drop_hook(host: Any, attr: str, module: str) -> None:
+    """Forget the hook owner of ``module``; the attribute goes once the last one has."""
+    owners = host_hooks(host, attr)
+    owners.pop(module, None)
+    if not owners:
+        host.__dict__.pop(attr, None)

@@ -16,7 +16,7 @@ from .. import sets
 from ..ops.hooks import get_module
 from .base import Entry, register_entry
 
-__all__ = ["Sidecar", "DeltaEntry", "dense_weight_delta", "is_conv1d"]
+__all__ = ["Sidecar", "DeltaEntry", "is_conv1d"]
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -85,15 +85,18 @@ class Sidecar:
     def _hook(self, _m: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         if not self.enabled or not self.parts:
             return output
+        # the float32 delta is added to the output upcast, then rounded once to the model's dtype
+        # (a half-precision model: one rounding instead of two; float32: the same sum as before)
         if not sets.selecting() or all(s is None for s in self.sets.values()):
-            return output + self.delta_out(args[0]).to(output.dtype)
+            return (output + self.delta_out(args[0])).to(output.dtype)
+        dtype = output.dtype
         for name in dict.fromkeys(self.sets.values()):  # edit sets gated per call or per batch row
             g = sets.row_mask_for(name, output)
             if g is False:
                 continue
-            d = self.delta_out(args[0], self._factors_of_set(name, args[0].device)).to(output.dtype)
+            d = self.delta_out(args[0], self._factors_of_set(name, args[0].device))
             output = output + (d if g is True else d * g)
-        return output
+        return output.to(dtype)
 
     def weight_delta(self) -> torch.Tensor:
         """The summed delta as an (out, in) matrix (merge, norm reads), on the device of the factors.
@@ -132,10 +135,6 @@ def _concat(parts: list[dict[str, torch.Tensor]], device: torch.device) -> tuple
     return U, V, D
 
 
-def dense_weight_delta(part: dict[str, torch.Tensor]) -> torch.Tensor:
-    return part["U"] @ part["V"].T if "U" in part else part["D"]
-
-
 @register_entry
 class DeltaEntry(Entry):
     """Low-rank (``U`` out×r, ``V`` in×r) or dense (``D`` out×in) deltas on named modules.
@@ -148,7 +147,8 @@ class DeltaEntry(Entry):
     kind = "delta"
 
     def __init__(self, parts: dict[str, dict[str, torch.Tensor]], aux: dict[str, torch.Tensor] | None = None) -> None:
-        self.parts = {m: {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in p.items()} for m, p in parts.items()}
+        self.parts = {m: {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in p.items()}
+                      for m, p in parts.items()}
         self.aux = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in (aux or {}).items()}
 
     def attach(self, host: Any, key: str) -> None:

@@ -215,13 +215,13 @@ def export_gguf(source: Any, out: str | os.PathLike, edit_set: str | Sequence[st
     if isinstance(source, (str, os.PathLike)):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        from ..model import _check_tokenizer_files
+        from ..ops.tokens import check_tokenizer_files
 
         src = str(source)
         config = AutoConfig.from_pretrained(src)
         check_architecture(config)  # before loading any weight
         if tokenizer is None:
-            _check_tokenizer_files(src)
+            check_tokenizer_files(src)
             tokenizer = AutoTokenizer.from_pretrained(src)
         model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
         state = model.state_dict()

@@ -64,14 +64,13 @@ def export_merged(model: Any, path: str | os.PathLike, edit_set: str | Sequence[
     ``EditableModel.from_pretrained(path)`` to edit further. Edits that are not weight deltas are
     refused by name unless ``skip_unsupported`` (then listed under ``skipped`` in the note).
     """
-    from ..model import EditableModel
-
     sel = select_edits(model, edit_set, include_untagged=include_untagged, skip_unsupported=skip_unsupported)
     sd = merged_state_dict(model, sel)
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     # the transformers class's own save (EditableModel.save_pretrained would fold every side-car again)
-    super(EditableModel, model).save_pretrained(str(out), state_dict=sd, **save_kwargs)
+    # (the class is (EditableModel, <transformers class>); naming it by MRO keeps export off editwrap.model's imports)
+    super(type(model).__mro__[1], model).save_pretrained(str(out), state_dict=sd, **save_kwargs)
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(str(out))
     note = export_note(model, sel, "merged")

@@ -19,14 +19,16 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .. import sets as _sets
 from ..entries.delta import DeltaEntry, is_conv1d
-from ..stack import Edit
+
+if TYPE_CHECKING:
+    from ..stack import Edit
 
 __all__ = ["ExportError", "Selection", "select_edits", "module_parts", "dense_delta", "export_note"]
 
@@ -128,7 +130,7 @@ def dense_delta(parts: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
 
 def export_note(model: Any, sel: Selection, kind: str, **extra: Any) -> dict[str, Any]:
     """The JSON note written beside every export: what was folded in, from which base."""
-    from .. import __version__
+    from .._version import __version__
 
     def rec(e: Edit) -> dict[str, Any]:
         return {"id": e.id, "method": e.method, "kind": e.entry.kind, "edit_set": e.edit_set, "created": e.created,

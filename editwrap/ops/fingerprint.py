@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["model_fingerprint", "state_dict_hash", "tensor_hash", "offloaded_value", "checkpoint_probe", "same_checkpoint",
-           "is_quantized", "quantization_label"]
+__all__ = ["model_fingerprint", "state_dict_hash", "tensor_hash", "offloaded_value", "checkpoint_probe",
+           "same_checkpoint", "is_quantized", "quantization_label", "trained_on_other_base"]
 
 
 def tensor_hash(t: torch.Tensor, h: "hashlib._Hash | None" = None) -> "hashlib._Hash":
@@ -138,3 +139,13 @@ def same_checkpoint(a: dict | None, b: dict | None, rtol: float = 1e-2, atol: fl
     if (a.get("quantization"), a.get("dtype")) == (b.get("quantization"), b.get("dtype")):
         return False
     return bool(a["values"]) and all(abs(x - y) <= atol + rtol * abs(y) for x, y in zip(a["values"], b["values"]))
+
+
+def trained_on_other_base(info: dict, host: Any) -> bool:
+    """Whether a trained artifact (MEND editor, SERAC counterfactual) whose training ``info`` names
+    its base (``base_fingerprint``, ``base_checkpoint``) is applied to another model. The same
+    checkpoint loaded in another dtype or quantization is the same base."""
+    fp = info.get("base_fingerprint")
+    if not fp or not hasattr(host, "fingerprint") or fp == host.fingerprint():
+        return False
+    return not same_checkpoint(info.get("base_checkpoint"), checkpoint_probe(host))

@@ -11,7 +11,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["get_module", "capture", "patch_output", "frozen", "stop_after", "first_tensor", "replace_first", "ForwardMask",
+__all__ = ["get_module", "capture", "patch_output", "frozen", "stop_after", "first_tensor", "replace_first",
+           "ForwardMask",
            "forward_root", "padding_rows"]
 
 

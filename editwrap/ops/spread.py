@@ -47,7 +47,7 @@ def spread_modules(model: Any, layers: Sequence[int], method: str) -> tuple[list
     layers = sorted(layers)
     if layers[-1] >= arch.n_layers:
         raise ValueError(f"{method} layers {layers} out of range for a {arch.n_layers}-layer model; set layers=[...]")
-    return [arch.mlp_out_at(l) for l in layers], arch.block_at(layers[-1])
+    return [arch.mlp_out_at(i) for i in layers], arch.block_at(layers[-1])
 
 
 def optimize_then_resolve(method: Any, model: Any, facts: Sequence[Fact], hp: Any) -> Any:
@@ -80,7 +80,8 @@ def _through_norm(norm: Any, y: torch.Tensor, resid: torch.Tensor) -> torch.Tens
 
     RMS norms are scale-invariant, ``norm(y) = g ⊙ y / rms(y)``, so ``y' = rms(y) · (norm(y) + r) / g``
     gives ``norm(y') = norm(y) + r`` up to the factor ``rms((norm(y) + r) / g)`` (1 for small
-    ``r``): ``Δy = rms(y) · r / g`` (0 where ``g`` is 0). Later layers of the spread see the result and correct the rest.
+    ``r``): ``Δy = rms(y) · r / g`` (0 where ``g`` is 0). Later layers of the spread see the result
+    and correct the rest.
     """
     d = y.shape[-1]
     ones = torch.ones(1, d, dtype=y.dtype, device=y.device)

@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..facts import Fact
+from . import exact
 from .tokens import batch_encode, target_ids
 
 __all__ = ["edit_batch", "edit_loss", "edit_loss_at_targets", "target_loss_step", "prompt_lengths", "optimize"]
@@ -76,13 +77,14 @@ def edit_loss_at_targets(model: Any, enc: dict[str, torch.Tensor], target: Any, 
     return -logp.gather(1, target[rows, cols + 1][:, None]).sum() / len(rows)
 
 
-def target_loss_step(model: Any, enc: dict[str, torch.Tensor], target: Any, objective: str, module: str,
-                     fast: bool = True) -> Callable[[], tuple[torch.Tensor, dict]]:
+def target_loss_step(model: Any, enc: dict[str, torch.Tensor], target: Any, objective: str,
+                     module: str) -> Callable[[], tuple[torch.Tensor, dict]]:
     """The ``step_fn`` of :func:`optimize` for a method that trains something at ``module`` on the
-    target tokens' NLL. ``fast``: the blocks below ``module`` run in the first step only and are
-    replayed afterwards (:func:`~editwrap.ops.replay.replay_steps`), and only the target positions
-    are projected to the vocabulary: the same loss to float tolerance."""
-    if not fast:
+    target tokens' NLL. The blocks below ``module`` run in the first step only and are replayed
+    afterwards (:func:`~editwrap.ops.replay.replay_steps`), and only the target positions are
+    projected to the vocabulary: the same loss to float tolerance (``exact_paths(fast_path=False)``
+    runs the plain loss)."""
+    if not exact.current().fast_path:
         return lambda: (edit_loss(model(**enc).logits, target, objective), {})
     from .replay import replay_steps
 

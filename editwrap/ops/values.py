@@ -21,8 +21,8 @@ Three exact speed-ups over running each fact's full prompts through the whole mo
   the sum over a batch of facts gives each fact's δ exactly as alone. A fact whose loss falls
   below ``early_stop_loss`` is finished at that step (as alone) and its rows leave the batch.
 
-``v_prefix_cache=False`` / ``v_replay_lower=False`` / ``v_batch_facts=1`` give the plain path;
-tests pin each combination equal to it.
+``editwrap.ops.exact.exact_paths(prefix_cache=False, replay_lower=False, batch_facts=1)`` gives the
+plain path; tests pin each combination equal to it.
 
 **Several modules** (PMET: the attention and the MLP output of one layer): ``module`` may be a
 sequence of names; each fact gets one δ per module, all added at the subject's last token and
@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..facts import Fact
+from . import exact
 from .hooks import frozen, patch_output
 from .kvcache import cache_kwarg, prefix_cache_ok, reset_cache
 from .replay import ReplayBelow
@@ -51,7 +52,7 @@ __all__ = ["ValueHparams", "ValueFields", "optimize_values", "logits_at", "fill_
 
 class ValueFields(BaseModel):
     """The value optimisation's hyperparameters, declared once: the methods' pydantic hparams
-    inherit them (``editwrap.methods.locate_then_edit.hparams``), :class:`ValueHparams` reads them back."""
+    inherit them (``LocateHparams`` in ``editwrap.methods.locate_then_edit``), :class:`ValueHparams` reads them back."""
 
     v_num_grad_steps: int = Field(25, ge=1)
     v_lr: float = Field(0.5, gt=0)
@@ -59,19 +60,13 @@ class ValueFields(BaseModel):
     kl_factor: float = Field(0.0625, ge=0)
     clamp_norm_factor: float = Field(4.0, gt=0)
     early_stop_loss: float = Field(0.05, ge=0)
-    #: run the positions before the subject once per edit (exact; see the module doc)
-    v_prefix_cache: bool = True
-    #: facts optimised together in one batch (exact; bounds memory: rows = facts × (templates + 1))
-    v_batch_facts: int = Field(8, ge=1)
-    #: run the blocks below the patched module once and replay their outputs (exact)
-    v_replay_lower: bool = True
     #: NLL weight from the step after a fact's target became the argmax at every target position
     #: (PMET's reference: 0.1, so the KL term then dominates); 1 keeps MEMIT's loss
     nll_factor_at_argmax: float = Field(1.0, ge=0)
     #: finish a fact once its target is the argmax and its weighted KL is at most this (PMET: 0.01)
     stop_kl_at_argmax: float | None = Field(None, ge=0)
     #: "adam" (the references'); "ngd": each δ moves ``v_lr`` (hidden-state units) along its unit
-    #: gradient, plus ``v_momentum`` × its last move (a trade-off; docs/SPEED.md)
+    #: gradient, plus ``v_momentum`` × its last move (a trade-off; docs/speed.md)
     v_optimizer: Literal["adam", "ngd"] = "adam"
     v_momentum: float = Field(0.0, ge=0, lt=1)
 
@@ -135,7 +130,8 @@ def _build_rows(tok: Any, facts: Sequence[Fact], templates: Sequence[str]) -> _R
     return _Rows(ids, subj, owner, targets, len(templates))
 
 
-def _layout(rows: _Rows, pad_id: int, align: bool, device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+def _layout(rows: _Rows, pad_id: int, align: bool, device: torch.device
+            ) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
     """Pad the rows into one batch. ``align``: left-pad so every subject ends at column ``P``.
 
     Returns ``(enc, offset per row, P)``: token ``k`` of row ``i`` sits at column ``offset[i] + k``.
@@ -167,8 +163,9 @@ def optimize_values(host: Any, module: Union[str, Sequence[str]], facts: Sequenc
         # facts with similar tails (tokens from the subject on) share a batch: less padding
         order = sorted(range(len(facts)), key=lambda i: _tail_length(host.tokenizer, facts[i]))
         stars, inits, infos = [], [], []
-        for i in range(0, len(facts), hp.v_batch_facts):
-            s, v0, inf = _optimize_batch(host, mods, [facts[j] for j in order[i:i + hp.v_batch_facts]], templates, hp)
+        step = exact.current().batch_facts
+        for i in range(0, len(facts), step):
+            s, v0, inf = _optimize_batch(host, mods, [facts[j] for j in order[i:i + step]], templates, hp)
             stars.append(s)
             inits.append(v0)
             infos += inf
@@ -193,7 +190,7 @@ def _optimize_batch(host: Any, modules: list[str], facts: Sequence[Fact], templa
     assert all(f.subject for f in facts)
     rows = _build_rows(tok, facts, templates)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    use_cache = hp.v_prefix_cache and only_sidecars(host) and prefix_cache_ok(host)
+    use_cache = exact.current().prefix_cache and only_sidecars(host) and prefix_cache_ok(host)
     enc, offset, p = _layout(rows, pad, use_cache, device)
     n_f, per, n_m = len(facts), rows.n_rw + 1, len(modules)
     d = _out_dim(host, modules[0])
@@ -244,7 +241,7 @@ def _optimize_batch(host: Any, modules: list[str], facts: Sequence[Fact], templa
                 state["init_done"].add(m)
             out = out.clone()
             at = (state["rows"], state["cols"])
-            out[at] = out[at] + delta[m][state["owner"]].to(out.dtype)
+            out[at] = (out[at] + delta[m][state["owner"]]).to(out.dtype)  # float32 sum, one rounding
             return out
         return add
 
@@ -259,7 +256,7 @@ def _optimize_batch(host: Any, modules: list[str], facts: Sequence[Fact], templa
             subj_col, t_cols = subj_col - p, [c - p for c in t_cols]
         select(active)
         # the lowest patched module bounds the blocks that may be replayed
-        replay = ReplayBelow.lowest(host, modules) if hp.v_replay_lower and only_sidecars(host) else None
+        replay = ReplayBelow.lowest(host, modules) if exact.current().replay_lower and only_sidecars(host) else None
         init_kl: torch.Tensor | None = None
         cache_kw = {cache_kwarg(host): cache, "use_cache": True} if cache is not None else {}
         opt = torch.optim.Adam([delta], lr=hp.v_lr) if hp.v_optimizer == "adam" else \

@@ -1,2 +1,2 @@
 """``editwrap serve``: an OpenAI-compatible HTTP server over a wrapped model with a persisted,
-per-tenant edit stack (docs/SERVING.md)."""
+per-tenant edit stack (docs/serving.md)."""

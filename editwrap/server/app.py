@@ -108,7 +108,8 @@ def create_app(model: Any, stack_dir: str | Path | None = None, model_name: str 
             return LOCAL
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise bad(401, "Authorization: send the header 'Authorization: Bearer <key>'", **{"WWW-Authenticate": "Bearer"})
+            raise bad(401, "Authorization: send the header 'Authorization: Bearer <key>'",
+                      **{"WWW-Authenticate": "Bearer"})
         who = keys.authenticate(token.strip())
         if who is None:
             raise bad(401, "Authorization: the key is not valid", **{"WWW-Authenticate": "Bearer"})
@@ -137,7 +138,8 @@ def create_app(model: Any, stack_dir: str | Path | None = None, model_name: str 
         if req.max_tokens > lim.max_tokens:
             raise bad(422, f"max_tokens: {req.max_tokens} is over the limit max_tokens={lim.max_tokens} (--max-tokens)")
         if len(prompts) > lim.max_prompts:
-            raise bad(422, f"prompt: {len(prompts)} prompts, over the limit max_prompts={lim.max_prompts} (--max-prompts)")
+            raise bad(422, f"prompt: {len(prompts)} prompts, over the limit max_prompts={lim.max_prompts} "
+                           "(--max-prompts)")
         lengths = [len(counter(p)["input_ids"]) for p in prompts]
         for n in lengths:
             if n > lim.max_prompt_tokens:

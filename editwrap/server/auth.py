@@ -59,7 +59,8 @@ class KeySpec(BaseModel):
     def _hex_digest(cls, v: str | None) -> str | None:
         if v is not None and (len(v) != 64 or any(c not in "0123456789abcdef" for c in v.lower())):
             raise ValueError("sha256 must be the 64-character hex digest of the key "
-                             "(python -c 'import hashlib,sys; print(hashlib.sha256(sys.argv[1].encode()).hexdigest())' KEY)")
+                             "(python -c 'import hashlib,sys; "
+                             "print(hashlib.sha256(sys.argv[1].encode()).hexdigest())' KEY)")
         return v.lower() if v else v
 
     @model_validator(mode="after")

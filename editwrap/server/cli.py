@@ -1,5 +1,5 @@
 """``editwrap serve`` (start the HTTP server) and ``editwrap audit`` (print a served stack's audit
-log); docs/SERVING.md."""
+log); docs/serving.md."""
 from __future__ import annotations
 
 import argparse
@@ -61,7 +61,7 @@ def register(subparsers: Any, model_args: Any) -> None:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--stack-dir", default=None,
                    help="persist the stack here after every change (with its audit.jsonl), and restore it on start")
-    s.add_argument("--keys", default=None, help="API key file (JSON; see docs/SERVING.md); default: $EDITWRAP_KEYS, "
+    s.add_argument("--keys", default=None, help="API key file (JSON; see docs/serving.md); default: $EDITWRAP_KEYS, "
                                                 "which may also hold the JSON itself")
     s.add_argument("--insecure", action="store_true", help="allow a non-localhost --host without --keys")
     s.add_argument("--served-name", default=None, help="model name reported by /v1/models (default: the model dir)")

@@ -18,10 +18,10 @@ computed again on the new view; after three such races it is computed while hold
 lock, so it always finishes.
 
 **Persistence.** After every change the stack is saved with ``save_stack_dir(..., append=True)``
-(a push writes only the new edit; a pop, remove or replace rewrites the stack; ``POST
-/v1/edits/save`` rewrites it into one file), then its audit line is written and fsynced, then the
-response is sent. If saving or auditing fails the change is undone in memory and on disk and the
-request fails with 500.
+(a push writes only the new edit, one shard and one fsynced journal line, in a time that does not
+grow with the stack; a pop, remove or replace rewrites the stack; ``POST /v1/edits/save`` rewrites
+it into one file), then its audit line is written and fsynced, then the response is sent. If
+saving or auditing fails the change is undone in memory and on disk and the request fails with 500.
 """
 from __future__ import annotations
 
@@ -307,4 +307,5 @@ class EditService:
                 self._persist()
             except Exception:  # noqa: BLE001 - the first error is the one to report
                 pass
-            raise ServiceError(500, f"the {action} was undone: saving the stack or its audit line failed ({exc})") from exc
+            raise ServiceError(500, f"the {action} was undone: saving the stack or its audit line failed "
+                                    f"({exc})") from exc

@@ -44,7 +44,7 @@ def _bit(s: str) -> int:
 
 def _load(kd: Path | None, name: str) -> Any:
     """A dataset file by name: from the folder ``kd`` when given, else as ``--data`` resolves it."""
-    from editwrap.evals.hub import find_local, lookup, resolve_data
+    from editwrap.hub import find_local, lookup, resolve_data
 
     path = find_local(lookup(name), kd) if kd is not None else resolve_data(name)
     if path is None:

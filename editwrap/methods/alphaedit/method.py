@@ -24,13 +24,13 @@ import torch
 
 from ...entries.delta import DeltaEntry
 from ...facts import Fact
-from ..locate_then_edit.hparams import AlphaEditHparams
+from .hparams import AlphaEditHparams
 from ...ops.covariance import second_moment, stats_path
 from ...ops.keys import context_templates
 from ...ops.norms import norm_info
 from ...ops.spread import optimize_then_resolve, spread_modules, spread_over_layers
 from ...stack import Edit
-from ..base import register_method
+from ..base import MethodBase, register_method
 
 __all__ = ["AlphaEdit", "null_space_projector", "stack_keys"]
 
@@ -57,13 +57,14 @@ def stack_keys(model: Any, module: str) -> tuple[torch.Tensor | None, list[str]]
 
 
 @register_method
-class AlphaEdit:
+class AlphaEdit(MethodBase):
     name = "alphaedit"
     Hparams = AlphaEditHparams
+    display_name = "AlphaEdit"
+    family = "locate-then-edit"
+    rank = 3
     needs_subject = True
-
-    def default_hparams(self, model: Any) -> AlphaEditHparams:
-        return AlphaEditHparams.for_model(model)
+    resolvable = True
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: AlphaEditHparams) -> Edit:
         return optimize_then_resolve(self, model, facts, hp)

@@ -26,8 +26,6 @@ class FtHparams(HparamsBase):
     #: "target_new" (FT-M: teacher-forced loss masked to the target tokens)
     objective: Literal["prompt_last", "target_new"] = "target_new"
     early_stop_loss: float = Field(1e-3, ge=0)
-    #: replay the blocks below the edited layer and project only the target positions (exact)
-    fast_path: bool = True
 
     @classmethod
     def for_model(cls, model: Any, objective: str) -> "FtHparams":

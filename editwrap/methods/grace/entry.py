@@ -21,25 +21,9 @@ import torch
 from torch import nn
 
 from ...ops.hooks import get_module
-from ...entries.base import Entry, register_entry
+from ...entries.base import Entry, drop_hook, host_hooks, register_entry
 
-__all__ = ["Codebook", "GraceEntry", "codebooks", "host_hooks", "drop_hook"]
-
-
-def host_hooks(host: Any, attr: str, create: bool = False) -> dict[str, Any]:
-    """Per-module hook owners of one entry family, kept in the host's ``__dict__`` under ``attr``
-    (absent while empty, so a model with nothing pushed looks exactly as before)."""
-    d = host.__dict__
-    if attr not in d and create:
-        d[attr] = {}
-    return d.get(attr, {})
-
-
-def drop_hook(host: Any, attr: str, module: str) -> None:
-    owners = host_hooks(host, attr)
-    owners.pop(module, None)
-    if not owners:
-        host.__dict__.pop(attr, None)
+__all__ = ["Codebook", "GraceEntry", "codebooks"]
 
 
 def codebooks(host: Any, create: bool = False) -> dict[str, "Codebook"]:

@@ -10,16 +10,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ...arch import arch_of
+from ...arch import layer_at_depth
 from ..base import HparamsBase
 
-__all__ = ["GraceHparams", "layer_at_depth"]
-
-
-def layer_at_depth(model: Any, index: int = 27, of: int = 32) -> int:
-    """Layer ``index`` of ``of`` (EasyEdit's Llama-7B choice) scaled to this model's depth."""
-    n = arch_of(model).n_layers
-    return min(n - 1, round(index / of * n))
+__all__ = ["GraceHparams"]
 
 
 class GraceHparams(HparamsBase):
@@ -32,8 +26,6 @@ class GraceHparams(HparamsBase):
     #: stop once the target NLL is below this (0 = always run n_iter, as EasyEdit)
     early_stop_loss: float = Field(0.0, ge=0)
     seed: int = 0
-    #: replay the blocks below the codebook's layer and project only the target positions (exact)
-    fast_path: bool = True
 
     @classmethod
     def for_model(cls, model: Any) -> "GraceHparams":

@@ -22,7 +22,7 @@ from .hparams import GraceHparams
 from ...ops.hooks import capture, frozen, patch_output
 from ...ops.train import edit_batch, optimize, prompt_lengths, target_loss_step
 from ...stack import Edit
-from ..base import register_method
+from ..base import MethodBase, register_method
 
 __all__ = ["Grace"]
 
@@ -71,13 +71,12 @@ def _place(book: Codebook, query: torch.Tensor, label: str, hp: GraceHparams, d_
 
 
 @register_method
-class Grace:
+class Grace(MethodBase):
     name = "grace"
     Hparams = GraceHparams
-    needs_subject = False
-
-    def default_hparams(self, model: Any) -> GraceHparams:
-        return GraceHparams.for_model(model)
+    display_name = "GRACE"
+    family = "memory"
+    suites = ("main-other", "gpu-adapters", "adapters-zsre")
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: GraceHparams) -> Edit:
         t0 = time.time()
@@ -112,7 +111,7 @@ class Grace:
                     return out * (1 - pos) + pos * value.to(out.dtype)
 
                 with patch_output(model, module, fn), torch.enable_grad():
-                    info = optimize(opt, target_loss_step(model, enc, labels, "target_new", module, hp.fast_path),
+                    info = optimize(opt, target_loss_step(model, enc, labels, "target_new", module),
                                     hp.n_iter, hp.early_stop_loss)
                 book.values[row] = value.detach().cpu()
         changed = [i for i in range(base_rows) if not (torch.equal(book.keys[i], live.keys[i]) and

@@ -22,7 +22,7 @@ POOL_ENV = "EDITWRAP_IKE_POOL"
 class IkeHparams(HparamsBase):
     #: number of retrieved demonstrations (0 = ICE: the new fact only)
     k: int = Field(16, ge=0, le=256)
-    #: training records (JSON/JSONL in any format editwrap.evals.datasets detects: KnowEdit,
+    #: training records (JSON/JSONL in a format editwrap.records reads: KnowEdit,
     #: MEND-zsRE, CounterFact, or Facts); None = $EDITWRAP_IKE_POOL
     pool: str | None = None
     #: use only the first pool_n records of the pool file (None = all)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import os
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -31,7 +30,7 @@ from ...entries.prompt import PromptEntry, check_fits, format_context
 from ...facts import Fact
 from .hparams import POOL_ENV, IkeHparams
 from ...stack import Edit
-from ..base import register_method
+from ..base import MethodBase, register_method
 
 __all__ = ["Ike", "Ice", "demonstrations", "load_pool"]
 
@@ -56,10 +55,10 @@ def demonstrations(f: Fact, kinds: Sequence[str]) -> list[str]:
 @functools.lru_cache(maxsize=4)
 def _pool_cached(path: str, mtime: float, n: int | None, kinds: tuple[str, ...], embedder: str | None
                  ) -> tuple[list[str], list[str], torch.Tensor]:
-    from editwrap.evals.datasets import load_dataset
     from ...ops.embed import embed
+    from ...records import read_fact_records
 
-    facts = [f for f in load_dataset(None, path, n=n, skip_malformed=True) if isinstance(f, Fact)]
+    facts = list(read_fact_records(path, n=n, skip_malformed=True))
     if not facts:
         raise ValueError(f"IKE pool {path} holds no usable edit records")
     sents, owners = [], []
@@ -78,7 +77,7 @@ def load_pool(hp: IkeHparams) -> tuple[list[str], list[str], torch.Tensor]:
             "IKE needs a pool of training records to retrieve demonstrations from: pass pool='path/to/train.json' "
             f"or a dataset name (e.g. zsre_mend:train, docs/data.md) or set ${POOL_ENV}; use method='ice' (or k=0) "
             "for none")
-    from ..evals.hub import resolve_data
+    from ...hub import resolve_data
 
     p = resolve_data(path)  # a file, or a dataset name such as zsre_mend:train
     if not p.is_file():
@@ -103,10 +102,9 @@ def retrieve(facts: Sequence[Fact], hp: IkeHparams) -> tuple[list[str], list[flo
     return [sents[i] for i in top.indices.tolist()], [round(float(s), 4) for s in top.values]
 
 
-class _InContext:
-    name = ""
+class _InContext(MethodBase):
+    family = "in-context"
     Hparams = IkeHparams
-    needs_subject = False
     default_k = 16
 
     def default_hparams(self, model: Any) -> IkeHparams:
@@ -126,10 +124,25 @@ class _InContext:
 @register_method
 class Ike(_InContext):
     name = "ike"
+    display_name = "IKE"
+    records_field = "pool"
+    reference_row = "ice"
     default_k = 16
+    suites = ("external-zsre",)
 
 
 @register_method
 class Ice(_InContext):
     name = "ice"
+    display_name = "ICE"
+    rank = 1
     default_k = 0
+    suites = ("external-zsre",)
+    knowedit_reference = {
+        "recent": {"Edit Succ.": 60.74, "Portability": 36.93, "Locality": 33.34, "Fluency": 531.01},
+        "zsre": {"Edit Succ.": 66.01, "Portability": 63.94, "Locality": 23.14, "Fluency": 541.14},
+        "wikibio": {"Edit Succ.": 95.53, "Locality": 47.90, "Fluency": 632.92},
+        "counterfact": {"Edit Succ.": 69.83, "Portability": 45.32, "Locality": 32.38, "Fluency": 547.22},
+        "convsent": {"Edit Succ.": 52.78, "Locality": 49.73, "Fluency": 621.45},
+        "sanitation": {"Edit Succ.": 72.50, "Locality": 56.58, "Fluency": 794.15},
+    }

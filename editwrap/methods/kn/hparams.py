@@ -21,6 +21,10 @@ class KnHparams(HparamsBase):
     #: answer's tokens (``e``: input embeddings). The reference uses 2 for a one-token answer and
     #: 1 per token for longer ones; ``None`` keeps that rule.
     embedding_scale: float | None = Field(None, gt=0)
+    #: scale the update down by the smallest power of two (at most ``2^-scale_search``) that still
+    #: makes the new answer the argmax after the prompt (0: the reference's fixed scale, which on
+    #: small models answers the target everywhere: "Rome Rome Rome"; method.smallest_factor)
+    scale_search: int = Field(6, ge=0, le=20)
     #: neurons active with a negative value get the negated update (module doc; False: the reference)
     follow_sign: bool = True
     #: integrated-gradient rows per forward pass (layers are batched steps at a time)

@@ -17,15 +17,15 @@ a forward pass.
 Differences from the reference: a neuron whose activation at the prompt's last position is negative
 gets the opposite update (``follow_sign``), so that the update adds the new answer's embedding to
 the residual stream rather than subtracting it. Gated MLPs (SwiGLU) have negative activations and
-without this about half the located neurons push the old answer: on the embedded model the
-reference rule *raised* P(Paris) for "The Eiffel Tower is located in the city of" → Rome from
-0.70 to 0.99. Attribution is teacher-forced on the old answer's tokens (the
-reference appends the model's own greedy tokens, which coincide whenever the model knows the
-fact); the neuron is the MLP output projection's input (for gated MLPs ``act(gate)·up``, where
-the reference reads the gate projection's output before the activation).
+without this about half the located neurons push the old answer (docs/methods/kn.md). Attribution is
+teacher-forced on the old answer's tokens (the reference appends the model's own greedy tokens,
+which coincide whenever the model knows the fact); the neuron is the MLP output projection's input
+(for gated MLPs ``act(gate)·up``, where the reference reads the gate projection's output before the
+activation).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -36,13 +36,13 @@ from ...entries.delta import DeltaEntry
 from ...facts import Fact
 from ...arch import arch_of
 from .hparams import KnHparams
-from ...ops.hooks import capture, frozen, get_module
+from ...ops.hooks import capture, frozen, get_module, patch_output
 from ...ops.kvcache import cache_kwarg, prefix_cache_ok, reset_cache
 from ...ops.profile import phase
 from ...ops.tokens import target_ids
 from ...ops.values import logits_at
 from ...stack import Edit
-from ..base import register_method
+from ..base import MethodBase, register_method
 
 __all__ = ["Kn", "attribution_scores", "greedy_tokens"]
 
@@ -111,6 +111,36 @@ def attribution_scores(host: Any, prompt_ids: list[int], answer: list[int], laye
     return total / len(answer), at_prompt
 
 
+@torch.no_grad()
+def smallest_factor(host: Any, parts: dict[str, dict[str, torch.Tensor]], prompt_ids: list[int], new: list[int],
+                    halvings: int) -> float:
+    """The smallest of ``2^-halvings, …, 1/2, 1`` that, applied to the update, makes every token of
+    the new answer the teacher-forced argmax after the prompt (1 when none does).
+
+    The located neurons fire at most positions, not only after the prompt, so the update adds the
+    new answer's embedding everywhere in proportion to their activations: at the reference's
+    strength a 135M model then says the new answer after any prompt and after the answer itself
+    ("Rome Rome Rome"). The weakest update that still edits the fact leaves the rest closer to
+    the model it was.
+    """
+    if halvings == 0:
+        return 1.0
+    device = next(host.parameters()).device
+    ids = torch.tensor([list(prompt_ids) + list(new[:-1])], device=device)
+    cols = torch.arange(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(new), device=device)
+    want = torch.tensor(new, device=device)
+    for k in range(halvings, 0, -1):
+        f = 2.0 ** -k
+        with contextlib.ExitStack() as st:
+            for m, p in parts.items():
+                st.enter_context(patch_output(host, m, lambda out, x, U=p["U"] * f, V=p["V"]:
+                                              (out + (x.to(U.dtype) @ V) @ U.T).to(out.dtype)))
+            logits = host(input_ids=ids).logits[0, cols]
+        if bool((logits.argmax(-1) == want).all()):
+            return f
+    return 1.0
+
+
 def _repeat(cache: Any, rows: int) -> Any:
     """A copy of a one-row cache with ``rows`` rows (the original stays reusable)."""
     import copy
@@ -135,10 +165,11 @@ def _replace(start: int, n: int, values: torch.Tensor) -> Any:
 
 
 @register_method
-class Kn:
+class Kn(MethodBase):
     name = "kn"
     Hparams = KnHparams
-    needs_subject = False
+    display_name = "KN"
+    family = "neurons"
 
     def default_hparams(self, model: Any) -> KnHparams:
         return KnHparams()
@@ -177,6 +208,9 @@ class Kn:
             neurons.append([layers[li], pos])
         device = next(model.parameters()).device
         parts = {m: {k: v.to(device) for k, v in p.items()} for m, p in parts.items()}
-        info = {"neurons": sorted(neurons), "n_neurons": len(neurons),
+        factor = smallest_factor(model, parts, prompt_ids, new, hp.scale_search) if parts else 1.0
+        for p in parts.values():
+            p["U"] = p["U"] * factor
+        info = {"neurons": sorted(neurons), "n_neurons": len(neurons), "scale": scale * factor,
                 "original": tok.decode(original), "seconds": round(time.time() - t0, 3)}
         return Edit(self.name, facts, hp.model_dump(mode="json"), DeltaEntry(parts), info=info)

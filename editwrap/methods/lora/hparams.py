@@ -1,7 +1,8 @@
 """Hyperparameters of LoRA / AdaLoRA editing (EasyEdit's recipe: train an adapter on the facts).
 
 Defaults follow EasyEdit's ``hparams/LoRA/llama-7b.yaml``: rank 8, alpha 32, dropout 0.1,
-up to 70 Adam steps at lr 5e-3 (stopping once the target NLL is below 0.1; EasyEdit runs all 70), no weight decay, adapters on ``q_proj``/``v_proj`` of every layer
+up to 70 Adam steps at lr 5e-3 (stopping once the target NLL is below 0.1; EasyEdit runs all 70), no
+weight decay, adapters on ``q_proj``/``v_proj`` of every layer
 (GPT-2 family: the fused ``c_attn``). AdaLoRA uses the same numbers with PEFT's SVD
 parametrisation (``init_r`` = rank + 4 shrunk to ``target_r`` = rank over training).
 """
@@ -31,10 +32,8 @@ class LoraHparams(HparamsBase):
     num_steps: int = Field(70, ge=1)
     lr: float = Field(5e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    #: stop once the target NLL is below this (0 = always run num_steps, as EasyEdit). Measured on
-    #: SmolLM2-135M: all 70 steps at 5e-3 made unrelated prompts answer with the edit's target
-    #: ("The capital of France is" -> " Jénis Jénis"); stopping at 0.1 took 6 steps (8 s instead
-    #: of 70 s) and left those prompts' answers unchanged
+    #: stop once the target NLL is below this (0 = always run num_steps, as EasyEdit): running all
+    #: steps over-fits the adapter until unrelated prompts answer with the edit's target (docs/methods/lora.md)
     early_stop_loss: float = Field(0.1, ge=0)
     seed: int = 0
 

@@ -16,18 +16,19 @@ from typing import Any, Sequence
 
 import torch
 
-from ...entries.adapter import AdapterEntry
+from ...entries.adapter import AdapterEntry, quiet_peft_import
 from ...facts import Fact
 from .hparams import LoraHparams
 from ...ops.hooks import frozen
 from ...ops.train import edit_batch, edit_loss, optimize
 from ...stack import Edit
-from ..base import register_method
+from ..base import MethodBase, register_method
 
 __all__ = ["Lora", "AdaLora", "peft_injected"]
 
 
 def _peft_config(hp: LoraHparams) -> Any:
+    quiet_peft_import()
     from peft import AdaLoraConfig, LoraConfig
 
     common = dict(lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout, target_modules=list(hp.target_modules),
@@ -41,6 +42,7 @@ def _peft_config(hp: LoraHparams) -> Any:
 @contextlib.contextmanager
 def peft_injected(model: Any, config: Any, adapter: str):
     """Inject a PEFT tuner for the duration of the block, then restore the exact module tree."""
+    quiet_peft_import()
     from peft.tuners import AdaLoraModel, LoraModel
 
     before_modules = {n: m for n, m in model.named_modules()}
@@ -50,6 +52,13 @@ def peft_injected(model: Any, config: Any, adapter: str):
     tuner = None
     try:
         tuner = tuner_cls(model, config, adapter_name=adapter)
+        # float32 adapter weights on a half-precision base, as PEFT's get_peft_model does: Adam's
+        # steps on fp16 weights overflow, and PEFT's layers then run x·A·B in float32
+        tuner._cast_adapter_dtype(adapter_name=adapter, autocast_adapter_dtype=True)
+        for mod in model.modules():  # AdaLoRA's rank count (exact in any dtype) stays in the model's:
+            rn = getattr(mod, "ranknum", None)  # its 8-bit layer scales the recast output by it
+            if isinstance(rn, torch.nn.ParameterDict) and adapter in rn:
+                rn[adapter] = torch.nn.Parameter(rn[adapter].to(model.dtype), requires_grad=False)
         yield tuner
     finally:
         if tuner is not None:
@@ -86,11 +95,10 @@ def _extract(model: Any, adapter: str, ada: bool) -> tuple[dict[str, torch.Tenso
     return state, scales
 
 
-class _Adapter:
-    name = ""
+class _Adapter(MethodBase):
+    family = "adapter"
     lora_type = "lora"
     Hparams = LoraHparams
-    needs_subject = False
 
     def default_hparams(self, model: Any) -> LoraHparams:
         return LoraHparams.for_model(model, self.lora_type)
@@ -142,10 +150,23 @@ class _Adapter:
 @register_method
 class Lora(_Adapter):
     name = "lora"
+    display_name = "LoRA"
     lora_type = "lora"
+    suites = ("gpu-quant", "adapters-zsre")
 
 
 @register_method
 class AdaLora(_Adapter):
     name = "adalora"
+    display_name = "AdaLoRA"
+    rank = 1
     lora_type = "adalora"
+    suites = ("gpu-adapters", "adapters-zsre")
+    knowedit_reference = {
+        "recent": {"Edit Succ.": 100.00, "Portability": 64.69, "Locality": 56.42, "Fluency": 579.57},
+        "zsre": {"Edit Succ.": 100.00, "Portability": 58.03, "Locality": 75.76, "Fluency": 563.56},
+        "wikibio": {"Edit Succ.": 100.00, "Locality": 81.28, "Fluency": 618.45},
+        "counterfact": {"Edit Succ.": 100.00, "Portability": 69.89, "Locality": 70.31, "Fluency": 580.29},
+        "convsent": {"Edit Succ.": 44.89, "Locality": 0.18, "Fluency": 606.42},
+        "sanitation": {"Edit Succ.": 2.50, "Locality": 65.50, "Fluency": 330.44},
+    }

@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 from ...ops.hooks import forward_root, get_module, padding_rows
-from ..grace.entry import drop_hook, host_hooks
-from ...entries.base import Entry, register_entry
+from ...entries.base import Entry, drop_hook, host_hooks, register_entry
 
 __all__ = ["MeloEntry", "MeloRouter", "melo_routers", "lora_out"]
 
@@ -168,7 +167,7 @@ class MeloRouter:
                 a, b = e.parts[name]
                 part = lora_out(x, a.to(x.device), b.to(x.device), e.scale) * (active == i).unsqueeze(-1)
                 delta = part if delta is None else delta + part
-            return out if delta is None else out + delta.to(out.dtype)
+            return out if delta is None else (out + delta).to(out.dtype)
         return hook
 
 

@@ -7,11 +7,10 @@ the router, rank 4 per block (one block per edit, so a batch of facts shares 4 r
 
 Differences from EasyEdit, on purpose (see ``entry.py``):
 * ``radius`` is *relative* to each key's norm (EasyEdit: absolute 0.5 on GPT2-XL activations), so
-  one default fits every model size; measured on SmolLM2-135M at the default router layer, the
-  mean-key distance between a ZsRE prompt and its rephrase is 0.5-0.65 of the key norm and between
-  unrelated questions 0.7-1.1, so 0.4 routes the edited prompt and leaves unrelated ones alone.
+  one default fits every model size: it sits below the distance of unrelated questions' keys and
+  covers the edited prompt.
 * ``key_type="mean"`` (running mean of the router input over the prompt) separates facts better
-  than the last token, which for questions ending in "?" is alike across prompts (0.5-0.8).
+  than the last token, which for questions ending in "?" is alike across prompts.
 * LoRA scale is ``lora_alpha / rank`` (EasyEdit: ``num_block``, i.e. 350), with a larger lr.
 """
 from __future__ import annotations
@@ -55,6 +54,11 @@ class MeloHparams(HparamsBase):
     radius: float = Field(0.4, gt=0)
     #: "mean": running mean of the router input over the tokens so far; "last": the token itself
     key_type: Literal["mean", "last"] = "mean"
+    #: weight of KL(unedited ‖ edited) on the token after the target (0 = EasyEdit's loss, which
+    #: leaves the block pushing the target at every generated token: "Rome Rome Rome")
+    after_target_kl: float = Field(1.0, ge=0)
+    #: tokens of the unedited model's own continuation after the target that the KL covers
+    after_target_tokens: int = Field(5, ge=0)
     #: stop once the target NLL is below this (0 = always run num_steps, as EasyEdit)
     early_stop_loss: float = Field(0.0, ge=0)
     seed: int = 0

@@ -26,7 +26,7 @@ from .hparams import MeloHparams
 from ...ops.hooks import capture, frozen, get_module
 from ...ops.train import edit_batch, edit_loss, optimize, prompt_lengths
 from ...stack import Edit
-from ..base import register_method
+from ..base import MethodBase, register_method
 
 __all__ = ["Melo", "resolve_modules"]
 
@@ -56,14 +56,64 @@ def resolve_modules(model: Any, hp: MeloHparams) -> tuple[str, list[str]]:
     return arch.mlp_out_at(hp.router_layer), targets
 
 
+def _with_continuation(model: Any, enc: dict[str, torch.Tensor], labels: torch.Tensor, n: int
+                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Append the unedited model's greedy continuation (``n`` tokens) after each target.
+
+    Returns ``(enc, labels, mask)``: labels still cover the target only; ``mask`` marks the
+    positions that predict the token after the target and the continuation's tokens."""
+    rows = []
+    ends = enc["attention_mask"].sum(1).tolist()
+    pad = model.tokenizer.pad_token_id
+    with torch.no_grad():
+        for i, end in enumerate(ends):
+            ids = enc["input_ids"][i:i + 1, :end]
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                                 do_sample=False, pad_token_id=pad) if n else ids
+            rows.append(out[0])
+    width = max(len(r) for r in rows)
+    dev = enc["input_ids"].device
+    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=dev)
+    att = torch.zeros_like(ids)
+    lab = torch.full_like(ids, -100)
+    mask = torch.zeros(ids.shape, dtype=torch.bool, device=dev)
+    for i, (r, end) in enumerate(zip(rows, ends)):
+        ids[i, :len(r)], att[i, :len(r)] = r, 1
+        lab[i, :end] = labels[i, :end]
+        mask[i, end - 1:len(r)] = True
+    return {"input_ids": ids, "attention_mask": att}, lab, mask
+
+
+def _loss_fn(model: Any, enc: dict[str, torch.Tensor], labels: torch.Tensor, base_logits: torch.Tensor,
+             mask: torch.Tensor, weight: float) -> Any:
+    """The target NLL, plus ``weight`` × KL(unedited ‖ edited) where ``mask`` is set.
+
+    The block stays routed on for every token generated after the prompt (the running-mean key
+    stays near the prompt's); trained on the target alone it also pushes the target there
+    ("Rome Rome Rome …"). The KL term keeps what the model says after the new answer as it was.
+    """
+    base = torch.log_softmax(base_logits[mask].float(), -1) if weight else None
+
+    def step() -> tuple[torch.Tensor, dict[str, Any]]:
+        logits = model(**enc).logits
+        nll = edit_loss(logits, labels)
+        if not weight:
+            return nll, {}
+        kl = torch.nn.functional.kl_div(torch.log_softmax(logits[mask].float(), -1), base, log_target=True,
+                                        reduction="batchmean")
+        return nll + weight * kl, {"nll": round(nll.item(), 5), "after_kl": round(kl.item(), 5),
+                                   "early_stop_on": nll.item()}
+    return step
+
+
 @register_method
-class Melo:
+class Melo(MethodBase):
     name = "melo"
     Hparams = MeloHparams
-    needs_subject = False
-
-    def default_hparams(self, model: Any) -> MeloHparams:
-        return MeloHparams.for_model(model)
+    display_name = "MELO"
+    family = "memory"
+    rank = 2
+    suites = ("adapters-zsre",)
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: MeloHparams) -> Edit:
         t0 = time.time()
@@ -79,6 +129,12 @@ class Melo:
             torch.manual_seed(hp.seed)
             with capture(model, [router, *targets]) as cap, torch.no_grad():
                 model(**enc)
+            if hp.after_target_kl:
+                enc, labels, after = _with_continuation(model, enc, labels, hp.after_target_tokens)
+            else:
+                after = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+            with torch.no_grad():
+                base_logits = model(**enc).logits if hp.after_target_kl else None
             x = cap[router]["input"].float()
             keys = torch.stack([x[i, : int(p) + 1].mean(0) if hp.key_type == "mean" else x[i, int(p)]
                                 for i, p in enumerate(last.tolist())])
@@ -98,7 +154,7 @@ class Melo:
             opt = torch.optim.Adam(params, lr=hp.lr)
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=hp.lr_decay_every, gamma=hp.lr_decay)
             with torch.enable_grad():
-                info = optimize(opt, lambda: (edit_loss(model(**enc).logits, labels), {}), hp.num_steps,
+                info = optimize(opt, _loss_fn(model, enc, labels, base_logits, after, hp.after_target_kl), hp.num_steps,
                                 hp.early_stop_loss, after_step=lambda _s: sched.step())
         entry = MeloEntry(router, hp.key_type, keys, radii, parts, hp.lora_alpha / hp.rank)
         info.update(seconds=round(time.time() - t0, 3), keys=int(keys.shape[0]),

@@ -1,4 +1,5 @@
 """MEMIT: mass-editing memory over a range of MLP layers."""
+from .hparams import MemitHparams
 from .method import Memit
 
-__all__ = ["Memit"]
+__all__ = ["MemitHparams", "Memit"]

@@ -14,25 +14,35 @@ import torch
 
 from ...entries.delta import DeltaEntry
 from ...facts import Fact
-from ..locate_then_edit.hparams import MemitHparams
+from .hparams import MemitHparams
 from ...ops.covariance import second_moment
 from ...ops.keys import context_templates
 from ...ops.norms import norm_info
 from ...ops.spread import covariance_transform, optimize_then_resolve, spread_modules, spread_over_layers
 from ...stack import Edit
-from ..base import register_method
+from ..base import MethodBase, register_method
 
 __all__ = ["Memit"]
 
 
 @register_method
-class Memit:
+class Memit(MethodBase):
     name = "memit"
     Hparams = MemitHparams
+    display_name = "MEMIT"
+    family = "locate-then-edit"
+    rank = 1
     needs_subject = True
-
-    def default_hparams(self, model: Any) -> MemitHparams:
-        return MemitHparams.for_model(model)
+    resolvable = True
+    suites = ("main-other", "gpu-knowedit", "gpu-quant", "general-ability", "speed", "knowedit-table")
+    knowedit_reference = {
+        "recent": {"Edit Succ.": 97.05, "Portability": 56.37, "Locality": 52.15, "Fluency": 573.89},
+        "zsre": {"Edit Succ.": 95.37, "Portability": 52.67, "Locality": 48.32, "Fluency": 563.31},
+        "wikibio": {"Edit Succ.": 94.40, "Locality": 61.51, "Fluency": 616.65},
+        "counterfact": {"Edit Succ.": 98.05, "Portability": 58.56, "Locality": 46.62, "Fluency": 575.96},
+        "convsent": {"Edit Succ.": 44.75, "Locality": 0.00, "Fluency": 602.62},
+        "sanitation": {"Edit Succ.": 48.75, "Locality": 67.47, "Fluency": 466.10},
+    }
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: MemitHparams) -> Edit:
         return optimize_then_resolve(self, model, facts, hp)

@@ -1,7 +1,4 @@
-"""``editwrap train mend``: train a MEND editor (progress bar, checkpoints, resume).
-
-The ``train`` group is created here (``tsub`` is where another trainer's subcommand would go).
-"""
+"""``editwrap train mend``: train a MEND editor (progress bar, checkpoints, resume)."""
 from __future__ import annotations
 
 import argparse
@@ -11,17 +8,14 @@ from typing import Any
 
 
 def cmd_train_mend(args: argparse.Namespace) -> int:
-    from ...cli import _load_model
+    from ...cli import _load_model, training_records
     from .hparams import MendTrainConfig
     from .train import train_mend
 
     cfg = MendTrainConfig(layers=args.layers, rank=args.rank, steps=args.steps, batch_size=args.batch_size,
                           lr=args.lr, lr_lr=args.lr_lr, c_edit=args.c_edit, c_loc=args.c_loc, seed=args.seed,
                           save_every=args.save_every)
-    from editwrap.evals.splits import training_records
-
-    records, name = training_records(args.data, args.n, args.exclude or (), args.exclude_n)
-    print(f"training on {len(records)} records from {name}", file=sys.stderr)
+    records, name = training_records(args)
     model = _load_model(args)
     info = train_mend(model, records, args.out, cfg, resume=not args.no_resume, stop_after=args.stop_after,
                       data_name=name)
@@ -35,17 +29,11 @@ def cmd_train_mend(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any, model_args: Any) -> None:
-    t = subparsers.add_parser("train", help="train an editor network (MEND)")
-    tsub = t.add_subparsers(dest="trainer", required=True)
-    m = tsub.add_parser("mend", help="train a MEND editor on edit records (resumes from OUT/checkpoint)")
-    model_args(m)
-    m.add_argument("--data", action="append", required=True, help="training records (JSON/JSONL; repeatable)")
-    m.add_argument("--out", required=True, help="output directory (editor + checkpoint)")
-    m.add_argument("--n", type=int, default=None, help="use the first N records of each file (after --exclude)")
-    m.add_argument("--exclude", action="append", default=[], metavar="PATH",
-                   help="evaluation file whose subjects/prompts are held out of training (repeatable); a "
-                        "directory holds out the facts of a --dataset mixed run drawn from it")
-    m.add_argument("--exclude-n", type=int, default=None, help="only the first N records of each --exclude file")
+    from ...cli import train_parser
+
+    m = train_parser(subparsers, model_args, "mend",
+                     "train a MEND editor on edit records (resumes from OUT/checkpoint)",
+                     "output directory (editor + checkpoint)")
     m.add_argument("--steps", type=int, default=300)
     m.add_argument("--batch-size", type=int, default=4)
     m.add_argument("--rank", type=int, default=64)
@@ -54,7 +42,6 @@ def register(subparsers: Any, model_args: Any) -> None:
     m.add_argument("--lr-lr", type=float, default=0.1)
     m.add_argument("--c-edit", type=float, default=1.0)
     m.add_argument("--c-loc", type=float, default=1.0)
-    m.add_argument("--seed", type=int, default=0)
     m.add_argument("--save-every", type=int, default=50)
     m.add_argument("--stop-after", type=int, default=None, help="stop after N steps of this run (as if killed)")
     m.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")

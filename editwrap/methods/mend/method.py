@@ -19,12 +19,13 @@ import torch
 
 from ...entries.delta import DeltaEntry
 from ...facts import Fact
-from .hparams import EDITOR_ENV, MendHparams, MendTrainConfig
+from .hparams import EDITOR_ENV, MendHparams
+from ...ops.fingerprint import trained_on_other_base
 from ...ops.hooks import frozen, get_module
 from ...stack import Edit
-from ..base import register_method
+from ..base import MethodBase, register_method
 from .model import EDITOR_FILES, MendEditor, encode_edit, grad_taps
-from .train import module_shape, train_mend
+from .train import module_shape
 
 __all__ = ["Mend", "load_editor"]
 
@@ -49,19 +50,30 @@ def load_editor(path: str | os.PathLike) -> tuple[MendEditor, dict[str, Any]]:
 
 
 @register_method
-class Mend:
+class Mend(MethodBase):
     name = "mend"
     Hparams = MendHparams
-    needs_subject = False
-
-    def default_hparams(self, model: Any) -> MendHparams:
-        return MendHparams.for_model(model)
+    display_name = "MEND"
+    family = "trained"
+    rank = 1
+    artifact_field = "editor"
+    cli = "editwrap.methods.mend.cli"
+    suites = ("external-zsre",)
+    knowedit_reference = {
+        "recent": {"Edit Succ.": 95.75, "Portability": 55.88, "Locality": 94.76, "Fluency": 557.11},
+        "zsre": {"Edit Succ.": 96.74, "Portability": 60.41, "Locality": 92.79, "Fluency": 524.33},
+        "wikibio": {"Edit Succ.": 93.66, "Locality": 69.51, "Fluency": 609.39},
+        "counterfact": {"Edit Succ.": 80.03, "Portability": 52.01, "Locality": 94.38, "Fluency": 555.72},
+        "convsent": {"Edit Succ.": 50.76, "Locality": 3.42, "Fluency": 379.43},
+        "sanitation": {"Edit Succ.": 0.00, "Locality": 5.29, "Fluency": 407.18},
+    }
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: MendHparams) -> Edit:
         t0 = time.time()
         path = hp.editor or os.environ.get(EDITOR_ENV)
         if not path:
-            raise ValueError(f"MEND needs a trained editor: pass editor='DIR' (from `editwrap train mend`) or set ${EDITOR_ENV}")
+            raise ValueError(f"MEND needs a trained editor: pass editor='DIR' (from `editwrap train mend`) or set "
+                             f"${EDITOR_ENV}")
         editor, meta = load_editor(path)
         for m, shape in zip(editor.module_names, editor.shapes):
             try:
@@ -72,13 +84,13 @@ class Mend:
             if got != tuple(shape):
                 raise ValueError(f"MEND editor {path} expects {m} of shape {tuple(shape)} (out, in) but the model's "
                                  f"is {got}; train an editor for this model")
-        fp = meta.get("info", {}).get("base_fingerprint")
-        if fp and hasattr(model, "fingerprint") and fp != model.fingerprint():
-            warnings.warn(f"MEND editor {path} was trained on another base model (fingerprint {fp}); edits may be poor",
-                          stacklevel=3)
+        if trained_on_other_base(meta.get("info", {}), model):
+            warnings.warn(f"MEND editor {path} was trained on another base model (fingerprint "
+                          f"{meta['info']['base_fingerprint']}); edits may be poor", stacklevel=3)
         device = next(model.parameters()).device
         editor = editor.to(device)
-        enc, labels = encode_edit(model.tokenizer, [f.text_prompt for f in facts], [f.target_new for f in facts], device)
+        enc, labels = encode_edit(model.tokenizer, [f.text_prompt for f in facts], [f.target_new for f in facts],
+                                  device)
         with frozen(model):
             taps = grad_taps(model, editor.module_names, enc, labels)
         with torch.no_grad():

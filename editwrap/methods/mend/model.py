@@ -86,7 +86,8 @@ class MendEditor(nn.Module):
         return {"modules": self.module_names, "shapes": [list(s) for s in self.shapes], "rank": self.rank,
                 "init_lr": self.init_lr}
 
-    def factors(self, taps: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def factors(self, taps: dict[str, tuple[torch.Tensor, torch.Tensor]]
+                ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{module: (U out×T, V in×T)}`` from per-token inputs x (T×in) and output grads δ (T×out)."""
         out = {}
         for i, m in enumerate(self.module_names):

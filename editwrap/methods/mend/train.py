@@ -33,6 +33,7 @@ from ...entries.delta import is_conv1d
 from ...facts import Fact
 from ...arch import arch_of
 from .hparams import MendTrainConfig
+from ...ops.fingerprint import checkpoint_probe
 from ...ops.hooks import frozen, get_module, patch_output
 from ...ops.memory import peak_memory_mb
 from ...ops.tokens import batch_encode, target_ids
@@ -156,7 +157,7 @@ def train_mend(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike, 
     out.mkdir(parents=True, exist_ok=True)
     arch = arch_of(model)
     layers = cfg.resolved_layers(model)
-    modules = [arch.mlp_out_at(l) for l in layers]
+    modules = [arch.mlp_out_at(i) for i in layers]
     shapes = [module_shape(get_module(model, m)) for m in modules]
     device = next(model.parameters()).device
     torch.manual_seed(cfg.seed)
@@ -166,6 +167,7 @@ def train_mend(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike, 
     fp = model.fingerprint() if hasattr(model, "fingerprint") else ""
     dh = data_hash(records)
     run = {"config": cfg.model_dump(mode="json"), "modules": modules, "base_fingerprint": fp,
+           "base_checkpoint": checkpoint_probe(model),
            "base_model": portable_path(getattr(model.config, "_name_or_path", None)), "data_hash": dh,
            "n_records": len(records), "data": data_name}
     step, history, elapsed = 0, [], 0.0
@@ -179,7 +181,8 @@ def train_mend(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike, 
         same = {k: v for k, v in saved["config"].items() if k not in free}
         if same != {k: v for k, v in run["config"].items() if k not in free}:
             raise ValueError(f"checkpoint in {out} was made with other training settings {same}; "
-                             "resume with the same settings (only --steps and --save-every may change) or use --no-resume")
+                             "resume with the same settings (only --steps and --save-every may change) or use "
+                             "--no-resume")
         meta = _load_checkpoint(out, editor, opt)
         step, history, elapsed = meta["step"], meta["history"], meta["elapsed_s"]
     tok = model.tokenizer
@@ -205,13 +208,14 @@ def train_mend(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike, 
             pre = None
             if loc_mask is not None:
                 with torch.no_grad():
-                    pre = model(input_ids=enc["input_ids"][n_outer:], attention_mask=enc["attention_mask"][n_outer:]).logits
+                    pre = model(input_ids=enc["input_ids"][n_outer:],
+                                attention_mask=enc["attention_mask"][n_outer:]).logits
             opt.zero_grad(set_to_none=True)
             with torch.enable_grad(), contextlib.ExitStack() as hooks:
                 factors = editor.factors(taps)
                 for m, (U, V) in factors.items():
                     hooks.enter_context(patch_output(
-                        model, m, lambda o, x, U=U, V=V: o + ((x.float() @ V) @ U.T).to(o.dtype)))
+                        model, m, lambda o, x, U=U, V=V: (o + (x.float() @ V) @ U.T).to(o.dtype)))
                 logits = model(**enc).logits
                 l_edit = nll(logits[:n_outer], labels[:n_outer])
                 l_loc = _kl(pre, logits[n_outer:], loc_mask) if pre is not None else logits.new_zeros(())

@@ -29,25 +29,25 @@ import torch
 from ...entries.delta import DeltaEntry
 from ...facts import Fact
 from ...arch import arch_of
-from ..locate_then_edit.hparams import PmetHparams
+from .hparams import PmetHparams
 from ...ops.covariance import second_moment
 from ...ops.keys import ValueHparams, context_templates, optimize_values
 from ...ops.norms import norm_info
 from ...ops.spread import covariance_transform, spread_modules, spread_over_layers
 from ...stack import Edit
-from ..base import register_method
+from ..base import MethodBase, register_method
 
 __all__ = ["Pmet"]
 
 
 @register_method
-class Pmet:
+class Pmet(MethodBase):
     name = "pmet"
     Hparams = PmetHparams
+    display_name = "PMET"
+    family = "locate-then-edit"
+    rank = 2
     needs_subject = True
-
-    def default_hparams(self, model: Any) -> PmetHparams:
-        return PmetHparams.for_model(model)
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: PmetHparams) -> Edit:
         t0 = time.time()

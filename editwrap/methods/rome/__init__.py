@@ -1,4 +1,5 @@
 """ROME: a rank-one update of one MLP output projection."""
+from .hparams import RomeHparams
 from .method import Rome
 
-__all__ = ["Rome"]
+__all__ = ["RomeHparams", "Rome"]

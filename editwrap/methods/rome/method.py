@@ -15,13 +15,13 @@ import torch
 from ...entries.delta import DeltaEntry
 from ...facts import Fact
 from ...arch import arch_of
-from ..locate_then_edit.hparams import RomeHparams
+from .hparams import RomeHparams
 from ...ops.covariance import second_moment
 from ...ops.norms import norm_info
 from ...ops.profile import phase
 from ...ops.keys import ValueHparams, context_templates, io_at_subject, optimize_value
 from ...stack import Edit
-from ..base import register_method
+from ..base import MethodBase, register_method
 
 __all__ = ["Rome"]
 
@@ -34,13 +34,23 @@ def ridge_inverse_apply(cov: torch.Tensor, k: torch.Tensor, ridge: float) -> tor
 
 
 @register_method
-class Rome:
+class Rome(MethodBase):
     name = "rome"
     Hparams = RomeHparams
+    display_name = "ROME"
+    family = "locate-then-edit"
     needs_subject = True
-
-    def default_hparams(self, model: Any) -> RomeHparams:
-        return RomeHparams.for_model(model)
+    single_fact = True
+    suites = ("main-other", "gpu-knowedit", "gpu-quant", "general-ability", "speed", "knowedit-table",
+              "knowedit-sequential")
+    knowedit_reference = {
+        "recent": {"Edit Succ.": 97.18, "Portability": 55.25, "Locality": 54.77, "Fluency": 579.66},
+        "zsre": {"Edit Succ.": 96.77, "Portability": 52.63, "Locality": 53.67, "Fluency": 573.75},
+        "wikibio": {"Edit Succ.": 96.08, "Locality": 62.74, "Fluency": 617.69},
+        "counterfact": {"Edit Succ.": 98.57, "Portability": 55.92, "Locality": 51.97, "Fluency": 584.04},
+        "convsent": {"Edit Succ.": 45.79, "Locality": 0.00, "Fluency": 606.32},
+        "sanitation": {"Edit Succ.": 85.00, "Locality": 50.31, "Fluency": 465.12},
+    }
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: RomeHparams) -> Edit:
         if len(facts) != 1:

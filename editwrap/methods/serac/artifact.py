@@ -23,6 +23,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ...ops.fingerprint import trained_on_other_base
+
 __all__ = ["ScopeClassifier", "SeracArtifact", "load_artifact", "clone_base", "cf_text", "ARTIFACT_FILES"]
 
 ARTIFACT_FILES = ("serac.safetensors", "serac.json")
@@ -104,7 +106,8 @@ def fold_delta(model: nn.Module, parts: dict[str, dict[str, torch.Tensor]]) -> N
             dw = p["U"].float() @ p["V"].float().T
             if is_conv1d(mod):
                 dw = dw.T
-            mod.weight.add_(dw.to(mod.weight.device, mod.weight.dtype))
+            w = mod.weight  # summed in float32, rounded once to a half-precision copy
+            w.copy_((w.float() + dw.to(w.device)).to(w.dtype))
 
 
 class SeracArtifact:
@@ -140,8 +143,7 @@ class SeracArtifact:
         memo = host._ew_cache.setdefault("serac_cf", {})
         key = (self.path, self.id)
         if key not in memo:
-            fp = self.meta.get("info", {}).get("base_fingerprint")
-            if fp and hasattr(host, "fingerprint") and fp != host.fingerprint():
+            if trained_on_other_base(self.meta.get("info", {}), host):
                 warnings.warn(f"SERAC artifact {self.path} was trained on another base model; its counterfactual "
                               "delta is applied to this model's weights", stacklevel=3)
             cf = clone_base(host)

@@ -16,23 +16,32 @@ from typing import Any, Sequence
 
 from .entry import SeracEntry
 from ...facts import Fact
-from .hparams import ARTIFACT_ENV, SeracHparams, SeracTrainConfig
+from .hparams import ARTIFACT_ENV, SeracHparams
 from ...stack import Edit
-from ..base import register_method
-from .artifact import SeracArtifact, load_artifact
-from .train import train_serac
+from ..base import MethodBase, register_method
+from .artifact import load_artifact
 
 __all__ = ["Serac"]
 
 
 @register_method
-class Serac:
+class Serac(MethodBase):
     name = "serac"
     Hparams = SeracHparams
-    needs_subject = False
-
-    def default_hparams(self, model: Any) -> SeracHparams:
-        return SeracHparams.for_model(model)
+    display_name = "SERAC"
+    family = "trained"
+    artifact_field = "artifact"
+    supports_quantized = False
+    quantized_reason = "its counterfactual model is a float copy of the base model"
+    cli = "editwrap.methods.serac.cli"
+    knowedit_reference = {
+        "recent": {"Edit Succ.": 98.68, "Portability": 63.52, "Locality": 100.00, "Fluency": 553.19},
+        "zsre": {"Edit Succ.": 99.67, "Portability": 56.48, "Locality": 30.23, "Fluency": 410.89},
+        "wikibio": {"Edit Succ.": 99.69, "Locality": 69.79, "Fluency": 606.95},
+        "counterfact": {"Edit Succ.": 99.99, "Portability": 76.07, "Locality": 98.96, "Fluency": 549.91},
+        "convsent": {"Edit Succ.": 62.75, "Locality": 0.26, "Fluency": 458.21},
+        "sanitation": {"Edit Succ.": 0.00, "Locality": 100.00, "Fluency": 416.29},
+    }
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: SeracHparams) -> Edit:
         t0 = time.time()

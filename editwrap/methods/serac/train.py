@@ -29,6 +29,7 @@ import torch
 from ...facts import Fact
 from ...arch import arch_of
 from .hparams import SeracTrainConfig
+from ...ops.fingerprint import checkpoint_probe
 from ...ops.hooks import patch_output
 from ...ops.tokens import batch_encode, target_ids
 from editwrap.paths import portable_path
@@ -108,7 +109,7 @@ def train_counterfactual(model: Any, records: Sequence[Fact], cfg: SeracTrainCon
         return {}, []
     arch = arch_of(model)
     layers = cfg.cf_layers if cfg.cf_layers is not None else list(range(max(0, arch.n_layers - 6), arch.n_layers))
-    modules = [arch.mlp_out_at(l) for l in layers]
+    modules = [arch.mlp_out_at(i) for i in layers]
     cf = clone_base(model)
     from ...entries.delta import is_conv1d
     from ...ops.hooks import get_module
@@ -143,7 +144,7 @@ def train_counterfactual(model: Any, records: Sequence[Fact], cfg: SeracTrainCon
         with torch.enable_grad(), contextlib.ExitStack() as hooks:
             for m, p in params.items():
                 hooks.enter_context(patch_output(
-                    cf, m, lambda o, x, U=p["U"], V=p["V"]: o + ((x.float() @ V) @ U.T).to(o.dtype)))
+                    cf, m, lambda o, x, U=p["U"], V=p["V"]: (o + (x.float() @ V) @ U.T).to(o.dtype)))
             logits = cf(**enc).logits[:, :-1].float()
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                                                      ignore_index=-100)
@@ -188,6 +189,7 @@ def train_serac(model: Any, records: Sequence[Fact], out_dir: str | os.PathLike,
     info = {"records": len(train), "val_records": len(val), "data": data_name,
             "base_model": portable_path(getattr(model.config, "_name_or_path", None)),
             "base_fingerprint": model.fingerprint() if hasattr(model, "fingerprint") else "",
+            "base_checkpoint": checkpoint_probe(model),
             "classifier_train": _accuracy(clf, tr_pairs, emb, cfg.threshold),
             "classifier_val": _accuracy(clf, va_pairs, emb, cfg.threshold),
             "classifier_loss": [cls_hist[0], cls_hist[-1]] if cls_hist else None, "classifier_seconds": round(t_cls, 1),

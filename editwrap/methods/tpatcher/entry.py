@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from ...ops.hooks import get_module
-from ..grace.entry import drop_hook, host_hooks
-from ...entries.base import Entry, register_entry
+from ...entries.base import Entry, drop_hook, host_hooks, register_entry
 
 __all__ = ["PatchBank", "TPatcherEntry", "patch_out"]
 
@@ -51,7 +50,7 @@ class PatchBank:
         if self._cat is None or self._cat[0].device != out.device:
             ks, bs, vs = zip(*self.parts.values())
             self._cat = (torch.cat(ks, 1).to(out.device), torch.cat(bs).to(out.device), torch.cat(vs).to(out.device))
-        return out + patch_out(args[0], *self._cat).to(out.dtype)
+        return (out + patch_out(args[0], *self._cat)).to(out.dtype)
 
 
 @register_entry

@@ -24,7 +24,7 @@ from ...ops.hooks import capture, frozen, patch_output
 from ...ops.tokens import batch_encode
 from ...ops.train import edit_batch, edit_loss, optimize, prompt_lengths
 from ...stack import Edit
-from ..base import register_method
+from ..base import MethodBase, register_method
 
 __all__ = ["TPatcher"]
 
@@ -38,13 +38,12 @@ def _memory_inputs(model: Any, module: str, n: int) -> torch.Tensor:
 
 
 @register_method
-class TPatcher:
+class TPatcher(MethodBase):
     name = "t-patcher"
     Hparams = TPatcherHparams
-    needs_subject = False
-
-    def default_hparams(self, model: Any) -> TPatcherHparams:
-        return TPatcherHparams.for_model(model)
+    display_name = "T-Patcher"
+    family = "memory"
+    rank = 3
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: TPatcherHparams) -> Edit:
         t0 = time.time()
@@ -64,7 +63,7 @@ class TPatcher:
             b = torch.zeros(len(facts), device=q.device, requires_grad=True)
             v = torch.zeros(len(facts), d_out, device=q.device, requires_grad=True)
             opt = torch.optim.Adam([k, b, v], lr=hp.lr)
-            st.enter_context(patch_output(model, module, lambda out, x: out + patch_out(x, k, b, v).to(out.dtype)))
+            st.enter_context(patch_output(model, module, lambda out, x: (out + patch_out(x, k, b, v)).to(out.dtype)))
             st.enter_context(torch.enable_grad())
 
             def step() -> tuple[torch.Tensor, dict[str, float]]:

@@ -2,11 +2,11 @@
 
 The reference edits MLP output projections near the top of the network: Mistral-7B layers 29-30
 of 32, GPT-J 18-26 of 28, Phi-4 30-38 of 40 (down_proj / fc_out), with ``lr = 1e-6`` and a ridge
-of 1 on 7B models. The default ``key_space="whitened"`` is an editwrap variant that measured
-better on SmolLM2-135M (docs/ULTRAEDIT.md); ``key_space="raw", ridge=1`` is the reference solve.
-``lr`` multiplies ``‖k̂‖²·ĝ`` (normalised key and gradient), whose size grows like ``d_in·√d_out``;
-the default rescales it by that so the requested output change has the same size relative to the
-model's dimensions on any model (tuned on SmolLM2-135M, see ``for_model``).
+of 1 on 7B models. The default ``key_space="whitened"`` is an editwrap variant (docs/methods/ultraedit.md
+compares them); ``key_space="raw", ridge=1`` is the reference solve. ``lr`` multiplies ``‖k̂‖²·ĝ``
+(normalised key and gradient), whose size grows like ``d_in·√d_out``; the default is ``2e-3`` at
+``d_in·√d_out`` of a 1536 → 576 projection and is rescaled by that size, so the requested output
+change has the same size relative to the model's dimensions on any model.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from ..base import HparamsBase
 
 __all__ = ["UltraEditHparams"]
 
-#: (d_in, d_out, lr) at which the default ``lr`` was tuned (SmolLM2-135M down_proj 1536 -> 576).
-_TUNED = (1536, 576, 2e-3)
+#: the default ``lr`` at a reference projection size (d_in, d_out), rescaled by ``d_in·√d_out`` per model
+_LR_AT = (1536, 576, 2e-3)
 
 
 class UltraEditHparams(HparamsBase):
@@ -31,7 +31,7 @@ class UltraEditHparams(HparamsBase):
     #: norm control: cap each module's summed side-car delta at this multiple of ‖W‖_F (editwrap.ops.norms)
     max_delta_norm: float | None = Field(None, gt=0)
     #: ridge λ of the least-squares solve ``ΔW = Vᵀ(K M Kᵀ + λI)⁻¹K M`` (the reference: M = I, λ = 1;
-    #: raw SmolLM2 keys have ``‖k‖² ≈ 700``, whitened ones ``kᵀS⁻¹k ≈ d_in``, so 1 or 10 barely differ)
+    #: whitened keys have ``kᵀS⁻¹k ≈ d_in``, far above either)
     ridge: float = Field(10.0, gt=0)
     #: zero-valued pseudo-observations the running statistics start from. The reference starts
     #: from none and always sees hundreds of tokens in its first batch; one fact of one token would
@@ -64,7 +64,7 @@ class UltraEditHparams(HparamsBase):
         first = min(first, last)
         layers = list(range(max(0, first), last + 1))
         d_in, d_out = _dims(model, a.mlp_out_at(layers[0]))
-        t_in, t_out, t_lr = _TUNED
+        t_in, t_out, t_lr = _LR_AT
         lr = t_lr * (t_in * t_out ** 0.5) / (d_in * d_out ** 0.5)
         return cls(layers=layers, lr=float(f"{lr:.3g}"))
 

@@ -35,7 +35,7 @@ from ...ops.norms import norm_info
 from ...ops.hooks import frozen, patch_output
 from ...ops.keys import logits_at
 from ...stack import Edit
-from ..base import register_method
+from ..base import MethodBase, register_method
 
 __all__ = ["UltraEdit", "RunningStats", "answer_rows"]
 
@@ -91,7 +91,8 @@ def answer_rows(tok: Any, facts: Sequence[Fact]) -> tuple[list[list[int]], list[
         full = tok(f.text_prompt + " " + f.target_new)["input_ids"]
         n = len(tok(f.text_prompt)["input_ids"])
         if n < 1 or len(full) <= n:
-            raise ValueError(f"facts[{i}]: prompt or target tokenises to nothing ({f.text_prompt!r} -> {f.target_new!r})")
+            raise ValueError(f"facts[{i}]: prompt or target tokenises to nothing ({f.text_prompt!r} -> "
+                             f"{f.target_new!r})")
         seqs.append(full[:-1])
         cols.append(list(range(n - 1, len(full) - 1)))
         tgts.append(full[n:])
@@ -176,20 +177,19 @@ def whiten_keys(K: torch.Tensor, stats: RunningStats, d_in: int, floor: float) -
 
 
 @register_method
-class UltraEdit:
+class UltraEdit(MethodBase):
     name = "ultraedit"
     Hparams = UltraEditHparams
-    needs_subject = False
-
-    def default_hparams(self, model: Any) -> UltraEditHparams:
-        return UltraEditHparams.for_model(model)
+    display_name = "UltraEdit"
+    family = "lifelong"
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: UltraEditHparams) -> Edit:
         t0 = time.time()
         arch = arch_of(model)
         if hp.layers[-1] >= arch.n_layers:
-            raise ValueError(f"UltraEdit layers {hp.layers} out of range for a {arch.n_layers}-layer model; set layers=[...]")
-        modules = [arch.mlp_out_at(l) for l in hp.layers]
+            raise ValueError(f"UltraEdit layers {hp.layers} out of range for a {arch.n_layers}-layer model; set "
+                             f"layers=[...]")
+        modules = [arch.mlp_out_at(i) for i in hp.layers]
         below = _previous_stats(model)
         with frozen(model):
             keys, grads, nll = _keys_and_grads(model, modules, facts, hp.chunk_size)

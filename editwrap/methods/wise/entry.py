@@ -25,8 +25,7 @@ from torch.nn import functional as F
 
 from ...ops.hooks import ForwardMask, get_module
 from ...ops.merge import ties_merge
-from ..grace.entry import drop_hook, host_hooks
-from ...entries.base import Entry, register_entry
+from ...entries.base import Entry, drop_hook, host_hooks, register_entry
 
 __all__ = ["WiseEntry", "WiseMemory", "WiseState", "wise_memories", "act_distance"]
 
@@ -129,13 +128,13 @@ class WiseMemory:
         best, best_d = out, torch.zeros(out.shape[0], device=out.device)
         rows = self.padding.rows(x) if self.padding is not None else None
         for delta, min_act in st.memories():
-            side = out + F.linear(x.to(delta.dtype), delta.to(x.device)).to(out.dtype)
+            side = out + F.linear(x.to(delta.dtype), delta.to(x.device))  # float32 (delta's dtype)
             d = act_distance(self.act, out, side, infer=True, mask=rows)
             take = (d > best_d) & (d > min_act * st.act_ratio)
             if bool(take.any()):
                 best = torch.where(take.view(-1, *[1] * (out.dim() - 1)), side, best)
                 best_d = torch.where(take, d, best_d)
-        return best
+        return best.to(out.dtype)
 
     def _hook(self, _m: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         if not self.enabled or not self.states:

@@ -10,7 +10,7 @@ question of a MEND zsRE training record, edit ``i`` gets record ``i``), never ag
 the benchmark scores. ``loc_corpus`` picks the pool (any ``editwrap.ops.corpus`` source: the
 default prose corpus, or e.g. ``zsre_mend_train.json`` for EasyEdit's setting); edit number ``t``
 of the side memory uses text ``t`` of the pool. ``"fact"`` uses the fact's own first locality
-probe (the behaviour before ``loc_corpus`` existed; it trains on what KnowEdit's locality then measures).
+probe (it trains on what KnowEdit's locality then measures).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from ..grace.hparams import layer_at_depth
+from ...arch import layer_at_depth
 from ..base import HparamsBase
 
 __all__ = ["WiseHparams"]
@@ -41,8 +41,6 @@ class WiseHparams(HparamsBase):
     #: stop once the total loss is below this (0 = run n_iter)
     early_stop_loss: float = Field(0.0, ge=0)
     seed: int = 0
-    #: replay the blocks below the memory's layer and project only the target positions (exact)
-    fast_path: bool = True
     #: out-of-scope texts: None = the default corpus, a corpus file, or "fact" (module doc)
     loc_corpus: str | None = None
     #: characters kept of each out-of-scope text

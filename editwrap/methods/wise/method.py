@@ -28,7 +28,7 @@ from ...ops.corpus import iter_corpus
 from ...ops.hooks import capture, frozen, patch_output
 from ...ops.train import edit_batch, optimize, target_loss_step
 from ...stack import Edit
-from ..base import register_method
+from ..base import MethodBase, register_method
 
 __all__ = ["Wise"]
 
@@ -63,13 +63,13 @@ def hidden_act_of(model: Any) -> str:
 
 
 @register_method
-class Wise:
+class Wise(MethodBase):
     name = "wise"
     Hparams = WiseHparams
-    needs_subject = False
-
-    def default_hparams(self, model: Any) -> WiseHparams:
-        return WiseHparams.for_model(model)
+    display_name = "WISE"
+    family = "memory"
+    rank = 1
+    suites = ("gpu-adapters", "adapters-zsre")
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: WiseHparams) -> Edit:
         from transformers.activations import ACT2FN
@@ -108,16 +108,16 @@ class Wise:
             seen: dict[str, torch.Tensor] = {}
 
             def fn(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-                side = out + F.linear(x.float(), cur + delta).to(out.dtype)
+                side = out + F.linear(x.float(), cur + delta)  # float32: distances see the unrounded side
                 seen["main"], seen["side"] = out, side
-                return side
+                return side.to(out.dtype)
 
             st.enter_context(patch_output(model, module, fn))
             st.enter_context(torch.enable_grad())
 
             # the facts' NLL (the out-of-scope row's labels are all masked), which also runs the
             # forward that fills ``seen``
-            nll = target_loss_step(model, enc, labels, "target_new", module, hp.fast_path)
+            nll = target_loss_step(model, enc, labels, "target_new", module)
 
             def step() -> tuple[torch.Tensor, dict[str, float]]:
                 ft, _ = nll()

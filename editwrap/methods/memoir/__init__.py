@@ -1,0 +1,6 @@
+"""MEMOIR: one residual memory at one layer, written through sparse input-dependent masks."""
+from .hparams import MemoirHparams
+from .entry import MemoirEntry
+from .method import Memoir
+
+__all__ = ["MemoirHparams", "MemoirEntry", "Memoir"]
