@@ -428,7 +428,7 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     Missing metrics are None. Records with generated-answer scores (a ``generation`` mapping, see
     :mod:`editwrap.evals.generation`) add a ``generation`` block with the same names, plus F1 ones;
     records of the CounterFact protocol add ``memit`` / ``memit_pre`` blocks
-    (:func:`editwrap.evals.counterfact.summarize_counterfact`).
+    (:func:`editwrap.evals.counterfact_summary.summarize_counterfact`).
     """
     recs = [r.get("post", r) for r in records]
     out: dict[str, Any] = {"n": len(recs)}
@@ -452,7 +452,7 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for key in ("memit", "memit_pre"):  # protocol="memit" (editwrap.evals.counterfact): after / before the edits
         blocks = [r[key] for r in recs if isinstance(r.get(key), Mapping)]
         if blocks:
-            from .counterfact import summarize_counterfact
+            from .counterfact_summary import summarize_counterfact
 
             out[key] = summarize_counterfact(blocks)
     return out
