@@ -16,7 +16,7 @@ from .. import sets
 from ..ops.hooks import get_module
 from .base import Entry, register_entry
 
-__all__ = ["Sidecar", "DeltaEntry", "is_conv1d"]
+__all__ = ["Sidecar", "DeltaEntry", "is_conv1d", "apply_factors", "concat_factors"]
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -61,26 +61,18 @@ class Sidecar:
         if self._cache is None or (self._cache[0] is not None and self._cache[0].device != device) or (
             self._cache[2] is not None and self._cache[2].device != device
         ):
-            self._cache = _concat(list(self.parts.values()), device)
+            self._cache = concat_factors(list(self.parts.values()), device)
         return self._cache
 
     def _factors_of_set(self, name: str | None, device: torch.device) -> tuple[Any, Any, Any]:
         """The concatenated factors of the parts in one edit set (cached until the parts change)."""
         got = self._set_cache.get(name)
         if got is None or any(t is not None and t.device != device for t in got):
-            got = self._set_cache[name] = _concat([self.parts[k] for k, s in self.sets.items() if s == name], device)
+            got = self._set_cache[name] = concat_factors([self.parts[k] for k, s in self.sets.items() if s == name], device)
         return got
 
     def delta_out(self, x: torch.Tensor, factors: tuple[Any, Any, Any] | None = None) -> torch.Tensor:
-        U, V, D = factors if factors is not None else self._factors(x.device)
-        ref = U if U is not None else D
-        xf = x.to(ref.dtype)
-        out = torch.zeros((), dtype=ref.dtype, device=x.device)
-        if U is not None:
-            out = out + (xf @ V) @ U.T
-        if D is not None:
-            out = out + xf @ D.T
-        return out
+        return apply_factors(x, factors if factors is not None else self._factors(x.device))
 
     def _hook(self, _m: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         if not self.enabled or not self.parts:
@@ -115,7 +107,20 @@ class Sidecar:
         return total
 
 
-def _concat(parts: list[dict[str, torch.Tensor]], device: torch.device) -> tuple[Any, Any, Any]:
+def apply_factors(x: torch.Tensor, factors: tuple[Any, Any, Any]) -> torch.Tensor:
+    """``x V Uᵀ + x Dᵀ`` in the factors' dtype (float32): what a side-car adds to a module's output."""
+    U, V, D = factors
+    ref = U if U is not None else D
+    xf = x.to(ref.dtype)
+    out = torch.zeros((), dtype=ref.dtype, device=x.device)
+    if U is not None:
+        out = out + (xf @ V) @ U.T
+    if D is not None:
+        out = out + xf @ D.T
+    return out
+
+
+def concat_factors(parts: list[dict[str, torch.Tensor]], device: torch.device) -> tuple[Any, Any, Any]:
     """``(U, V, D)`` of several parts: low-rank factors side by side, dense deltas summed.
 
     Once the summed rank ``k`` makes the factors dearer than one dense matrix

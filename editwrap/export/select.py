@@ -39,6 +39,11 @@ _WHY = {
 }
 
 
+def _why(e: Any) -> str:
+    """Why an entry is not exported as weights: its own reason, else its plane's."""
+    return getattr(e.entry, "not_exportable", None) or _WHY.get(e.entry.plane, "not a weight delta")
+
+
 class ExportError(ValueError):
     """The stack cannot be exported as asked; the message names the edits or modules and the fix."""
 
@@ -75,7 +80,7 @@ def select_edits(model: Any, edit_set: str | Sequence[str] | None = None, *, inc
     chosen = [e for e in model.stack if _wanted(e, names, include_untagged)]
     bad = [e for e in chosen if not isinstance(e.entry, DeltaEntry)]
     if bad and not skip_unsupported:
-        lines = [f"  {e.id} {e.method} ({e.entry.kind}): {_WHY.get(e.entry.plane, 'not a weight delta')}" for e in bad]
+        lines = [f"  {e.id} {e.method} ({e.entry.kind}): {_why(e)}" for e in bad]
         raise ExportError(
             f"{len(bad)} edit(s) are not weight deltas and cannot be exported as weights:\n" + "\n".join(lines) +
             "\nOnly side-car delta methods export (rome, memit, alphaedit, pmet, ultraedit, ft-l, ft-m, kn, mend, "
@@ -83,7 +88,7 @@ def select_edits(model: Any, edit_set: str | Sequence[str] | None = None, *, inc
             "(CLI: --skip-unsupported) to leave them out; keep them with model.stack.save(dir) and serve with "
             "editwrap.")
     return Selection([e for e in chosen if isinstance(e.entry, DeltaEntry)],
-                     [(e, _WHY.get(e.entry.plane, "not a weight delta")) for e in bad], edit_set, include_untagged)
+                     [(e, _why(e)) for e in bad], edit_set, include_untagged)
 
 
 def module_parts(model: Any, edits: Sequence[Edit]) -> dict[str, list[tuple[Edit, dict[str, torch.Tensor]]]]:

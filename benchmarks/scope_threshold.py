@@ -1,0 +1,87 @@
+"""Choose the routing threshold of scoped side-cars on records that no reported run scores.
+
+The mixed KnowEdit pool (ZsRE + WikiData_recent + WikiData_counterfact, shuffled with the seed
+the runner uses) is cut after the first ``--skip`` records, which the lifelong runs edit and score;
+the next ``--n`` records play the part of a stack of stored edits. For each of them:
+
+* positives: its rephrasings (and portability prompts with --with-portability), which should be
+  routed to *their own* edit;
+* negatives: its locality probes, which should be routed to *no* edit (any of the ``--n``).
+
+The threshold is the smallest value that routes at most ``--max-false`` of the negatives; the
+report gives, for a grid of thresholds, the share of positives routed to their own edit and of
+negatives routed anywhere. No classifier is trained: one number is chosen.
+
+    python benchmarks/scope_threshold.py --data knowedit --skip 1000 --n 1000 \
+        --out docs/results/scoped/threshold.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from editwrap.evals.measure import item_fact
+from editwrap.evals.runner import load_records
+from editwrap.ops.scope import ScopeRouter, _Scope, choose_threshold, load_embedder_named, without_subject
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="knowedit", help="the mixed pools: knowedit or a directory (docs/data.md)")
+    ap.add_argument("--skip", type=int, default=1000, help="records the reported runs edit (left out here)")
+    ap.add_argument("--n", type=int, default=1000, help="records used as the stored edits")
+    ap.add_argument("--seed", type=int, default=0, help="the runner's shuffle seed for the mixed pool")
+    ap.add_argument("--max-false", type=float, default=0.05, help="share of negatives allowed to be routed")
+    ap.add_argument("--embedder", default="minilm")
+    ap.add_argument("--match", choices=("relation", "prompt"), default="relation", help="the scope_match setting")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    t0 = time.time()
+    items, sources, _ = load_records("mixed", args.data, n=args.skip + args.n, seed=args.seed)
+    facts = [item_fact(i) for i in items[args.skip:]]
+    if not facts:
+        raise SystemExit(f"--skip {args.skip} leaves no records of the pool ({len(items)} records)")
+    embed = load_embedder_named(args.embedder)
+    router = ScopeRouter(None, embed, args.embedder)  # routing only: no model, no hooks
+    subjects = [f.subject if args.match == "relation" and f.subject else None for f in facts]
+    keys = embed([without_subject(f.text_prompt, s) for f, s in zip(facts, subjects)])
+    for i in range(len(facts)):
+        router.scopes[str(i)] = _Scope(keys[i:i + 1], 0.0, [subjects[i]])
+    pos_q, pos_owner = [], []
+    neg_q = []
+    for i, f in enumerate(facts):
+        pos_q += f.rephrase
+        pos_owner += [i] * len(f.rephrase)
+        neg_q += [p.prompt for probes in f.locality.values() for p in probes]
+    pos_sims = router.similarities(pos_q) if pos_q else torch.zeros(0, len(facts))
+    neg_sims = router.similarities(neg_q) if neg_q else torch.zeros(0, len(facts))
+    owner = torch.tensor(pos_owner, dtype=torch.long)
+    own = pos_sims.gather(1, owner[:, None]).squeeze(1) if pos_q else torch.zeros(0)
+    # a rephrasing counts only when its own edit is also the best match (else it gets another edit)
+    own_best = torch.where(pos_sims.argmax(1) == owner, own, torch.full_like(own, -2.0)) if pos_q else own
+    neg_best = neg_sims.max(1).values if neg_q else torch.zeros(0)
+    chosen = choose_threshold(own_best, neg_best, args.max_false)
+    grid = [round(0.4 + 0.05 * k, 2) for k in range(12)]
+    out = {
+        "data": args.data, "skip": args.skip, "n": len(facts), "seed": args.seed, "embedder": args.embedder,
+        "match": args.match,
+        "sources": {s: sources[args.skip:].count(s) for s in sorted(set(sources[args.skip:]))},
+        "positives": len(pos_q), "negatives": len(neg_q), "max_false": args.max_false, **chosen,
+        "grid": [{"threshold": t, "positive_routed": round(float((own_best >= t).float().mean()), 4),
+                  "negative_routed": round(float((neg_best >= t).float().mean()), 4)} for t in grid],
+        "seconds": round(time.time() - t0, 1),
+    }
+    print(json.dumps(out, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
