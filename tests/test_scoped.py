@@ -185,3 +185,22 @@ def test_export_refuses_scoped_edits_by_name(scoped, tmp_path):
     m, e, *_ = scoped
     with pytest.raises(ExportError, match="scoped-rome.*routed to its edit"):
         m.stack.export_peft(tmp_path / "peft")
+
+
+BASE_HP = {"rome": FAST, "memit": LT, "alphaedit": dict(LT, nullspace_threshold=1e3, L2=0.1), "ultraedit": {},
+           "ft-m": dict(num_steps=5, lr=0.1)}
+
+
+@pytest.mark.parametrize("base", sorted(BASE_HP))
+def test_every_base_editor_can_be_scoped(base, tiny_llama):
+    from editwrap.methods.scoped import BASES
+
+    assert set(BASES) == set(BASE_HP)
+    m = _loud(tiny_llama)
+    before, base_logits = state_dict_hash(m), _logits(m, FACT["prompt"])
+    unrelated = _logits(m, UNRELATED)
+    e = m.edit(FACT, method=f"scoped-{base}", scope_threshold=0.8, **BASE_HP[base])
+    assert not torch.allclose(_logits(m, FACT["prompt"]), base_logits, atol=1e-5)
+    assert torch.equal(_logits(m, UNRELATED), unrelated)
+    e.pop()
+    assert state_dict_hash(m) == before and torch.equal(_logits(m, FACT["prompt"]), base_logits)

@@ -1,6 +1,6 @@
-"""Scoped side-cars: ROME, MEMIT, AlphaEdit or FT-M edits that apply only inside their scope.
+"""Scoped side-cars: ROME, MEMIT, AlphaEdit, UltraEdit or FT-M edits that apply only inside their scope.
 
-``scoped-rome`` (and ``scoped-memit``, ``scoped-alphaedit``, ``scoped-ft-m``) computes the base
+``scoped-rome`` (and ``scoped-memit``, ``scoped-alphaedit``, ``scoped-ultraedit``, ``scoped-ft-m``) computes the base
 editor's delta exactly as the base method would, then stores it with the sentence embeddings of
 the facts' prompts instead of adding it to every forward. At inference a row receives the delta of
 the one edit whose prompt its text is most similar to, if that similarity reaches
@@ -10,8 +10,10 @@ trained: routing is a nearest-prompt match with one threshold.
 The base method is reached through the registry (``get_method``), never through its internals. A
 single-fact base (ROME) given several facts makes one delta per fact, each computed on the model
 as it is (scoped edits rarely see each other: a fact's own prompts route to itself only once it is
-pushed). A batch base (MEMIT, AlphaEdit) makes one delta for the batch, routed from any of its
-prompts.
+pushed). A batch base (MEMIT, AlphaEdit, UltraEdit) makes one delta for the batch, routed from any
+of its prompts. State a base keeps on the stack for its next edit (AlphaEdit's protected keys,
+UltraEdit's running statistics) is found by method name, so scoped edits neither read nor extend it:
+each is computed as the base's first edit would be.
 """
 from __future__ import annotations
 
@@ -25,13 +27,13 @@ from ...facts import Fact
 from ...ops.scope import load_embedder_named, scope_router, without_subject
 from ...stack import Edit
 from ..base import MethodBase, get_method, method_class, register_method
-from .. import alphaedit, ft, memit, rome  # noqa: F401  (registers the base editors first)
+from .. import alphaedit, ft, memit, rome, ultraedit  # noqa: F401  (registers the base editors first)
 from .hparams import ScopeFields, scoped_hparams
 
 __all__ = ["BASES", "ScopedMethod", "scoped_method"]
 
 #: base editors that produce side-car weight deltas and can be scoped
-BASES = ("rome", "memit", "alphaedit", "ft-m")
+BASES = ("rome", "memit", "alphaedit", "ultraedit", "ft-m")
 
 
 class ScopedMethod(MethodBase):
