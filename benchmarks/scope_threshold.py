@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0, help="the runner's shuffle seed for the mixed pool")
     ap.add_argument("--max-false", type=float, default=0.05, help="share of negatives allowed to be routed")
     ap.add_argument("--embedder", default="minilm")
-    ap.add_argument("--match", choices=("relation", "prompt"), default="relation", help="the scope_match setting")
+    ap.add_argument("--match", choices=("prompt", "relation"), default="prompt", help="the scope_match setting")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
