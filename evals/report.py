@@ -17,6 +17,7 @@ from typing import Any, Iterable, Sequence
 
 from .errors import error_section
 from .provenance import model_name
+from .scale import CheckpointStats, cost_table, sample_record, scored_indices
 
 __all__ = ["paper_rows", "run_table", "case_tables", "write_run", "build_report", "load_summaries", "partial_summary",
            "plot_sequential",
@@ -81,6 +82,9 @@ def run_table(runs: Sequence[dict], title: str | None = None) -> str:
             name = "Locality (KL, lower better)" if row == "Locality" and convsent else row
             lines.append(f"| {name} | " + " | ".join(_fmt(c[row]) for c in cols) + " |")
     lines.append("| n records | " + " | ".join(str(r.get("n", "–")) for r in runs) + " |")
+    if any(r.get("score_sample") for r in runs):
+        lines.append("| scored (seeded sample) | " + " | ".join(
+            str((r.get("metrics") or {}).get("n", "–")) if r.get("score_sample") else "all" for r in runs) + " |")
     lines.append("| wall time (s) | " + " | ".join(_wall(r) for r in runs) + " |")
     if any(r.get("device") for r in runs):  # timings only compare on the same card
         lines.append("| device | " + " | ".join(str(r.get("device") or "–") for r in runs) + " |")
@@ -194,6 +198,8 @@ def write_run(summary: dict, out: str | Path, stem: str) -> None:
         parts += ["", memit_table(summary)]
     if summary.get("checkpoints"):
         parts += ["", _curve_tables([summary])]
+        cost = cost_table(summary)
+        parts += ["Cost vs number of edits:", "", cost, ""] if cost else []
         plot_sequential([summary], out / f"{stem}.png", title)
     (out / f"{stem}.md").write_text("\n".join(parts).rstrip() + "\n", encoding="utf-8")
 
@@ -222,11 +228,15 @@ def partial_summary(meta_path: str | Path) -> dict | None:
     lines = read_result_lines(jsonl, ("checkpoint", "index") if sequential else ("index",))[0]
     s = {**meta, "in_progress": True, "n_requested": meta.get("n"), "_file": str(meta_path)}
     if sequential:
-        done = [c for c in sorted({c for c, _ in lines}) if all((c, i) in lines for i in range(c))]
+        n, seed = meta.get("score_sample"), meta.get("seed", 0)
+        scored = {c: scored_indices(c, n, seed) for c in sorted({c for c, _ in lines})}
+        done = [c for c, idx in scored.items() if all((c, i) in lines for i in idx)]
         if not done:
             return None
-        s["checkpoints"] = {str(c): summarize([lines[(c, i)] for i in range(c)]) for c in done}
+        s["checkpoints"] = {str(c): summarize([lines[(c, i)] for i in scored[c]]) for c in done}
         s["metrics"], s["n"] = s["checkpoints"][str(done[-1])], done[-1]
+        s["checkpoint_stats"] = CheckpointStats(jsonl.with_suffix(".checkpoints.json")).get(done)
+        s["score_sample"] = sample_record(n, seed, done)
     else:
         recs = [r for _, r in sorted(lines.items())]
         if not recs:
@@ -239,7 +249,8 @@ def partial_summary(meta_path: str | Path) -> dict | None:
 def _stopped_early(s: dict) -> dict:
     """A sequential run ended by ``--stop-after`` writes its summary with the requested ``n``; it
     reads as a run in progress (``n`` done of ``n_requested``) so no table claims all records."""
-    done = (s.get("metrics") or {}).get("n")
+    cps = [int(c) for c in s.get("checkpoints") or {}]
+    done = max(cps) if cps else (s.get("metrics") or {}).get("n")  # a sampled checkpoint scores fewer than it edited
     if isinstance(done, int) and isinstance(s.get("n"), int) and done < s["n"] and s.get("mode") == "sequential":
         return {**s, "in_progress": True, "n_requested": s["n"], "n": done}
     return s
@@ -390,6 +401,9 @@ def build_report(folders: Sequence[str | Path], out: str | Path, title: str = "K
         parts += [f"## {NAMES.get(ds, ds)} — {mode}", "", run_table(rs), ""]
         if mode == "sequential":
             parts += [_curve_tables(rs)]
+            for label, r in zip(_labels(rs), rs):
+                cost = cost_table(r)
+                parts += [f"Cost vs number of edits, {label}:", "", cost, ""] if cost else []
             png = plot_sequential(rs, out / f"sequential-{ds}.png", f"{NAMES.get(ds, ds)}: sequential editing")
             if png is not None:
                 parts += [f"![{ds} sequential]({png.name})", ""]
