@@ -117,3 +117,19 @@ def test_listed_pool_errors_name_the_item_and_the_fix(data, msg):
 def test_list_needs_the_mixed_dataset():
     with pytest.raises(ValueError, match="--dataset mixed only"):
         load_records("zsre", LIST, 5)
+
+
+def test_cli_score_sample_and_lists(capsys):
+    """``--score-sample`` parses to the run setting; a list is refused without ``--dataset mixed``
+    and a bad list item is named before any model is loaded."""
+    from editwrap.cli import build_parser, main
+
+    base = ["eval", "knowedit", "--method", "ultraedit", "--mode", "sequential"]
+    a = build_parser().parse_args([*base, "--dataset", "mixed", "--data", LIST, "--score-sample", "1000"])
+    assert a.score_sample == 1000 and a.seed == 0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--dataset", "mixed", "--data", LIST, "--score-sample", "0"])
+    assert main([*base, "--dataset", "zsre", "--data", LIST]) == 2
+    assert "use --dataset mixed" in capsys.readouterr().err
+    assert main([*base, "--dataset", "mixed", "--data", f"{CF},nope.json"]) == 2
+    assert "--data item 2 ('nope.json')" in capsys.readouterr().err
