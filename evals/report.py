@@ -33,6 +33,21 @@ GEN_ROWS = tuple(r + GEN for r in ("Edit Succ.", "Edit Succ. F1", "Rephrase", "R
                                    "Portability F1", "Locality"))
 
 
+def _pool_key(run: dict[str, Any]) -> str:
+    """The dataset, or for a mixed pool listed file by file, ``mixed:`` and the files' stems."""
+    data = str(run.get("data") or "")
+    if run.get("dataset") != "mixed" or "," not in data:
+        return run["dataset"]
+    return "mixed:" + "+".join(Path(p.split("=")[-1]).stem or p for p in data.split(","))
+
+
+def pool_name(run: dict[str, Any]) -> str:
+    """A table title's dataset name: ``Mixed (counterfact_easyedit + ZsRE)`` for a listed pool."""
+    key = _pool_key(run)
+    return f"Mixed ({key.removeprefix('mixed:').replace('+', ' + ')})" if key.startswith("mixed:") else \
+        NAMES.get(key, key)
+
+
 def paper_rows(summary: dict[str, Any], metrics: dict[str, Any] | None = None) -> dict[str, float | None]:
     """The paper's rows for one run (x100 like the paper). ConvSent: Edit Succ. = es x 100 and
     Locality = dd (KL to the unedited model, lower is better); Sanitation: Edit Succ. = success x 100."""
@@ -187,7 +202,7 @@ def write_run(summary: dict, out: str | Path, stem: str) -> None:
     sequential runs, ``<stem>.png``."""
     out = Path(out)
     (out / f"{stem}.summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    name = NAMES.get(summary["dataset"], summary["dataset"])
+    name = pool_name(summary)
     title = f"{name} — {summary['mode']} ({model_name(summary.get('model')) or 'model'})"
     parts = [run_table([summary], title), "", _breakdown(summary)]
     if summary.get("fluency") == "easyedit" and (summary.get("metrics") or {}).get("Fluency") is not None:
@@ -326,16 +341,18 @@ def build_report(folders: Sequence[str | Path], out: str | Path, title: str = "K
              "(F1 rows: token F1), Locality = the answer is unchanged vs the unedited model's.", ""]
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["dataset"], r["mode"]), []).append(r)
+        groups.setdefault((_pool_key(r), r["mode"]), []).append(r)
     for (ds, mode), rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: (r["method"], str(r.get("model"))))
-        parts += [f"## {NAMES.get(ds, ds)} — {mode}", "", run_table(rs), ""]
+        name = pool_name(rs[0])
+        parts += [f"## {name} — {mode}", "", run_table(rs), ""]
         if mode == "sequential":
             parts += [_curve_tables(rs)]
             for label, r in zip(_labels(rs), rs):
                 cost = cost_table(r)
                 parts += [f"Cost vs number of edits, {label}:", "", cost, ""] if cost else []
-            png = plot_sequential(rs, out / f"sequential-{ds}.png", f"{NAMES.get(ds, ds)}: sequential editing")
+            png = plot_sequential(rs, out / ("sequential-" + re.sub(r"[^\w.-]+", "_", ds) + ".png"),
+                                  f"{name}: sequential editing")
             if png is not None:
                 parts += [f"![{ds} sequential]({png.name})", ""]
     if not runs:

@@ -57,7 +57,10 @@ def test_sampled_checkpoint_scores_the_recorded_sample_and_records_its_cost(tiny
     md = (tmp_path / f"{STEM}.md").read_text()
     assert "Cost vs number of edits" in md and "edit s/fact" in md and "seeded sample of 3" in md
     [shown] = load_summaries([tmp_path])  # a sampled last checkpoint is a finished run, not one in progress
-    assert not shown.get("in_progress") and "Cost vs number of edits, ft-m" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert not shown.get("in_progress") and "Cost vs number of edits, ft-m" in report
+    assert "## Mixed (counterfact_easyedit + ZsRE) — sequential" in report  # a listed pool names its files
+    assert (tmp_path / "sequential-mixed_counterfact_easyedit_ZsRE.png").is_file()
     assert _run(tiny_llama, tmp_path / "seed1", seed=1)["score_sample"]["sha256"]["8"] != indices_digest(sample)
 
 
