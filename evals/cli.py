@@ -53,11 +53,15 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
     from editwrap.methods.base import get_method
 
     from editwrap.hub import is_data_name, lookup, resolve_data
-    from .runner import mixed_files, run_knowedit
+    from .pools import is_data_list, mixed_pool
+    from .runner import run_knowedit
 
     get_method(args.method)  # fail on a bad name or missing data before loading the model
     if args.dataset == "mixed":
-        mixed_files(args.data)
+        mixed_pool(args.data)
+    elif is_data_list(args.data):
+        raise ValueError(f"--data lists several files ({args.data}); use --dataset mixed to draw records from them "
+                         f"(each keeps its own format), or give one file")
     else:
         if is_data_name(args.data) and ":" in str(args.data) and lookup(args.data).dataset != args.dataset:
             raise ValueError(f"--data {lookup(args.data).name} is a {lookup(args.data).dataset} file: "
@@ -78,7 +82,8 @@ def cmd_knowedit(args: argparse.Namespace) -> int:
                          trained_on=args.trained_on, save_stacks=not args.no_save_stacks, save_every=args.save_every,
                          stop_after=args.stop_after, keep_stack=args.keep_stack,
                          generation=not args.no_generation, gen_margin=args.gen_margin,
-                         chat_template=args.chat_template, protocol=args.protocol)
+                         chat_template=args.chat_template, protocol=args.protocol,
+                         score_sample=args.score_sample)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if "rank" in s:  # a sharded run's other ranks: rank 0 prints the merged result
@@ -124,8 +129,9 @@ def _run_args(k: argparse.ArgumentParser) -> None:
     """The run settings ``eval knowedit`` and ``eval counterfact`` share."""
     k.add_argument("--data", required=True,
                    help="dataset JSON file, a directory holding the KnowEdit files, or a name: knowedit:ZsRE, "
-                        "knowedit:WikiData_recent, ... (knowedit for --dataset mixed; `editwrap data list`, "
-                        "docs/data.md)")
+                        "knowedit:WikiData_recent, ... (`editwrap data list`, docs/data.md). --dataset mixed: "
+                        "knowedit, a directory, or files/names separated by commas, each read in its own format "
+                        "(e.g. counterfact_easyedit.json,ZsRE.json; format=path names one's format)")
     k.add_argument("--method", required=True, help="editing method (rome, memit, ft-l, ft-m, lora, grace, ike, ...)")
     k.add_argument("--n", type=_positive, default=None, help="number of records (default: all)")
     k.add_argument("--mode", choices=("single", "batch", "sequential"), default="single")
@@ -155,7 +161,8 @@ def _run_args(k: argparse.ArgumentParser) -> None:
     k.add_argument("--retain-n", type=_positive, default=None,
                    help="Sanitation retain probes for locality (default all)")
     k.add_argument("--seed", type=int, default=0,
-                   help="ConvSent draws / mixed-dataset shuffle / --fluency-mode easyedit sampling")
+                   help="ConvSent draws / mixed-dataset shuffle / --fluency-mode easyedit sampling / "
+                        "--score-sample draws")
     k.add_argument("--out", default="results", help="results folder (default results/)")
     k.add_argument("--trained-on", default=None, metavar="DIR",
                    help="cross-domain: a MEND editor / SERAC artifact trained on another dataset's train split "
@@ -171,6 +178,9 @@ def _run_args(k: argparse.ArgumentParser) -> None:
     k.add_argument("--keep-stack", action="store_true",
                    help="sequential: keep the saved stack when the run is complete (EditableModel.from_pretrained("
                         "stack=DIR) loads it; a run with --checkpoints N restores it to score checkpoint N again)")
+    k.add_argument("--score-sample", type=_positive, default=None, metavar="N",
+                   help="sequential: at checkpoints past N edits, score a fixed random sample of N edited facts "
+                        "(drawn with --seed, recorded in the summary; the same on resume) instead of all of them")
     k.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -183,7 +193,8 @@ def register(subparsers: Any, model_args: Callable[[argparse.ArgumentParser], No
                                      "to OUT/<dataset>-<method>-<mode>.jsonl (an interrupted run resumes).")
     model_args(k)
     k.add_argument("--dataset", required=True, choices=DATASET_CHOICES,
-                   help="dataset format; 'mixed' draws ZsRE/WikiData_recent/WikiData_counterfact records at random")
+                   help="dataset format; 'mixed' draws records at random from a pool: ZsRE/WikiData_recent/"
+                        "WikiData_counterfact (--data knowedit or a folder) or the files --data lists")
     _run_args(k)
     k.add_argument("--protocol", choices=("knowedit", "memit"), default="knowedit",  # = counterfact.PROTOCOLS
                    help="memit: also score ROME/MEMIT/AlphaEdit's CounterFact metrics (as `eval counterfact`)")

@@ -17,6 +17,8 @@ from typing import Any, Iterable, Sequence
 
 from .errors import error_section
 from .provenance import model_name
+from .scale import cost_table
+from .summaries import _json_files, load_summaries, partial_summary
 
 __all__ = ["paper_rows", "run_table", "case_tables", "write_run", "build_report", "load_summaries", "partial_summary",
            "plot_sequential",
@@ -29,6 +31,21 @@ CURVES = ("Edit Succ.", "Portability", "Locality")
 GEN = " (generated)"
 GEN_ROWS = tuple(r + GEN for r in ("Edit Succ.", "Edit Succ. F1", "Rephrase", "Rephrase F1", "Portability",
                                    "Portability F1", "Locality"))
+
+
+def _pool_key(run: dict[str, Any]) -> str:
+    """The dataset, or for a mixed pool listed file by file, ``mixed:`` and the files' stems."""
+    data = str(run.get("data") or "")
+    if run.get("dataset") != "mixed" or "," not in data:
+        return run["dataset"]
+    return "mixed:" + "+".join(Path(p.split("=")[-1]).stem or p for p in data.split(","))
+
+
+def pool_name(run: dict[str, Any]) -> str:
+    """A table title's dataset name: ``Mixed (counterfact_easyedit + ZsRE)`` for a listed pool."""
+    key = _pool_key(run)
+    return f"Mixed ({key.removeprefix('mixed:').replace('+', ' + ')})" if key.startswith("mixed:") else \
+        NAMES.get(key, key)
 
 
 def paper_rows(summary: dict[str, Any], metrics: dict[str, Any] | None = None) -> dict[str, float | None]:
@@ -81,6 +98,9 @@ def run_table(runs: Sequence[dict], title: str | None = None) -> str:
             name = "Locality (KL, lower better)" if row == "Locality" and convsent else row
             lines.append(f"| {name} | " + " | ".join(_fmt(c[row]) for c in cols) + " |")
     lines.append("| n records | " + " | ".join(str(r.get("n", "–")) for r in runs) + " |")
+    if any(r.get("score_sample") for r in runs):
+        lines.append("| scored (seeded sample) | " + " | ".join(
+            str((r.get("metrics") or {}).get("n", "–")) if r.get("score_sample") else "all" for r in runs) + " |")
     lines.append("| wall time (s) | " + " | ".join(_wall(r) for r in runs) + " |")
     if any(r.get("device") for r in runs):  # timings only compare on the same card
         lines.append("| device | " + " | ".join(str(r.get("device") or "–") for r in runs) + " |")
@@ -182,7 +202,7 @@ def write_run(summary: dict, out: str | Path, stem: str) -> None:
     sequential runs, ``<stem>.png``."""
     out = Path(out)
     (out / f"{stem}.summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    name = NAMES.get(summary["dataset"], summary["dataset"])
+    name = pool_name(summary)
     title = f"{name} — {summary['mode']} ({model_name(summary.get('model')) or 'model'})"
     parts = [run_table([summary], title), "", _breakdown(summary)]
     if summary.get("fluency") == "easyedit" and (summary.get("metrics") or {}).get("Fluency") is not None:
@@ -194,73 +214,10 @@ def write_run(summary: dict, out: str | Path, stem: str) -> None:
         parts += ["", memit_table(summary)]
     if summary.get("checkpoints"):
         parts += ["", _curve_tables([summary])]
+        cost = cost_table(summary)
+        parts += ["Cost vs number of edits:", "", cost, ""] if cost else []
         plot_sequential([summary], out / f"{stem}.png", title)
     (out / f"{stem}.md").write_text("\n".join(parts).rstrip() + "\n", encoding="utf-8")
-
-
-def _json_files(folders: Iterable[str | Path], pattern: str) -> Iterable[tuple[Path, Any]]:
-    """(path, parsed JSON) of every readable file matching ``pattern`` under the folders."""
-    for folder in folders:
-        for p in sorted(Path(folder).rglob(pattern)):
-            try:
-                yield p, json.loads(p.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                continue
-
-
-def partial_summary(meta_path: str | Path) -> dict | None:
-    """A run without a summary yet (running, or cut short): its meta plus the metrics of the
-    records written so far; for sequential runs only the checkpoints measured on every fact.
-    ``n`` is what is done, ``n_requested`` what was asked; ``in_progress`` marks it."""
-    from .metrics import summarize
-    from .resultlog import read_result_lines
-
-    meta_path = Path(meta_path)
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    sequential = meta.get("mode") == "sequential"
-    jsonl = meta_path.with_name(meta_path.name[:-len(".meta.json")] + ".jsonl")
-    lines = read_result_lines(jsonl, ("checkpoint", "index") if sequential else ("index",))[0]
-    s = {**meta, "in_progress": True, "n_requested": meta.get("n"), "_file": str(meta_path)}
-    if sequential:
-        done = [c for c in sorted({c for c, _ in lines}) if all((c, i) in lines for i in range(c))]
-        if not done:
-            return None
-        s["checkpoints"] = {str(c): summarize([lines[(c, i)] for i in range(c)]) for c in done}
-        s["metrics"], s["n"] = s["checkpoints"][str(done[-1])], done[-1]
-    else:
-        recs = [r for _, r in sorted(lines.items())]
-        if not recs:
-            return None
-        flags = [r["pop_exact"] for r in recs if "pop_exact" in r]
-        s.update(metrics=summarize(recs), n=len(recs), bit_exact=all(flags) if flags else None)
-    return s
-
-
-def _stopped_early(s: dict) -> dict:
-    """A sequential run ended by ``--stop-after`` writes its summary with the requested ``n``; it
-    reads as a run in progress (``n`` done of ``n_requested``) so no table claims all records."""
-    done = (s.get("metrics") or {}).get("n")
-    if isinstance(done, int) and isinstance(s.get("n"), int) and done < s["n"] and s.get("mode") == "sequential":
-        return {**s, "in_progress": True, "n_requested": s["n"], "n": done}
-    return s
-
-
-def load_summaries(folders: Iterable[str | Path]) -> list[dict]:
-    """Every finished run (``*.summary.json``) and every run still in progress (see
-    :func:`partial_summary`) under the folders."""
-    runs = [_stopped_early({**s, "_file": str(p)}) for p, s in _json_files(folders, "*.summary.json")
-            if isinstance(s, dict) and "dataset" in s and "method" in s]
-    finished = {r["_file"][:-len(".summary.json")] for r in runs}
-    for folder in folders:
-        for meta in sorted(Path(folder).rglob("*.meta.json")):
-            if str(meta)[:-len(".meta.json")] not in finished:
-                try:
-                    part = partial_summary(meta)
-                except (OSError, json.JSONDecodeError, KeyError):
-                    continue
-                if part is not None and "dataset" in part and "method" in part:
-                    runs.append(part)
-    return runs
 
 
 def general_ability_table(folders: Iterable[str | Path]) -> str:
@@ -384,13 +341,18 @@ def build_report(folders: Sequence[str | Path], out: str | Path, title: str = "K
              "(F1 rows: token F1), Locality = the answer is unchanged vs the unedited model's.", ""]
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["dataset"], r["mode"]), []).append(r)
+        groups.setdefault((_pool_key(r), r["mode"]), []).append(r)
     for (ds, mode), rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: (r["method"], str(r.get("model"))))
-        parts += [f"## {NAMES.get(ds, ds)} — {mode}", "", run_table(rs), ""]
+        name = pool_name(rs[0])
+        parts += [f"## {name} — {mode}", "", run_table(rs), ""]
         if mode == "sequential":
             parts += [_curve_tables(rs)]
-            png = plot_sequential(rs, out / f"sequential-{ds}.png", f"{NAMES.get(ds, ds)}: sequential editing")
+            for label, r in zip(_labels(rs), rs):
+                cost = cost_table(r)
+                parts += [f"Cost vs number of edits, {label}:", "", cost, ""] if cost else []
+            png = plot_sequential(rs, out / ("sequential-" + re.sub(r"[^\w.-]+", "_", ds) + ".png"),
+                                  f"{name}: sequential editing")
             if png is not None:
                 parts += [f"![{ds} sequential]({png.name})", ""]
     if not runs:

@@ -14,10 +14,8 @@ with other settings is refused unless ``overwrite=True``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import random
 import shutil
 import time
 from pathlib import Path
@@ -32,55 +30,24 @@ from editwrap.ops.memory import device_name, peak_memory_mb
 from editwrap.paths import portable
 
 from .counterfact import PROTOCOLS, CounterfactScorer, counterfact_items
-from .datasets import DATASETS, DEFAULT_FILES, folder_file, load_dataset
 from .generation import DEFAULT_MARGIN
-from editwrap.hub import is_data_name, resolve_data
 from .ledger import TimeLedger
 from .resultlog import ResultLog, read_result_lines
 from .measure import Scorer, item_fact
 from .measure import result_line as _line
 from .metrics import FLUENCY_MODES, summarize
-from .provenance import data_label, model_label
+from .pools import MIXED_SOURCES, data_sha256, load_records, mixed_files, pool_label
+from .provenance import model_label
+from .scale import CheckpointStats, sample_record, scored_indices
 
 __all__ = ["run_knowedit", "ResultLog", "read_result_lines", "load_records", "mixed_files", "MODES", "MIXED_SOURCES",
            "DEFAULT_CHECKPOINTS"]
 
 MODES = ("single", "batch", "sequential")
-MIXED_SOURCES = ("zsre", "recent", "counterfact")
 DEFAULT_CHECKPOINTS = (10, 100, 500, 1000)
 NO_GENERATION = {"convsent", "sanitation"}  # not fact QA (Sanitation is scored on generations already)
 # settings added after runs were written: a meta file without the key was made with this value
-_LEGACY = {"generation": False, "dtype": "float32"}
-
-
-def mixed_files(data: str | Path) -> dict[str, Path]:
-    """The files ``--dataset mixed`` draws from: ``knowedit`` (the collection name) resolves
-    ``knowedit:zsre``, ``knowedit:recent`` and ``knowedit:counterfact``; a directory holds them
-    under their flat names or in the Hub layout."""
-    if is_data_name(data) and str(data).lower() == "knowedit":
-        return {s: resolve_data(f"knowedit:{s}") for s in MIXED_SOURCES}
-    d = Path(data)
-    if not d.is_dir():
-        raise ValueError(f"--dataset mixed needs --data knowedit or a directory holding "
-                         f"{', '.join(DEFAULT_FILES[s] for s in MIXED_SOURCES)}; got {data}")
-    return {s: folder_file(d, s) for s in MIXED_SOURCES}
-
-
-def load_records(dataset: str, data: str | Path, n: int | None = None, *, seed: int = 0) -> tuple[list, list, list]:
-    """(items, sources, retain probes). ``data``: a file, a directory or a dataset name
-    (``knowedit:ZsRE``; :mod:`editwrap.hub`). ``mixed``: ZsRE + WikiData_recent +
-    WikiData_counterfact from :func:`mixed_files`, shuffled with ``seed`` (the first ``n`` of one
-    fixed order, so a larger ``n`` extends a smaller run)."""
-    if dataset == "mixed":
-        files = mixed_files(data)
-        pool = [(s, f) for s in MIXED_SOURCES for f in load_dataset(s, files[s])]
-        random.Random(seed).shuffle(pool)
-        pool = pool[:n] if n is not None else pool
-        return [f for _, f in pool], [s for s, _ in pool], []
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join((*DATASETS, 'mixed'))}")
-    ds = load_dataset(dataset, data, n=n, seed=seed)
-    return list(ds), [dataset] * len(ds), list(ds.locality)
+_LEGACY = {"generation": False, "dtype": "float32", "score_sample": None}
 
 
 def _run_edits(model: Any, scorer: Scorer, items: list, sources: list, method: str, hp: Any,
@@ -134,22 +101,6 @@ def _probe_logits(model: Any) -> torch.Tensor:
 _PATH_KEYS = {"data": "data_sha256", "model": "model_fingerprint"}
 
 
-def _data_sha256(data: str | Path) -> str:
-    """Hash of the dataset file, of the top-level JSON files of a dataset folder (``mixed``), or
-    of the three files ``mixed`` reads for the collection name ``knowedit``."""
-    if is_data_name(data) and str(data).lower() == "knowedit":
-        files = sorted(mixed_files(data).values(), key=lambda f: f.name)
-    else:
-        p = resolve_data(data)
-        if not p.is_dir():
-            return hashlib.sha256(p.read_bytes()).hexdigest()[:16]
-        files = sorted(p.glob("*.json"))
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def _hparams_differ(method: str, old: dict, new: dict) -> bool:
     """A field the old run did not record (added to the method since) counts as equal when the
     new run keeps its default, and a field since removed counts as equal when the old run left it
@@ -200,18 +151,23 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
                  save_stacks: bool = True, generation: bool = True, gen_margin: int = DEFAULT_MARGIN,
                  chat_template: bool = False, consolidate_every: int | None = None,
                  save_every: int | None = 100, stop_after: int | None = None,
-                 keep_stack: bool = False, protocol: str = "knowedit") -> dict[str, Any]:
+                 keep_stack: bool = False, protocol: str = "knowedit",
+                 score_sample: int | None = None) -> dict[str, Any]:
     """Evaluate ``method`` on a KnowEdit dataset; returns the summary (also written to ``out``).
 
     ``model``: an EditableModel, a model path/hub id, or None (the embedded model). ``data``: the
     dataset file or its name (``knowedit:ZsRE``; a directory is joined with the default file name;
-    ``mixed`` takes a directory or ``knowedit``). The summary records the data by name or relative
+    ``mixed`` takes a directory, ``knowedit`` or a comma-separated list of files and names:
+    :mod:`editwrap.evals.pools`). The summary records the data by name or relative
     to ``out`` and the model as ``embedded:<name>``, a hub id or a path relative to ``out``.
     ``hparams``: method hyperparameter overrides. ``save_stacks``: sequential runs save the stack at
     each checkpoint, and every ``save_every`` facts between checkpoints, to resume without
     recomputing (False: replay instead; dense FT deltas are 3.5 MB per edit on SmolLM2), and
     ``keep_stack`` keeps it when the run is complete (to load the edited model, or to score its
     last checkpoint again, e.g. with generated answers, by a run asked for that checkpoint only).
+    ``score_sample``: sequential checkpoints past that many facts score a sample of that many edited
+    facts drawn with ``seed`` (:mod:`editwrap.evals.scale`; the summary's ``score_sample``); every
+    measured checkpoint's cost goes to ``<stem>.checkpoints.json`` and the summary's ``checkpoint_stats``.
     ``retain_n``: Sanitation retain probes used for locality (None = all). ``trained_on``: a trained artifact
     directory (e.g. a MEND editor) made on another dataset's train split; it is passed as the method's
     ``artifact_field`` hparam, the stem gets ``-from-<source>`` and the summary records ``trained_on`` (source
@@ -254,6 +210,9 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
         raise ValueError("--n and --batch-size must be >= 1")
     if data is None:
         raise ValueError("give the dataset file (--data path.json) or directory")
+    if score_sample is not None and (mode != "sequential" or score_sample < 1):
+        raise ValueError(f"score_sample={score_sample}: --score-sample N scores a sample of N >= 1 edited facts at "
+                         f"the checkpoints of a --mode sequential run; use it with --mode sequential and N >= 1")
     if keep_stack and (mode != "sequential" or not save_stacks):
         raise ValueError("--keep-stack keeps the stack a --mode sequential run saves; use it with --mode sequential "
                          "and without --no-save-stacks")
@@ -291,14 +250,14 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
         raise ValueError(f"--stop-after {stop_after}: give one of the checkpoints of a --mode sequential run "
                          f"({', '.join(map(str, cps)) if cps else 'none in this mode'})")
     run_cps = [c for c in cps if c <= stop_after] if cps and stop_after is not None else cps
-    meta = dict(dataset=dataset, data=data_label(data, out), method=m.name, mode=mode, n=len(items),
+    meta = dict(dataset=dataset, data=pool_label(data, out), method=m.name, mode=mode, n=len(items),
                  batch_size=batch_size if mode in ("batch", "sequential") else 1, seed=seed,
                  model=model_label(model.name_or_path, out),
                  dtype=str(model.dtype).removeprefix("torch."),
-                 data_sha256=_data_sha256(data), model_fingerprint=model.fingerprint(),
+                 data_sha256=data_sha256(data), model_fingerprint=model.fingerprint(),
                  base_stack=len(model.stack), hparams=hp.model_dump(mode="json"),
                  fluency=(fluency_mode if fluency_mode != "greedy" else True) if with_fluency else False,
-                 gen_tokens=gen_tokens, retain_n=retain_n)
+                 gen_tokens=gen_tokens, retain_n=retain_n, score_sample=score_sample)
     # the run folder is shared and committed: names and folder-relative paths, not this machine's paths
     meta.update(hparams=portable(meta["hparams"], out))
     if consolidate_every:
@@ -323,6 +282,7 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
                 p.unlink(missing_ok=True)
             shutil.rmtree(out / f"{stem}.stack", ignore_errors=True)
             (out / f"{stem}.time.json").unlink(missing_ok=True)
+            (out / f"{stem}.checkpoints.json").unlink(missing_ok=True)
         _check_meta(out / f"{stem}.meta.json", meta, overwrite, jsonl)
     if shard is not None:
         shard.barrier()  # the settings are checked (and stale parts removed) before any rank writes
@@ -339,16 +299,19 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     finished = False
     try:
         if mode == "sequential":
-            total = len(items) + sum(run_cps)
+            total = len(items) + sum(len(scored_indices(c, score_sample, seed)) for c in run_cps)
+            stats = CheckpointStats(out / f"{stem}.checkpoints.json")
             with tqdm(total=total, desc=stem, disable=not progress, dynamic_ncols=True) as bar:
                 extra.update(run_sequential(model, scorer, items, sources, m.name, hp, log, cps, bar,
                                        stack_dir=out / f"{stem}.stack" if save_stacks else None,
                                        batch_size=batch_size, consolidate_every=consolidate_every,
                                        save_every=save_every, times=times, stop_after=stop_after,
-                                       keep_stack=keep_stack,
+                                       keep_stack=keep_stack, score_sample=score_sample, seed=seed,
+                                       stats=stats,
                                        tick=ledger.update if ledger is not None else None))
             per_cp = {str(c): summarize(log.records(checkpoint=c)) for c in run_cps}
-            extra["checkpoints"] = per_cp
+            extra.update(checkpoints=per_cp, checkpoint_stats=stats.get(run_cps),
+                         score_sample=sample_record(score_sample, seed, run_cps))
             if run_cps != cps:
                 extra["stopped_after"] = run_cps[-1]  # resumable: the same command without --stop-after goes on
             final = log.records(checkpoint=run_cps[-1])

@@ -17,6 +17,11 @@ one, as one more safetensors shard); a resumed run composes that saved stack ins
 recomputing the edits (a 1,000-edit ROME run resumes in seconds, and on another machine).
 Without it, or when the saved stack does not match the records, the edits before the resume
 point are recomputed (replayed).
+
+Very long runs (:mod:`editwrap.evals.scale`): ``score_sample=n`` scores a seeded sample of ``n``
+edited facts at checkpoints past ``n``; each pushed entry carries its compute time in
+``info["edit_seconds"]`` (saved with the stack), and ``stats`` records every measured checkpoint's
+cost (edit time per fact since the previous checkpoint, stack size, peak memory).
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from editwrap.ops.norms import delta_norms
 from editwrap.stack import StackError, load_stack_dir, save_stack_dir
 
 from .measure import Scorer, item_fact, result_line
+from .scale import CheckpointStats, scored_indices
 
 __all__ = ["run_sequential", "SCORE_CHUNK"]
 
@@ -64,7 +70,8 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
                    batch_size: int = 1, consolidate_every: int | None = None,
                    save_every: int | None = None, times: list[float] | None = None,
                    tick: Callable[[], None] | None = None, stop_after: int | None = None,
-                   keep_stack: bool = False) -> dict[str, Any]:
+                   keep_stack: bool = False, score_sample: int | None = None, seed: int = 0,
+                   stats: CheckpointStats | None = None) -> dict[str, Any]:
     """Returns ``{"bit_exact", "replayed", "restored", "delta_norms"}``; lines go to ``log`` (a
     ResultLog). ``stack_dir``: where checkpoint stacks are saved and resumed from (module doc).
     ``batch_size``: facts per edit (AlphaEdit's setting: sequential batches); a batch never spans a
@@ -77,12 +84,15 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
     (the runner's time ledger). ``stop_after``: measure the checkpoints up to this one only and keep
     the saved stack, so the same run resumes from there. ``keep_stack``: keep the saved stack when
     the run is complete (it is removed otherwise: the JSONL holds the results); a run asked for its
-    last checkpoint only restores it instead of recomputing the edits."""
+    last checkpoint only restores it instead of recomputing the edits. ``score_sample``/``seed``: a
+    checkpoint past ``score_sample`` facts scores :func:`~editwrap.evals.scale.scored_indices` only;
+    ``stats``: where each measured checkpoint's cost is recorded (module doc)."""
     cps = sorted(c for c in checkpoints if stop_after is None or c <= stop_after)
     complete = len(cps) == len(checkpoints)
-    pending = [c for c in cps if not all(log.has(c, i) for i in range(c))]
-    done_steps = sum(c for c in cps if c not in pending)
-    done_steps += sum(1 for c in pending for i in range(c) if log.has(c, i))
+    scored = {c: scored_indices(c, score_sample, seed) for c in cps}
+    pending = [c for c in cps if not all(log.has(c, i) for i in scored[c])]
+    done_steps = sum(len(scored[c]) for c in cps if c not in pending)
+    done_steps += sum(1 for c in pending for i in scored[c] if log.has(c, i))
     last_needed = pending[-1] if pending else 0
     bar.update(done_steps + (len(items) - last_needed))  # edits never needed count as done
     if not pending:
@@ -91,7 +101,7 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
     start_hash, start_len = state_dict_hash(model), len(model.stack)
     # on the unedited base, in merged batches; only records some pending checkpoint still has to
     # score, so a resumed run does not recompute the unedited answers of records already written
-    needed = sorted({i for c in pending for i in range(c) if not log.has(c, i)})
+    needed = sorted({i for c in pending for i in scored[c] if not log.has(c, i)})
     pre = dict(zip(needed, scorer.pre_many([items[i] for i in needed])))
     times = [] if times is None else times
     tick = tick or (lambda: None)
@@ -108,7 +118,9 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
             for i in range(pushed, c, batch_size):
                 chunk = [item_fact(items[j]) for j in range(i, min(i + batch_size, c))]
                 t0 = time.time()
-                model.push(model.compute_edit(chunk, method, hparams=hp))
+                edit = model.compute_edit(chunk, method, hparams=hp)
+                edit.info["edit_seconds"] = round(time.time() - t0, 4)  # saved with the stack: survives resumes
+                model.push(edit)
                 done = i + len(chunk)
                 if _crossed(i, done, consolidate_every) and len(model.stack) - start_len > 1:
                     model.stack.consolidate(model.stack.edits[start_len:])
@@ -121,16 +133,21 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
             if stack_dir is not None and c > n_saved:
                 save_stack_dir(model.stack.edits[start_len:], stack_dir, model, append=True)
             pushed = c
-            todo = [i for i in range(c) if not log.has(c, i)]
+            todo = [i for i in scored[c] if not log.has(c, i)]
+            score_secs = 0.0
             for k in range(0, len(todo), SCORE_CHUNK):
                 idx = todo[k:k + SCORE_CHUNK]
                 t1 = time.time()
                 posts = scorer.post_many([items[i] for i in idx], [pre[i] for i in idx])
+                score_secs += time.time() - t1
                 secs = round((time.time() - t1) / len(idx), 3)  # the record's share of its chunk
                 for i, post in zip(idx, posts):
                     log.write(result_line(i, items[i], sources[i], post, checkpoint=c, n_edits=c, seconds=secs))
                     bar.update(1)
                 tick()
+            if stats is not None:
+                stats.record(c, model.stack.edits[start_len:], max((x for x in cps if x < c), default=0),
+                             stack_dir, scored[c], score_secs)
     finally:
         while len(model.stack) > start_len:
             model.pop()
@@ -139,6 +156,6 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
         warnings.warn("after popping every sequential edit the model's state dict differs from the start "
                       "(the stack did not undo exactly)", RuntimeWarning, stacklevel=2)
     if exact and complete and not keep_stack and stack_dir is not None and \
-            all(log.has(c, i) for c in cps for i in range(c)):
+            all(log.has(c, i) for c in cps for i in scored[c]):
         shutil.rmtree(stack_dir, ignore_errors=True)  # finished: the JSONL holds the results
     return {"bit_exact": exact, "replayed": replayed, "restored": n_saved, "delta_norms": norms}
