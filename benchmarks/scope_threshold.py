@@ -12,7 +12,7 @@ The threshold is the smallest value that routes at most ``--max-false`` of the n
 report gives, for a grid of thresholds, the share of positives routed to their own edit and of
 negatives routed anywhere. No classifier is trained: one number is chosen.
 
-    python benchmarks/scope_threshold.py --data knowedit --skip 1000 --n 1000 \
+    python benchmarks/scope_threshold.py --data knowedit --skip 1000 --n 1000 --max-false 0.1 \
         --out docs/results/scoped/threshold.json
 """
 from __future__ import annotations
