@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -49,12 +50,19 @@ class Embedder:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.dim = int(self.model.config.hidden_size)
+        # one embedder serves every thread (the server's request handlers and edit computations);
+        # a fast tokenizer must not be used by two threads at once
+        self._lock = threading.Lock()
 
     @torch.no_grad()
     def __call__(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """``(len(texts), dim)`` unit-norm float32 embeddings (CPU)."""
         if isinstance(texts, str):
             texts = [texts]
+        with self._lock:
+            return self._embed(texts, batch_size)
+
+    def _embed(self, texts: Sequence[str], batch_size: int) -> torch.Tensor:
         out = []
         for b in range(0, len(texts), batch_size):
             enc = self.tokenizer(list(texts[b:b + batch_size]), padding=True, truncation=True, max_length=256,
