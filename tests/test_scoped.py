@@ -204,3 +204,16 @@ def test_every_base_editor_can_be_scoped(base, tiny_llama):
     assert torch.equal(_logits(m, UNRELATED), unrelated)
     e.pop()
     assert state_dict_hash(m) == before and torch.equal(_logits(m, FACT["prompt"]), base_logits)
+
+
+def test_a_scoped_edit_computed_on_a_server_shadow_routes_on_the_served_model(tiny_llama):
+    """The server computes edits on a weight-sharing copy and pushes a clone on the served model."""
+    from editwrap.server.edits import clone_edit, make_shadow
+
+    m = _loud(tiny_llama)
+    shadow = make_shadow(m)
+    e = shadow.edit(FACT, method="scoped-rome", scope_threshold=0.8, **FAST)
+    want = _logits(shadow, FACT["prompt"])
+    served = m.push(clone_edit(e))
+    assert torch.equal(_logits(m, FACT["prompt"]), want)
+    assert m.__dict__["_ew_scope_router"].route_texts([FACT["prompt"]]) == [f"{served.id}#0"]
