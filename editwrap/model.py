@@ -24,6 +24,7 @@ from .methods.base import HparamsBase, get_method, ordered_methods
 from .ops.tokens import check_tokenizer_files
 from .ops.fingerprint import checkpoint_probe, is_quantized as _is_quantized, model_fingerprint
 from .ops.hooks import get_module
+from .ops.scope import route_as
 from .stack import Edit, EditStack, StackError, load_stack_dir
 
 __all__ = ["EditableModel"]
@@ -508,6 +509,8 @@ class EditableModel:
         if not cont:
             return 0.0
         ids = torch.tensor([ctx + cont], device=m.device)
-        logp = torch.log_softmax(m(input_ids=ids).logits[0, len(ctx) - 1:-1].float(), -1)
+        with route_as([text]):  # scoped edits route on the context, as generation does
+            logits = m(input_ids=ids).logits
+        logp = torch.log_softmax(logits[0, len(ctx) - 1:-1].float(), -1)
         return float(logp.gather(1, ids[0, len(ctx):, None]).sum())
 

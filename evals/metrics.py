@@ -25,6 +25,7 @@ import torch
 from editwrap.ops.forward import model_device as _device
 from editwrap.ops.forward import pad_id as _pad_id
 from editwrap.ops.forward import padded_forward as _forward
+from editwrap.ops.scope import route_as
 from editwrap.ops.forward import token_ids as _ids
 
 __all__ = [
@@ -49,7 +50,8 @@ def _scored(model: Any, tok: Any, prefixes: Sequence[str], texts: Sequence[str],
         n_pre = [len(_ids(tok, p)) for p in prefixes[b:b + batch_size]]
         if min(n_pre) < 1:
             raise ValueError("a prompt tokenizes to no tokens; nothing to condition the target on")
-        logits, starts = _forward(model, seqs, pad, side)
+        with route_as(prefixes[b:b + batch_size]):  # scoped edits route on the prompt, as in generation
+            logits, starts = _forward(model, seqs, pad, side)
         for i, (s, n, st) in enumerate(zip(seqs, n_pre, starts)):
             yield s[n:], logits[i, st + n - 1:st + len(s) - 1]
 

@@ -34,6 +34,29 @@ def test_best_scopes_takes_each_scope_at_its_best_prompt_and_its_own_threshold()
     assert best_scopes(torch.zeros(2, 0), torch.zeros(0, dtype=torch.long), torch.zeros(0)).tolist() == [-1, -1]
 
 
+def test_teacher_forced_scoring_routes_on_the_prompt(scoped):
+    """A teacher-forced forward holds prompt + answer; scoring code routes it on the prompt."""
+    from editwrap.evals.metrics import token_logprobs
+    from editwrap.ops.hooks import forward_root
+    from editwrap.ops.scope import route_as
+
+    m, e, *_ = scoped
+    router = m.__dict__["_ew_scope_router"]
+    answered = FACT["prompt"] + " " + FACT["target_new"] + " and then something else entirely"
+    seen = []
+    h = forward_root(m).register_forward_hook(lambda *_: seen.append(list(router.rows())))
+    try:
+        with route_as([FACT["prompt"]]):
+            _logits(m, answered)
+        token_logprobs(m, m.tokenizer, [FACT["prompt"]], [" " + FACT["target_new"]])
+        m.loglikelihood(FACT["prompt"], " " + FACT["target_new"])
+        with route_as([FACT["prompt"], UNRELATED]):  # another batch size: the row's own text
+            _logits(m, UNRELATED)
+    finally:
+        h.remove()
+    assert seen == [[f"{e.id}#0"]] * 3 + [[None]]
+
+
 def test_choose_threshold_bounds_the_negatives_routed():
     neg = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
     pos = torch.tensor([0.85, 0.9, 0.99, 0.5])

@@ -12,17 +12,37 @@ token sees the prompt's edit. It is kept per thread: concurrent requests each ro
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from .hooks import forward_root
 
-__all__ = ["without_subject", "ScopeRouter", "scope_router", "drop_router", "load_embedder_named", "best_scopes", "choose_threshold"]
+__all__ = ["route_as", "without_subject", "ScopeRouter", "scope_router", "drop_router", "load_embedder_named", "best_scopes", "choose_threshold"]
+
+
+#: texts to route the rows of the forwards inside :func:`route_as` on, instead of their own tokens
+_ROUTE_AS: ContextVar[tuple[str, ...] | None] = ContextVar("editwrap_route_as", default=None)
+
+
+@contextlib.contextmanager
+def route_as(texts: Sequence[str]) -> Iterator[None]:
+    """Route each batch row of the forwards run inside on ``texts[row]`` instead of its own text.
+
+    A teacher-forced forward holds prompt + answer, but the edit is meant for the prompt: scoring
+    code that knows where the prompt ends (the evaluation metrics, ``loglikelihood``) routes on the
+    prompt, as ``generate`` does. Forwards whose batch size differs route on their own text."""
+    token = _ROUTE_AS.set(tuple(texts))
+    try:
+        yield
+    finally:
+        _ROUTE_AS.reset(token)
 
 
 def best_scopes(sims: torch.Tensor, owners: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
@@ -150,6 +170,10 @@ class ScopeRouter:
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or continues:
             self._local.routing = _Routing([None] * (ids.shape[0] if isinstance(ids, torch.Tensor) else 0))
             return  # no token ids (inputs_embeds) or a cache we did not route: no scoped edit applies
+        over = _ROUTE_AS.get()
+        if over is not None and len(over) == ids.shape[0]:
+            self._local.routing = _Routing(self.route_texts(list(over)))
+            return
         mask = kwargs.get("attention_mask")
         texts = []
         tok = self.host.tokenizer
