@@ -68,7 +68,8 @@ class Sidecar:
         """The concatenated factors of the parts in one edit set (cached until the parts change)."""
         got = self._set_cache.get(name)
         if got is None or any(t is not None and t.device != device for t in got):
-            got = self._set_cache[name] = concat_factors([self.parts[k] for k, s in self.sets.items() if s == name], device)
+            parts = [self.parts[k] for k, s in self.sets.items() if s == name]
+            got = self._set_cache[name] = concat_factors(parts, device)
         return got
 
     def delta_out(self, x: torch.Tensor, factors: tuple[Any, Any, Any] | None = None) -> torch.Tensor:

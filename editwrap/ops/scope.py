@@ -24,7 +24,8 @@ from torch import nn
 
 from .hooks import forward_root
 
-__all__ = ["route_as", "without_subject", "ScopeRouter", "scope_router", "drop_router", "load_embedder_named", "best_scopes", "choose_threshold"]
+__all__ = ["route_as", "without_subject", "ScopeRouter", "scope_router", "drop_router",
+           "load_embedder_named", "best_scopes", "choose_threshold"]
 
 
 #: texts to route the rows of the forwards inside :func:`route_as` on, instead of their own tokens
