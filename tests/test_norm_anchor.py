@@ -106,6 +106,21 @@ def test_anchor_is_carried_by_the_stack_through_save_and_reload(tiny_llama, tiny
     assert state_dict_hash(m) == h0
 
 
+def test_consolidation_keeps_the_anchor_on_the_stack(tiny_llama):
+    m = tiny_llama
+    h0 = state_dict_hash(m)
+    e1 = m.edit([F1], method="memit", norm_anchor=True, **FAST)
+    e2 = m.edit([F2], method="memit", norm_anchor=True, **FAST)
+    merged = m.stack.consolidate()
+    assert merged.info["norm_anchor"]["norm"] == e1.info["norm_anchor"]["norm"]
+    torch.testing.assert_close(merged.entry.aux["z"], torch.cat([e1.entry.aux["z"], e2.entry.aux["z"]]))
+    e3 = m.edit([F3], method="memit", norm_anchor=True, **FAST)
+    assert e3.info["norm_anchor"]["norm"] == e1.info["norm_anchor"]["norm"]
+    e3.pop()
+    merged.pop()
+    assert state_dict_hash(m) == h0
+
+
 def test_missing_anchor_is_refused_and_the_model_left_untouched(tiny_llama):
     m = tiny_llama
     e = m.edit([F1], method="memit", **FAST)
