@@ -169,3 +169,33 @@ def test_alphaedit_reference_keys_match_the_reference_formula(tiny_llama):
     plain = io_at_subject(m, mod, facts, context_templates(m, FAST["context_templates"]))[0].double()
     assert not torch.allclose(plain, K.T)
     e1.pop()
+
+
+def _tiny_gemma3(tokenizer):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from editwrap import EditableModel
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+                           pad_token_id=tokenizer.pad_token_id, sliding_window=64)
+    model = Gemma3ForCausalLM(cfg).eval()
+    for name, p in model.named_parameters():  # Gemma's norms start at a zero gain: give them one
+        if "norm" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    return EditableModel.wrap(model, tokenizer)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_the_residual_part_is_what_enters_the_mlp(arch, tiny_tokenizer):
+    """``z₀ − v₀`` is the residual stream the layer's MLP reads from: the MLP's whole contribution
+    (after Gemma's post-MLP norm) is ``v₀``, so only it is rescaled."""
+    from editwrap.ops.anchor import mlp_values
+
+    m = build_tiny("llama", tiny_tokenizer) if arch == "llama" else _tiny_gemma3(tiny_tokenizer)
+    facts = [F1, F2]
+    z0 = io_at_subject(m, arch_of(m).block_at(2), facts, ("{}",))[1]
+    mid = "post_attention_layernorm" if arch == "llama" else "pre_feedforward_layernorm"
+    resid = io_at_subject(m, f"model.layers.2.{mid}", facts, ("{}",))[0]
+    torch.testing.assert_close(z0 - mlp_values(m, 2, facts), resid, rtol=1e-5, atol=1e-5)
