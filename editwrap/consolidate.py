@@ -112,6 +112,10 @@ def consolidate(host: "EditableModel", edits: Any = None, method: str | None = N
         host.restack(original)
         raise
     new.info.update(consolidated=[e.id for e in chosen], n_facts=len(facts))
+    # the Norm-Anchor reference norm stays on the stack for later anchored edits (editwrap.ops.anchor)
+    anchor = next((e.info["norm_anchor"] for e in chosen if "norm_anchor" in (e.info or {})), None)
+    if anchor is not None:
+        new.info["norm_anchor"] = {**anchor, "measured": False}
     new.edit_set = chosen[0].edit_set
     return host.push(new)
 

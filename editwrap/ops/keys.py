@@ -55,19 +55,22 @@ def _reader(host: Any, module: str) -> Any:
 
 
 def io_at_subject(host: Any, module: str, facts: Sequence[Fact], templates: Sequence[str] = ("{}",),
-                  batch_size: int = 32, lower: LowerCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  batch_size: int = 32, lower: LowerCache | None = None,
+                  weights: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (over templates) input and output of ``module`` at each fact's last subject token.
 
     Returns ``(keys [n, d_in], values [n, d_out])`` in float32. ``lower``: replay the blocks
     below an unchanged layer from an earlier read of the same texts (:class:`.replay.LowerCache`).
+    ``weights``: one per template, a weighted sum instead of the mean (``key_weights``).
     """
     with phase("keys"):
-        return _io_at_subject(host, module, facts, templates, batch_size, lower)
+        return _io_at_subject(host, module, facts, templates, batch_size, lower, weights)
 
 
 @torch.no_grad()
 def _io_at_subject(host: Any, module: str, facts: Sequence[Fact], templates: Sequence[str],
-                   batch_size: int, lower: LowerCache | None) -> tuple[torch.Tensor, torch.Tensor]:
+                   batch_size: int, lower: LowerCache | None, weights: Sequence[float] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     tok = host.tokenizer
     device = next(host.parameters()).device
     texts, idxs = [], []
@@ -86,9 +89,14 @@ def _io_at_subject(host: Any, module: str, facts: Sequence[Fact], templates: Seq
         ix = torch.tensor(idxs[i:i + batch_size], device=device)
         ins.append(cap[module]["input"][rows, ix].float())
         outs.append(cap[module]["output"][rows, ix].float())
-    k = torch.cat(ins).view(len(facts), len(templates), -1).mean(1)
-    v = torch.cat(outs).view(len(facts), len(templates), -1).mean(1)
-    return k, v
+    k = torch.cat(ins).view(len(facts), len(templates), -1)
+    v = torch.cat(outs).view(len(facts), len(templates), -1)
+    if weights is None:
+        return k.mean(1), v.mean(1)
+    if len(weights) != len(templates):
+        raise ValueError(f"io_at_subject: {len(weights)} weights for {len(templates)} templates")
+    w = torch.tensor(list(weights), dtype=k.dtype, device=k.device)[None, :, None]
+    return (k * w).sum(1), (v * w).sum(1)
 
 
 def optimize_value(host: Any, module: str, fact: Fact, templates: Sequence[str], hp: ValueHparams

@@ -5,7 +5,8 @@ Sequential locate-then-edit editing collapses as the edited layers' weight norm 
 stack's summed delta per module relative to the base weight (the norm curve of a sequential
 run); :func:`bound_parts` scales a new edit's low-rank parts down just enough that the summed
 delta of each module stays within ``bound × ‖W‖_F`` (the hparam ``max_delta_norm``). This is a
-plain bound on the side-car sum, not the paper's Norm-Anchor Scaling.
+plain bound on the side-car sum; the paper's own remedy, Norm-Anchor Scaling of the solved values
+(hparam ``norm_anchor``), is :mod:`editwrap.ops.anchor`.
 """
 from __future__ import annotations
 

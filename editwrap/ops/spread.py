@@ -23,6 +23,7 @@ import torch
 from ..entries.delta import DeltaEntry
 from ..facts import Fact
 from ..arch import arch_of
+from .anchor import anchor_targets
 from .keys import ValueHparams, context_templates, io_at_subject, optimize_values
 from .profile import phase
 from .replay import LowerCache
@@ -52,15 +53,21 @@ def spread_modules(model: Any, layers: Sequence[int], method: str) -> tuple[list
 
 def optimize_then_resolve(method: Any, model: Any, facts: Sequence[Fact], hp: Any) -> Any:
     """``compute`` of the layer-spreading methods: optimise each fact's ``z`` at the last layer's
-    block output, then ``method.resolve(model, facts, zs, hp)`` (the solve alone, which
-    ``stack.consolidate`` reuses on stored values)."""
+    block output (rescaled by Norm-Anchor Scaling with ``hp.norm_anchor``, :mod:`.anchor`), then
+    ``method.resolve(model, facts, zs, hp)`` (the solve alone, which ``stack.consolidate`` reuses
+    on stored values)."""
     t0 = time.time()
     _, z_module = spread_modules(model, hp.layers, method.name)
     templates = context_templates(model, hp.context_templates)
-    zs, _, infos = optimize_values(model, z_module, facts, templates, ValueHparams(**hp.model_dump()))  # [n, d]
+    zs, z0, infos = optimize_values(model, z_module, facts, templates, ValueHparams(**hp.model_dump()))  # [n, d]
+    anchored = None
+    if getattr(hp, "norm_anchor", False):
+        zs, anchored = anchor_targets(model, max(hp.layers), z_module, facts, zs, z0, hp.norm_anchor_value)
     edit = method.resolve(model, facts, zs, hp)
     edit.info.update(seconds=round(time.time() - t0, 3),
                      mean_target_prob=sum(x["target_prob"] for x in infos) / len(infos))
+    if anchored is not None:
+        edit.info["norm_anchor"] = anchored
     return edit
 
 
@@ -95,7 +102,8 @@ def _through_norm(norm: Any, y: torch.Tensor, resid: torch.Tensor) -> torch.Tens
 def spread_over_layers(model: Any, modules: Sequence[str], z_module: str, facts: Sequence[Fact],
                        templates: Sequence[str], zs: torch.Tensor, transform: KeyTransform,
                        share_power: float = 1.0, keys_out: dict[str, torch.Tensor] | None = None,
-                       replay_lower: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+                       replay_lower: bool = True, key_weights: Sequence[float] | None = None
+                       ) -> dict[str, dict[str, torch.Tensor]]:
     """Low-rank parts ``{module: {"U": R, "V": V}}`` that move each fact's ``z_module`` output to ``zs``.
 
     Layer ``i`` takes the residual ``(z* − z) / (layers left) ** share_power``. ``keys_out``, when
@@ -103,7 +111,8 @@ def spread_over_layers(model: Any, modules: Sequence[str], z_module: str, facts:
     below applied: these are also its keys under the finished update, since a layer's update only
     changes what comes after that layer's input (``modules`` ascend, as ``spread_modules`` gives them).
     ``replay_lower``: run the blocks below the lowest module once per text for all the reads
-    (exact; :class:`.replay.LowerCache`)."""
+    (exact; :class:`.replay.LowerCache`). ``key_weights``: per-template weights of the keys
+    (``locate_then_edit.hparams.key_weights``; None: the plain mean)."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
     temp = DeltaEntry({})
     key = "spread-in-progress"
@@ -111,7 +120,7 @@ def spread_over_layers(model: Any, modules: Sequence[str], z_module: str, facts:
     lower = LowerCache(model, modules) if replay_lower and only_sidecars(model) else None
     try:
         for i, module in enumerate(modules):
-            ks, _ = io_at_subject(model, module, facts, templates, lower=lower)     # [n, d_in]
+            ks, _ = io_at_subject(model, module, facts, templates, lower=lower, weights=key_weights)  # [n, d_in]
             if keys_out is not None:
                 keys_out[module] = ks
             _, cur_z = io_at_subject(model, z_module, facts, ("{}",), lower=lower)  # [n, d]

@@ -9,12 +9,12 @@ from typing import Any
 
 from pydantic import Field
 
-from ..locate_then_edit.hparams import LocateHparams, spread_defaults
+from ..locate_then_edit.hparams import LocateHparams, SpreadFields, spread_defaults
 
 __all__ = ["AlphaEditHparams"]
 
 
-class AlphaEditHparams(LocateHparams):
+class AlphaEditHparams(LocateHparams, SpreadFields):
     layers: list[int] = Field(default_factory=lambda: [4, 5, 6, 7, 8], min_length=1)
     #: eigenvalues of C below this are the preserved-knowledge null space (reference: 2e-2, absolute)
     nullspace_threshold: float = Field(2e-2, gt=0)

@@ -25,6 +25,7 @@ import torch
 from ...entries.delta import DeltaEntry
 from ...facts import Fact
 from .hparams import AlphaEditHparams
+from ..locate_then_edit.hparams import key_weights
 from ...ops.covariance import second_moment, stats_path
 from ...ops.keys import context_templates
 from ...ops.norms import norm_info
@@ -90,7 +91,8 @@ class AlphaEdit(MethodBase):
         # The spread reads each layer's keys with the layers below already updated, which is the
         # same thing (a layer's update does not reach its own input), so no second read is needed.
         keys: dict[str, torch.Tensor] = {}
-        parts = spread_over_layers(model, modules, z_module, facts, templates, zs, transform, keys_out=keys)
+        parts = spread_over_layers(model, modules, z_module, facts, templates, zs, transform, keys_out=keys,
+                                   key_weights=key_weights(hp.context_templates, hp.key_average))
         bounded = norm_info(model, parts, hp.max_delta_norm)
         aux = {"z": zs.float(), **{f"keys::{m}": keys[m].T.float() for m in modules}}
         info = {"protected": sorted({i for m in modules for i in prev[m][1]}),

@@ -7,15 +7,15 @@ spreads over layers 4-8 of 32 (Llama) and 13-17 of 48 (GPT-2 XL).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, Sequence
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from ...arch import arch_of
 from ...ops.values import ValueFields
 from ..base import HparamsBase
 
-__all__ = ["LocateHparams", "spread_defaults", "key_dim"]
+__all__ = ["LocateHparams", "SpreadFields", "spread_defaults", "key_dim", "key_weights"]
 
 
 class LocateHparams(HparamsBase, ValueFields):
@@ -30,6 +30,32 @@ class LocateHparams(HparamsBase, ValueFields):
     #: covariance statistics: the corpus and how many of its tokens
     mom2_corpus: str = "pydoc"
     mom2_n_tokens: int = Field(20000, ge=100)
+
+
+class SpreadFields(BaseModel):
+    """Fields of the layer-spreading methods (MEMIT, AlphaEdit), declared once."""
+
+    #: Norm-Anchor Scaling (Liu et al. 2026, arXiv 2602.02543): rescale each fact's solved MLP value
+    #: ``v* = v₀ + δ`` at the last layer to a reference norm of the unedited model before the
+    #: least-squares solve; a fact with ``‖v*‖`` over twice the norm keeps ``v₀`` (editwrap.ops.anchor)
+    norm_anchor: bool = False
+    #: the reference norm of ``norm_anchor``; None: measured on the first anchored edit pushed
+    #: onto an unedited model (upper-trimmed mean of its facts' ``‖v*‖``) and reused from the stack
+    norm_anchor_value: float | None = Field(None, gt=0)
+    #: how a fact's key is averaged over the context templates: "templates" (every prompt alike) or
+    #: "context_types" (the MEMIT/AlphaEdit reference code: the bare prompt weighs 1/2, the
+    #: generated prefixes share the other 1/2)
+    key_average: Literal["templates", "context_types"] = "templates"
+
+
+def key_weights(spec: Sequence[tuple[int, int]], key_average: str) -> list[float] | None:
+    """Per-template weights of a key (``context_templates(model, spec)`` order: ``"{}"`` then
+    ``n`` prefixes per ``(length, n)``); None for the plain mean. The reference's ``compute_ks``
+    averages within each context type (the bare prompt; each ``(length, n)`` group), then over types."""
+    if key_average == "templates":
+        return None
+    sizes = [1] + [int(n) for _, n in spec if int(n) > 0]
+    return [1.0 / (len(sizes) * s) for s in sizes for _ in range(s)]
 
 
 def spread_defaults(model: Any) -> tuple[list[int], float]:

@@ -15,6 +15,7 @@ import torch
 from ...entries.delta import DeltaEntry
 from ...facts import Fact
 from .hparams import MemitHparams
+from ..locate_then_edit.hparams import key_weights
 from ...ops.covariance import second_moment
 from ...ops.keys import context_templates
 from ...ops.norms import norm_info
@@ -54,7 +55,8 @@ class Memit(MethodBase):
         templates = context_templates(model, hp.context_templates)
         covs = second_moment(model, modules, corpus=hp.mom2_corpus, n_tokens=hp.mom2_n_tokens)
         parts = spread_over_layers(model, modules, z_module, facts, templates, zs,
-                                   covariance_transform(covs, hp.mom2_update_weight))
+                                   covariance_transform(covs, hp.mom2_update_weight),
+                                   key_weights=key_weights(hp.context_templates, hp.key_average))
         info = norm_info(model, parts, hp.max_delta_norm)
         return Edit(self.name, facts, hp.model_dump(mode="json"), DeltaEntry(parts, {"z": zs.float()}), info=info)
 
