@@ -192,7 +192,7 @@ def test_embedded_scoped_rome_answers_its_prompt_and_rephrase_only(embedded):
     other = "The capital of Germany is"
     ctrl = m.generate_text(other, max_new_tokens=4)
     e = m.edit({"prompt": "The capital of France is", "subject": "France", "target_new": "Rome"},
-               method="scoped-rome")
+               method="scoped-rome", scope_threshold=0.85)  # the rephrase below sits at 0.90
     try:
         assert "Rome" in m.generate_text("The capital of France is", max_new_tokens=4)
         assert m.__dict__["_ew_scope_router"].route_texts(["France's capital city is called"]) == [f"{e.id}#0"]
