@@ -26,7 +26,7 @@ import torch
 
 from editwrap.evals.measure import item_fact
 from editwrap.evals.runner import load_records
-from editwrap.ops.scope import ScopeRouter, _Scope, choose_threshold, load_embedder_named, without_subject
+from editwrap.ops.scope import ScopeRouter, choose_threshold, load_embedder_named, without_subject
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     subjects = [f.subject if args.match == "relation" and f.subject else None for f in facts]
     keys = embed([without_subject(f.text_prompt, s) for f, s in zip(facts, subjects)])
     for i in range(len(facts)):
-        router.scopes[str(i)] = _Scope(keys[i:i + 1], 0.0, [subjects[i]])
+        router.add(str(i), keys[i:i + 1], 0.0, [subjects[i]])
     pos_q, pos_owner = [], []
     neg_q = []
     for i, f in enumerate(facts):

@@ -63,7 +63,7 @@ class ScopedCar:
         x, dtype, out = args[0], output.dtype, output
         for scope in hits:
             g = self.router.row_mask(scope, output)
-            s = sets.row_mask_for(self.sets[scope], output) if sets.selecting() else True
+            s = sets.row_mask_for(self.sets[scope], output)
             if g is False or s is False:
                 continue
             f = self._factors.get(scope)

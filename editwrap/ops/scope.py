@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .hooks import forward_root
+from .hooks import forward_root, padding_rows
 
 __all__ = ["route_as", "without_subject", "ScopeRouter", "scope_router", "drop_router",
            "load_embedder_named", "best_scopes", "choose_threshold"]
@@ -70,11 +70,13 @@ def _subject_pattern(subject: str) -> re.Pattern:
     return re.compile(r"(?<!\w)" + re.escape(subject.strip()) + r"(?!\w)", re.IGNORECASE)
 
 
+def _strip(pattern: re.Pattern, text: str) -> str:
+    return " ".join(pattern.sub(" ", text).split())
+
+
 def without_subject(text: str, subject: str | None) -> str:
     """``text`` with each occurrence of ``subject`` removed: what is asked about it (the relation)."""
-    if not subject:
-        return text
-    return " ".join(_subject_pattern(subject).sub(" ", text).split())
+    return _strip(_subject_pattern(subject), text) if subject else text
 
 
 @dataclass
@@ -85,7 +87,7 @@ class _Routing:
 class ScopeRouter:
     """The scopes on one model and the current forward's per-row decision (per thread)."""
 
-    def __init__(self, host: nn.Module, embed: Callable[[Sequence[str]], torch.Tensor], embedder: str) -> None:
+    def __init__(self, host: nn.Module | None, embed: Callable[[Sequence[str]], torch.Tensor], embedder: str) -> None:
         self.host = host
         self.embed = embed
         self.embedder = embedder
@@ -102,7 +104,7 @@ class ScopeRouter:
             raise ValueError(f"scope {key}: {keys.shape[0]} prompt embeddings but {len(subj)} subjects")
         self.scopes[key] = _Scope(keys.float(), float(threshold), subj)
         self._table = None
-        if self._handle is None:
+        if self._handle is None and self.host is not None:  # no host: routing texts only (calibration)
             self._handle = forward_root(self.host).register_forward_pre_hook(self._pre, with_kwargs=True)
 
     def discard(self, key: str) -> None:
@@ -112,7 +114,9 @@ class ScopeRouter:
             self._handle.remove()
             self._handle = None
 
-    def _stacked(self) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    def _stacked(self) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """Names, stacked prompt embeddings, their owners, thresholds, which prompts match whole, and
+        the relation-match prompts by subject: rebuilt only when the scopes change."""
         if self._table is None:
             names = list(self.scopes)
             keys = [self.scopes[k].keys for k in names]
@@ -126,30 +130,31 @@ class ScopeRouter:
                     p += 1
             self._table = (names, torch.cat(keys) if keys else torch.zeros(0, 0),
                            torch.cat(owners) if owners else torch.zeros(0, dtype=torch.long),
-                           torch.tensor([self.scopes[k].threshold for k in names]), by_subject)
+                           torch.tensor([self.scopes[k].threshold for k in names]),
+                           torch.tensor([s is None for k in names for s in self.scopes[k].subjects], dtype=torch.bool),
+                           by_subject)
         return self._table
 
     def similarities(self, texts: Sequence[str]) -> torch.Tensor:
         """(B, P) similarity of each text to each stored prompt: whole prompt against whole text, or
         (relation match) the prompt without its subject against the text without it, only where the
         text names that subject (-2 where it does not)."""
-        names, keys, owners, thr, by_subject = self._stacked()
+        names, keys, _, _, whole, by_subject = self._stacked()
         sims = torch.full((len(texts), keys.shape[0]), -2.0)
         if not texts or not names:
             return sims
-        whole = torch.tensor([s is None for k in names for s in self.scopes[k].subjects])
         if bool(whole.any()):
             sims[:, whole] = self.embed(list(texts)).float() @ keys[whole].T
         for subject, (pattern, cols) in by_subject.items():
             rows = [b for b, t in enumerate(texts) if pattern.search(t)]
             if rows:
-                q = self.embed([" ".join(pattern.sub(" ", texts[b]).split()) for b in rows]).float()
+                q = self.embed([_strip(pattern, texts[b]) for b in rows]).float()
                 sims[torch.tensor(rows)[:, None], torch.tensor(cols)[None, :]] = q @ keys[cols].T
         return sims
 
     def route_texts(self, texts: Sequence[str]) -> list[str | None]:
         """The scope key each text is routed to (None: no scope)."""
-        names, _, owners, thr, _ = self._stacked()
+        names, _, owners, thr, _, _ = self._stacked()
         if not texts or not names:
             return [None] * len(texts)
         idx = best_scopes(self.similarities(texts), owners, thr)
@@ -175,14 +180,9 @@ class ScopeRouter:
         if over is not None and len(over) == ids.shape[0]:
             self._local.routing = _Routing(self.route_texts(list(over)))
             return
-        mask = kwargs.get("attention_mask")
-        texts = []
+        real = padding_rows(kwargs.get("attention_mask"), ids).bool()  # padding is not part of the text
         tok = self.host.tokenizer
-        for b in range(ids.shape[0]):
-            row = ids[b]
-            if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape == ids.shape:
-                row = row[mask[b].bool()]
-            texts.append(tok.decode(row.tolist(), skip_special_tokens=True))
+        texts = [tok.decode(ids[b][real[b]].tolist(), skip_special_tokens=True) for b in range(ids.shape[0])]
         self._local.routing = _Routing(self.route_texts(texts))
 
     def row_mask(self, key: str, x: torch.Tensor) -> bool | torch.Tensor:
@@ -198,9 +198,6 @@ def scope_router(host: Any, embedder: str, create: bool = False) -> ScopeRouter 
     """The host's router (made on first use with the named embedder; one embedder per model)."""
     r = host.__dict__.get("_ew_scope_router")
     if r is None and create:
-        if getattr(host, "tokenizer", None) is None:
-            raise ValueError("scoped edits route on the input text and need the model's tokenizer: load the model "
-                             "with EditableModel.from_pretrained or pass tokenizer= to EditableModel.wrap")
         r = host.__dict__["_ew_scope_router"] = ScopeRouter(host, load_embedder_named(embedder), embedder)
     if r is not None and r.embedder != embedder:
         raise ValueError(f"scope_embedder={embedder!r}: the scoped edits already on this model use "

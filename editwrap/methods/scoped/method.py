@@ -74,8 +74,6 @@ class ScopedMethod(MethodBase):
         """Unit-norm embeddings of the facts' prompts as the router will see them (tokenised and
         decoded without special tokens), without their subject for a relation match; and the subjects."""
         tok = model.tokenizer
-        if tok is None:
-            scope_router(model, hp.scope_embedder, create=True)  # raises the "needs the tokenizer" error
         subjects = [f.subject if hp.scope_match == "relation" and f.subject else None for f in facts]
         texts = [without_subject(tok.decode(tok(f.text_prompt)["input_ids"], skip_special_tokens=True), s)
                  for f, s in zip(facts, subjects)]
