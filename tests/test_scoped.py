@@ -240,3 +240,19 @@ def test_a_scoped_edit_computed_on_a_server_shadow_routes_on_the_served_model(ti
     served = m.push(clone_edit(e))
     assert torch.equal(_logits(m, FACT["prompt"]), want)
     assert m.__dict__["_ew_scope_router"].route_texts([FACT["prompt"]]) == [f"{served.id}#0"]
+
+
+def test_a_scoped_edit_is_computed_without_the_scoped_edits_it_would_meet(tiny_llama):
+    """A second edit of the same prompt trains on the model its prompt will reach at inference
+    (itself alone), not on the first edit's delta that the training text would be routed to."""
+    m = _loud(tiny_llama)
+    hp = dict(BASE_HP["ft-m"], scope_threshold=0.8)
+    other = dict(FACT, target_new="Berlin")
+    first = m.edit(FACT, method="scoped-ft-m", **hp)
+    second = m.edit(other, method="scoped-ft-m", on_conflict="stack", **hp)
+    m.clear()
+    alone = m.edit(other, method="scoped-ft-m", **hp)
+    got, want = second.entry.cells[0][0], alone.entry.cells[0][0]
+    assert got.keys() == want.keys() and first.entry.cells[0][0].keys() == want.keys()
+    for mod in want:
+        assert torch.equal(got[mod]["D"], want[mod]["D"])

@@ -165,8 +165,22 @@ class ScopeRouter:
         r = getattr(self._local, "routing", None)
         return r.rows if r is not None else []
 
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        """Route no row inside (this thread): a scoped edit is computed on the model without the
+        other scoped edits, since at inference its own prompts reach it alone."""
+        prev = getattr(self._local, "suspended", False)
+        self._local.suspended = True
+        try:
+            yield
+        finally:
+            self._local.suspended = prev
+
     def _pre(self, _m: nn.Module, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
+        if getattr(self._local, "suspended", False):
+            self._local.routing = _Routing([None] * (ids.shape[0] if isinstance(ids, torch.Tensor) else 0))
+            return
         cache = next((kwargs[k] for k in ("past_key_values", "cache") if kwargs.get(k) is not None), None)
         length = getattr(cache, "get_seq_length", None)
         continues = bool(length is not None and length() > 0)

@@ -3,7 +3,7 @@
 ``scope_threshold`` is the cosine similarity (all-MiniLM-L6-v2 sentence embeddings) an input must
 reach with one of the edit's prompts to receive the edit. The default was chosen on records that no
 reported run scores (``python benchmarks/scope_threshold.py``; docs/methods/scoped.md): the smallest
-value that routes at most 5% of unrelated and same-subject locality prompts to any of 1,000 stored
+value that routes at most 10% of unrelated and same-subject locality prompts to any of 1,000 stored
 edits.
 """
 from __future__ import annotations

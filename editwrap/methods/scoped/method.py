@@ -8,15 +8,16 @@ the one edit whose prompt its text is most similar to, if that similarity reache
 trained: routing is a nearest-prompt match with one threshold.
 
 The base method is reached through the registry (``get_method``), never through its internals. A
-single-fact base (ROME) given several facts makes one delta per fact, each computed on the model
-as it is (scoped edits rarely see each other: a fact's own prompts route to itself only once it is
-pushed). A batch base (MEMIT, AlphaEdit, UltraEdit) makes one delta for the batch, routed from any
+single-fact base (ROME) given several facts makes one delta per fact. Every delta is computed with
+the other scoped edits routed nowhere: at inference the edit's own prompts reach it alone, so a
+similar earlier edit must not shape it. A batch base (MEMIT, AlphaEdit, UltraEdit) makes one delta for the batch, routed from any
 of its prompts. State a base keeps on the stack for its next edit (AlphaEdit's protected keys,
 UltraEdit's running statistics) is found by method name, so scoped edits neither read nor extend it:
 each is computed as the base's first edit would be.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, ClassVar, Sequence
 
@@ -52,11 +53,12 @@ class ScopedMethod(MethodBase):
         base = get_method(self.base)
         scope = {n: getattr(hp, n) for n in ScopeFields.model_fields}
         base_hp = base.Hparams.model_validate({k: v for k, v in hp.model_dump().items() if k not in scope})
-        scope_router(model, hp.scope_embedder, create=False)  # refuses a second embedder before any work
+        router = scope_router(model, hp.scope_embedder, create=False)  # refuses a second embedder before any work
         groups = [[f] for f in facts] if base.single_fact else [list(facts)]
         cells, infos, subjects = [], [], []
         for group in groups:
-            edit = base.compute(model, group, base_hp)
+            with router.suspended() if router is not None else contextlib.nullcontext():
+                edit = base.compute(model, group, base_hp)
             parts = getattr(edit.entry, "parts", None)
             if not isinstance(parts, dict) or not parts:
                 raise TypeError(f"method {self.base!r} did not return side-car delta parts; it cannot be scoped")
