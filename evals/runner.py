@@ -283,6 +283,7 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
             shutil.rmtree(out / f"{stem}.stack", ignore_errors=True)
             (out / f"{stem}.time.json").unlink(missing_ok=True)
             (out / f"{stem}.checkpoints.json").unlink(missing_ok=True)
+            (out / f"{stem}.pre.jsonl").unlink(missing_ok=True)
         _check_meta(out / f"{stem}.meta.json", meta, overwrite, jsonl)
     if shard is not None:
         shard.barrier()  # the settings are checked (and stale parts removed) before any rank writes
@@ -307,7 +308,7 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
                                        batch_size=batch_size, consolidate_every=consolidate_every,
                                        save_every=save_every, times=times, stop_after=stop_after,
                                        keep_stack=keep_stack, score_sample=score_sample, seed=seed,
-                                       stats=stats,
+                                       stats=stats, pre_path=out / f"{stem}.pre.jsonl",
                                        tick=ledger.update if ledger is not None else None))
             per_cp = {str(c): summarize(log.records(checkpoint=c)) for c in run_cps}
             extra.update(checkpoints=per_cp, checkpoint_stats=stats.get(run_cps),

@@ -25,6 +25,7 @@ cost (edit time per fact since the previous checkpoint, stack size, peak memory)
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import warnings
@@ -60,6 +61,53 @@ def _saved_edits(model: Any, stack_dir: Path | None, items: list, limit: int) ->
     return edits if same else []
 
 
+def _fact_prompt(item: Any) -> str | None:
+    try:
+        return item_fact(item).prompt
+    except Exception:  # not a fact record (ConvSent): its unedited measurements are not cached
+        return None
+
+
+def _pre_measurements(scorer: Scorer, items: list, needed: Sequence[int], path: Path | None) -> dict[int, Any]:
+    """The unedited model's measurements of the ``needed`` records, :data:`SCORE_CHUNK` at a time.
+
+    With ``path`` (``<stem>.pre.jsonl``) each chunk is appended as it is measured and lines already
+    there are reused, so a resumed run does not measure the unedited model again (on 1,000 records
+    with generated answers that is most of an hour on a CPU). A line counts only for the record it
+    was measured on (same index and prompt); measurements that are not JSON (ConvSent's
+    distributions) and Sanitation's shared retain answers are not cached."""
+    cache: dict[int, Any] = {}
+    if scorer.sanitation:
+        path = None
+    if path is not None and path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line cut by an interruption
+                continue
+            i = rec.get("index") if isinstance(rec, dict) else None
+            if isinstance(i, int) and 0 <= i < len(items):
+                prompt = _fact_prompt(items[i])
+                if prompt is not None and rec.get("prompt") == prompt:
+                    cache[i] = rec["pre"]
+    out = {i: cache[i] for i in needed if i in cache}
+    todo = [i for i in needed if i not in cache]
+    for k in range(0, len(todo), SCORE_CHUNK):
+        idx = todo[k:k + SCORE_CHUNK]
+        got = scorer.pre_many([items[i] for i in idx])
+        out.update(zip(idx, got))
+        if path is None:
+            continue
+        try:
+            lines = [json.dumps({"index": i, "prompt": _fact_prompt(items[i]), "pre": p}) for i, p in zip(idx, got)]
+        except (TypeError, ValueError):
+            path = None  # not JSON: measured every run
+            continue
+        with path.open("a") as f:
+            f.write("".join(x + "\n" for x in lines))
+    return out
+
+
 def _crossed(start: int, end: int, every: int | None) -> bool:
     """Whether pushing facts ``start..end-1`` passed a multiple of ``every`` (None: never)."""
     return bool(every) and end // every > start // every
@@ -71,7 +119,7 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
                    save_every: int | None = None, times: list[float] | None = None,
                    tick: Callable[[], None] | None = None, stop_after: int | None = None,
                    keep_stack: bool = False, score_sample: int | None = None, seed: int = 0,
-                   stats: CheckpointStats | None = None) -> dict[str, Any]:
+                   stats: CheckpointStats | None = None, pre_path: str | Path | None = None) -> dict[str, Any]:
     """Returns ``{"bit_exact", "replayed", "restored", "delta_norms"}``; lines go to ``log`` (a
     ResultLog). ``stack_dir``: where checkpoint stacks are saved and resumed from (module doc).
     ``batch_size``: facts per edit (AlphaEdit's setting: sequential batches); a batch never spans a
@@ -86,7 +134,8 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
     the run is complete (it is removed otherwise: the JSONL holds the results); a run asked for its
     last checkpoint only restores it instead of recomputing the edits. ``score_sample``/``seed``: a
     checkpoint past ``score_sample`` facts scores :func:`~editwrap.evals.scale.scored_indices` only;
-    ``stats``: where each measured checkpoint's cost is recorded (module doc)."""
+    ``stats``: where each measured checkpoint's cost is recorded (module doc). ``pre_path``: a JSONL
+    the unedited measurements are kept in across resumes (:func:`_pre_measurements`)."""
     cps = sorted(c for c in checkpoints if stop_after is None or c <= stop_after)
     complete = len(cps) == len(checkpoints)
     scored = {c: scored_indices(c, score_sample, seed) for c in cps}
@@ -102,7 +151,7 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
     # on the unedited base, in merged batches; only records some pending checkpoint still has to
     # score, so a resumed run does not recompute the unedited answers of records already written
     needed = sorted({i for c in pending for i in scored[c] if not log.has(c, i)})
-    pre = dict(zip(needed, scorer.pre_many([items[i] for i in needed])))
+    pre = _pre_measurements(scorer, items, needed, Path(pre_path) if pre_path is not None else None)
     times = [] if times is None else times
     tick = tick or (lambda: None)
     norms: dict[str, dict[str, float]] = {}  # checkpoint -> module -> ‖ΣΔW‖/‖W‖
@@ -155,7 +204,9 @@ def run_sequential(model: Any, scorer: Scorer, items: list, sources: list, metho
     if not exact:
         warnings.warn("after popping every sequential edit the model's state dict differs from the start "
                       "(the stack did not undo exactly)", RuntimeWarning, stacklevel=2)
-    if exact and complete and not keep_stack and stack_dir is not None and \
-            all(log.has(c, i) for c in cps for i in scored[c]):
-        shutil.rmtree(stack_dir, ignore_errors=True)  # finished: the JSONL holds the results
+    if exact and complete and all(log.has(c, i) for c in cps for i in scored[c]):
+        if pre_path is not None:
+            Path(pre_path).unlink(missing_ok=True)  # finished: the JSONL holds the results
+        if not keep_stack and stack_dir is not None:
+            shutil.rmtree(stack_dir, ignore_errors=True)
     return {"bit_exact": exact, "replayed": replayed, "restored": n_saved, "delta_norms": norms}

@@ -136,3 +136,31 @@ def test_cli_score_sample_and_lists(capsys):
     assert "use --dataset mixed" in capsys.readouterr().err
     assert main([*base, "--dataset", "mixed", "--data", f"{CF},nope.json"]) == 2
     assert "--data item 2 ('nope.json')" in capsys.readouterr().err
+
+
+def test_unedited_measurements_are_kept_across_a_resume_and_dropped_when_done(tiny_llama, tmp_path, monkeypatch):
+    """An interrupted run keeps the base model's measurements in ``<stem>.pre.jsonl``; the resumed
+    run reads them instead of measuring again, ignores lines of other records, gives the same
+    results as an uninterrupted run, and removes the file when it is finished."""
+    from editwrap.evals.measure import Scorer
+
+    full = _run(tiny_llama, tmp_path / "full", generation=True)
+    undo = interrupt_edit(monkeypatch, tiny_llama, 3)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_llama, tmp_path, save_every=2, generation=True)
+    undo()
+    pre = tmp_path / f"{STEM}.pre.jsonl"
+    lines = [json.loads(x) for x in pre.read_text().splitlines()]
+    needed = sorted({0, 1, *scored_indices(8, 3, seed=0)})  # what checkpoints 2 and 8 score
+    assert sorted(r["index"] for r in lines) == needed and all("locality" in r["pre"] for r in lines)
+    first = scored_indices(8, 3, seed=0)[0]  # checkpoint 2 is written; checkpoint 8 needs its sample
+    lines = [dict(r, prompt="another record") if r["index"] == first else r for r in lines]  # not reused
+    pre.write_text("\n".join([*(json.dumps(r) for r in lines), '{"index": 1, "pr']))
+    measured = []
+    real = Scorer.pre_many
+    monkeypatch.setattr(Scorer, "pre_many", lambda self, items: measured.append(len(items)) or real(self, items))
+    s = _run(tiny_llama, tmp_path, save_every=2, generation=True)
+    assert measured == [1]  # only the record whose cached line did not match
+    assert not pre.exists()
+    for c in ("2", "8"):
+        assert s["checkpoints"][c] == full["checkpoints"][c]
