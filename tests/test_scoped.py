@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from editwrap import state_dict_hash
-from editwrap.ops.scope import best_scopes, choose_threshold
+from editwrap.ops.scope import best_scopes, choose_threshold, routed_share
 
 #: the subject ends the prompt: on a tiny random model a value at the subject reaches the target's logits
 FACT = {"prompt": "The city of the Eiffel Tower", "subject": "Eiffel Tower", "target_new": "Rome"}
@@ -63,6 +63,17 @@ def test_choose_threshold_bounds_the_negatives_routed():
     out = choose_threshold(pos, neg, max_false=0.2)  # two of ten negatives may pass: t just above 0.8
     assert out["threshold"] == pytest.approx(0.8, abs=1e-3)
     assert out["negative_routed"] == pytest.approx(0.2) and out["positive_routed"] == pytest.approx(0.75)
+
+
+def test_threshold_counted_per_record_weighs_each_record_alike():
+    """KnowEdit's Locality is a mean over records, so a record with one probe weighs as much as one with four."""
+    neg = torch.tensor([0.9, 0.5, 0.8, 0.7, 0.6, 0.1])
+    groups = torch.tensor([0, 0, 1, 1, 1, 1])  # record 0: two probes (1/4 each); record 1: four (1/8 each)
+    assert routed_share(neg, 0.75, groups) == pytest.approx(0.25 + 0.125)
+    assert routed_share(neg, 0.75) == pytest.approx(2 / 6)
+    out = choose_threshold(torch.tensor([0.95, 0.85]), neg, max_false=0.25, groups=groups)
+    assert out["threshold"] == pytest.approx(0.8, abs=1e-3)  # 0.9 alone is a quarter; with 0.8 it is 3/8
+    assert out["negative_routed"] == pytest.approx(0.25) and out["positive_routed"] == pytest.approx(1.0)
 
 
 def _loud(m):
@@ -256,3 +267,13 @@ def test_a_scoped_edit_is_computed_without_the_scoped_edits_it_would_meet(tiny_l
     assert got.keys() == want.keys() and first.entry.cells[0][0].keys() == want.keys()
     for mod in want:
         assert torch.equal(got[mod]["D"], want[mod]["D"])
+
+
+def test_scoped_ft_m_defaults_take_a_stronger_step_and_end_the_answer_at_a_word(tiny_llama):
+    from editwrap.methods.scoped.hparams import DEFAULT_THRESHOLD
+
+    plain, scoped = tiny_llama.default_hparams("ft-m"), tiny_llama.default_hparams("scoped-ft-m")
+    assert (plain.lr, plain.word_end) == (5e-4, 0.0) and (scoped.lr, scoped.word_end) == (5e-3, 1.0)
+    assert scoped.layers == plain.layers and scoped.scope_threshold == DEFAULT_THRESHOLD
+    rome = tiny_llama.default_hparams("scoped-rome")
+    assert rome.model_dump().items() >= tiny_llama.default_hparams("rome").model_dump().items()

@@ -25,7 +25,7 @@ from torch import nn
 from .hooks import forward_root, padding_rows
 
 __all__ = ["route_as", "without_subject", "ScopeRouter", "scope_router", "drop_router",
-           "load_embedder_named", "best_scopes", "choose_threshold"]
+           "load_embedder_named", "best_scopes", "choose_threshold", "routed_share"]
 
 
 #: texts to route the rows of the forwards inside :func:`route_as` on, instead of their own tokens
@@ -233,12 +233,31 @@ def drop_router(host: Any) -> None:
         host.__dict__.pop("_ew_scope_router", None)
 
 
-def choose_threshold(positive: torch.Tensor, negative: torch.Tensor, max_false: float = 0.05) -> dict[str, float]:
+def choose_threshold(positive: torch.Tensor, negative: torch.Tensor, max_false: float = 0.05,
+                     groups: torch.Tensor | None = None) -> dict[str, float]:
     """The threshold that routes the most ``positive`` similarities (rephrasings retrieving their
     own edit) while routing at most ``max_false`` of the ``negative`` ones (unrelated probes
-    retrieving any edit): the smallest ``t`` with ``mean(negative >= t) <= max_false``."""
-    neg = negative.float().sort(descending=True).values
-    allowed = int(max_false * neg.numel())
-    t = float(neg[allowed]) + 1e-6 if allowed < neg.numel() else float(neg.min())
+    retrieving any edit): the smallest ``t`` with ``routed(t) <= max_false``.
+
+    ``routed(t)`` is the share of negatives at or above ``t``; with ``groups`` (the record each
+    negative belongs to) it is the mean over records of each record's share, as KnowEdit's Locality
+    averages per record (a record with one probe weighs as much as one with ten)."""
+    neg, w = negative.double(), _weights(negative, groups)
+    order = neg.argsort(descending=True)
+    over = (w[order].cumsum(0) > max_false + 1e-9).nonzero()
+    t = float(neg[order[over[0, 0]]]) + 1e-6 if over.numel() else float(neg.min())
     return {"threshold": round(t, 4), "positive_routed": float((positive >= t).float().mean()),
-            "negative_routed": float((negative >= t).float().mean())}
+            "negative_routed": routed_share(negative, t, groups)}
+
+
+def _weights(negative: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
+    if groups is None:
+        return torch.full(negative.shape, 1.0 / max(negative.numel(), 1), dtype=torch.float64)
+    _, inv, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    return 1.0 / (counts[inv].double() * counts.numel())
+
+
+def routed_share(negative: torch.Tensor, threshold: float, groups: torch.Tensor | None = None) -> float:
+    """Share of ``negative`` similarities at or above ``threshold``; with ``groups``, the mean over
+    groups (records) of each group's share (:func:`choose_threshold`)."""
+    return float((_weights(negative, groups) * (negative.double() >= threshold).double()).sum())

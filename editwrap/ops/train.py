@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Sequence
 
 import torch
@@ -15,7 +16,53 @@ from ..facts import Fact
 from . import exact
 from .tokens import batch_encode, target_ids
 
-__all__ = ["edit_batch", "edit_loss", "edit_loss_at_targets", "target_loss_step", "prompt_lengths", "optimize"]
+__all__ = ["edit_batch", "edit_loss", "edit_loss_at_targets", "target_loss_step", "prompt_lengths", "optimize",
+           "glue_ids", "answer_ends", "word_end_loss"]
+
+_GLUE: "weakref.WeakKeyDictionary[Any, torch.Tensor]" = weakref.WeakKeyDictionary()
+
+
+def glue_ids(tok: Any) -> torch.Tensor:
+    """Ids of the tokens that continue the word before them: their text starts with a letter or a
+    digit, with no space marker (GPT-2's "Ġ", SentencePiece's "▁"). After an answer they turn
+    "Major" into "Majoris" or "1918" into "19180". Computed once per tokenizer."""
+    got = _GLUE.get(tok)
+    if got is None:
+        pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+        got = torch.tensor([i for i, p in enumerate(pieces) if isinstance(p, str) and _continues(p)],
+                           dtype=torch.long)
+        _GLUE[tok] = got
+    return got
+
+
+def _continues(piece: str) -> bool:
+    """A vocabulary piece that starts with a letter or digit. Byte-level BPE writes the bytes for
+    space, newline and other control characters as U+0100-U+0143 ("Ġ", "Ċ"), which count as
+    letters to Python, so they mark a new word here."""
+    c = piece[:1]
+    return c.isalnum() and not 0x100 <= ord(c) <= 0x143
+
+
+def answer_ends(tok: Any, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, positions) of each ``target_new`` row's last answer token, for the rows whose answer
+    ends in a letter or a digit (an answer ending in punctuation cannot be glued to)."""
+    rows, cols = [], []
+    for r in range(labels.shape[0]):
+        at = (labels[r] != -100).nonzero()
+        if at.numel() and tok.decode([int(labels[r, at[-1]])])[-1:].isalnum():
+            rows.append(r)
+            cols.append(int(at[-1]))
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
+
+
+def word_end_loss(logits: torch.Tensor, glue: torch.Tensor) -> torch.Tensor:
+    """Mean ``-log P(the next token starts a new word)`` over rows of logits taken right after the
+    answer: teacher forcing trains the answer's tokens, not that the answer stops being a word
+    there, and ``generate`` sees the difference."""
+    if logits.shape[0] == 0:
+        return logits.new_zeros(())
+    p = torch.softmax(logits.float(), -1)[:, glue.to(logits.device)].sum(-1)
+    return -torch.log1p(-p.clamp(max=1 - 1e-6)).mean()
 
 
 def edit_batch(model: Any, facts: Sequence[Fact], objective: str = "target_new") -> tuple[dict[str, torch.Tensor], Any]:
@@ -73,26 +120,52 @@ def edit_loss_at_targets(model: Any, enc: dict[str, torch.Tensor], target: Any, 
         logp = torch.log_softmax(logits_at(model, enc, rows, last), -1)
         return torch.stack([-logp[i, torch.tensor(t, device=logp.device)].mean() for i, t in enumerate(tgts)]).mean()
     rows, cols = (target[:, 1:] != -100).nonzero(as_tuple=True)
-    logp = torch.log_softmax(logits_at(model, enc, rows, cols), -1)
+    return _target_nll(logits_at(model, enc, rows, cols), target, rows, cols)
+
+
+def _target_nll(logits: torch.Tensor, target: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Mean NLL of the label tokens, from logits taken at the positions that predict them."""
+    logp = torch.log_softmax(logits, -1)
     return -logp.gather(1, target[rows, cols + 1][:, None]).sum() / len(rows)
 
 
 def target_loss_step(model: Any, enc: dict[str, torch.Tensor], target: Any, objective: str,
-                     module: str) -> Callable[[], tuple[torch.Tensor, dict]]:
+                     module: str, word_end: float = 0.0) -> Callable[[], tuple[torch.Tensor, dict]]:
     """The ``step_fn`` of :func:`optimize` for a method that trains something at ``module`` on the
     target tokens' NLL. The blocks below ``module`` run in the first step only and are replayed
     afterwards (:func:`~editwrap.ops.replay.replay_steps`), and only the target positions are
     projected to the vocabulary: the same loss to float tolerance (``exact_paths(fast_path=False)``
-    runs the plain loss)."""
+    runs the plain loss). ``word_end`` (``target_new`` only): weight of :func:`word_end_loss` after
+    each answer, added to the NLL."""
+    if word_end and objective != "target_new":
+        raise ValueError("word_end applies to the target_new objective only")
+    ends = answer_ends(model.tokenizer, target) if word_end else None
+    glue = glue_ids(model.tokenizer) if word_end else None
+
+    def total(nll: torch.Tensor, end_logits: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        if end_logits is None:
+            return nll, {}
+        we = word_end_loss(end_logits, glue)
+        return nll + word_end * we, {"nll": round(nll.item(), 5), "word_end": round(we.item(), 5)}
+
     if not exact.current().fast_path:
-        return lambda: (edit_loss(model(**enc).logits, target, objective), {})
+        def plain() -> tuple[torch.Tensor, dict]:
+            logits = model(**enc).logits
+            return total(edit_loss(logits, target, objective), logits[ends[0], ends[1]] if ends is not None else None)
+        return plain
     from .replay import replay_steps
+    from .values import logits_at
 
     lower = replay_steps(model, module)
 
     def step() -> tuple[torch.Tensor, dict]:
         with lower():
-            return edit_loss_at_targets(model, enc, target, objective), {}
+            if ends is None:
+                return edit_loss_at_targets(model, enc, target, objective), {}
+            rows, cols = (target[:, 1:] != -100).nonzero(as_tuple=True)
+            n = len(rows)
+            logits = logits_at(model, enc, torch.cat([rows, ends[0]]), torch.cat([cols, ends[1]]))
+            return total(_target_nll(logits[:n], target, rows, cols), logits[n:])
     return step
 
 

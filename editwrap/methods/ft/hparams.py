@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..base import HparamsBase
 from ...arch import arch_of
@@ -26,6 +26,16 @@ class FtHparams(HparamsBase):
     #: "target_new" (FT-M: teacher-forced loss masked to the target tokens)
     objective: Literal["prompt_last", "target_new"] = "target_new"
     early_stop_loss: float = Field(1e-3, ge=0)
+    #: FT-M only: weight of a loss that the token after the answer starts a new word (0 = EasyEdit's
+    #: objective). Teacher forcing trains the answer's tokens but not where it ends, and a greedy
+    #: ``generate`` may glue a suffix on ("Ursa Major" answered "Ursa Majoris")
+    word_end: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _word_end_needs_target_new(self) -> "FtHparams":
+        if self.word_end and self.objective != "target_new":
+            raise ValueError("word_end applies to FT-M (objective='target_new') only; set word_end=0 for FT-L")
+        return self
 
     @classmethod
     def for_model(cls, model: Any, objective: str) -> "FtHparams":

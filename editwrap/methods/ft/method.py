@@ -60,7 +60,7 @@ class _FineTune(MethodBase):
             for m, d in deltas.items():
                 stack.enter_context(patch_output(
                     model, m, lambda out, x, d=d: (out + x.to(d.dtype) @ d.T).to(out.dtype)))
-            step = target_loss_step(model, enc, target, hp.objective, arch.mlp_out_at(min(hp.layers)))
+            step = target_loss_step(model, enc, target, hp.objective, arch.mlp_out_at(min(hp.layers)), hp.word_end)
             info = optimize(opt, step, hp.num_steps, hp.early_stop_loss, after_step=clamp)
         info["seconds"] = round(time.time() - t0, 3)
         entry = DeltaEntry({m: {"D": d.detach()} for m, d in deltas.items()})

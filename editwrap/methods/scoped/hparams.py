@@ -2,9 +2,13 @@
 
 ``scope_threshold`` is the cosine similarity (all-MiniLM-L6-v2 sentence embeddings) an input must
 reach with one of the edit's prompts to receive the edit. The default was chosen on records that no
-reported run scores (``python benchmarks/scope_threshold.py``; docs/methods/scoped.md): the smallest
-value that routes at most 10% of unrelated and same-subject locality prompts to any of 1,000 stored
-edits.
+reported run scores (``python benchmarks/scope_threshold.py --max-false 0.08``;
+docs/methods/scoped.md): the smallest value that routes, on average over records, at most 8% of a
+record's locality prompts (unrelated and same-subject) to any of 1,000 stored edits.
+
+A scoped delta reaches only the inputs routed to it, so the reason a base editor keeps its step
+small (not disturbing other inputs) is gone; :data:`SCOPED_DEFAULTS` makes FT-M's step as strong as
+its edit needs and ends its answer where a word ends (``word_end``), since ``generate`` reads it.
 """
 from __future__ import annotations
 
@@ -14,10 +18,13 @@ from pydantic import Field, create_model
 
 from ..base import HparamsBase
 
-__all__ = ["ScopeFields", "scoped_hparams", "DEFAULT_THRESHOLD"]
+__all__ = ["ScopeFields", "scoped_hparams", "DEFAULT_THRESHOLD", "SCOPED_DEFAULTS"]
 
 #: chosen by benchmarks/scope_threshold.py on the unscored remainder of the KnowEdit pools
-DEFAULT_THRESHOLD = 0.91
+DEFAULT_THRESHOLD = 0.9362
+
+#: per base editor: defaults that differ from the unscoped method's (measured in docs/methods/scoped.md)
+SCOPED_DEFAULTS: dict[str, dict[str, Any]] = {"ft-m": {"lr": 5e-3, "word_end": 1.0}}
 
 
 class ScopeFields(HparamsBase):

@@ -29,7 +29,7 @@ from ...ops.scope import load_embedder_named, scope_router, without_subject
 from ...stack import Edit
 from ..base import MethodBase, get_method, method_class, register_method
 from .. import alphaedit, ft, memit, rome, ultraedit  # noqa: F401  (registers the base editors first)
-from .hparams import ScopeFields, scoped_hparams
+from .hparams import SCOPED_DEFAULTS, ScopeFields, scoped_hparams
 
 __all__ = ["BASES", "ScopedMethod", "scoped_method"]
 
@@ -45,8 +45,9 @@ class ScopedMethod(MethodBase):
     supports_quantized = True
 
     def default_hparams(self, model: Any) -> Any:
-        """The base method's defaults for this model, plus the scope fields' defaults."""
-        return self.Hparams(**get_method(self.base).default_hparams(model).model_dump())
+        """The base method's defaults for this model with :data:`SCOPED_DEFAULTS`, plus the scope fields'."""
+        return self.Hparams(**{**get_method(self.base).default_hparams(model).model_dump(),
+                               **SCOPED_DEFAULTS.get(self.base, {})})
 
     def compute(self, model: Any, facts: Sequence[Fact], hp: Any) -> Edit:
         t0 = time.time()
