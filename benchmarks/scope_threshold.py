@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
         "match": args.match,
         "sources": {s: sources[args.skip:].count(s) for s in sorted(set(sources[args.skip:]))},
         "positives": len(pos_q), "negatives": len(neg_q), "max_false": args.max_false, "average": args.average,
-        **chosen,
+        **chosen, "negative_routed_per_probe": routed_share(neg_best, chosen["threshold"]),
         "grid": [{"threshold": t, "positive_routed": round(float((own_best >= t).float().mean()), 4),
                   "negative_routed": round(routed_share(neg_best, t, groups), 4),
                   "negative_routed_per_probe": round(routed_share(neg_best, t), 4)} for t in grid],

@@ -213,6 +213,26 @@ def test_embedded_scoped_rome_answers_its_prompt_and_rephrase_only(embedded):
     assert state_dict_hash(m) == before
 
 
+@pytest.mark.slow
+def test_embedded_scoped_ft_m_defaults_answer_as_generate_reads_it(embedded):
+    """Default scoped FT-M: the greedy answer is the target word for word (no suffix glued on),
+    an unrelated prompt is unchanged, pop is bit-exact."""
+    from editwrap.evals.generation import answer_match, cut_answer
+
+    m = embedded
+    before = state_dict_hash(m)
+    fact = {"prompt": "Which constellation is the star Polaris part of?", "target_new": "Ursa Major"}
+    other = "The capital of Germany is"
+    ctrl = m.generate_text(other, max_new_tokens=6)
+    e = m.edit(fact, method="scoped-ft-m")
+    try:
+        assert answer_match(cut_answer(m.generate_text(fact["prompt"], max_new_tokens=8)), "Ursa Major") == 1.0
+        assert m.generate_text(other, max_new_tokens=6) == ctrl
+    finally:
+        e.pop()
+    assert state_dict_hash(m) == before
+
+
 def test_export_refuses_scoped_edits_by_name(scoped, tmp_path):
     from editwrap.export.select import ExportError
 
