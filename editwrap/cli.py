@@ -64,7 +64,8 @@ def train_parser(subparsers: Any, model_args: Any, name: str, help: str, out_hel
     sp.add_argument("--n", type=int, default=None, help="use the first N records of each file (after --exclude)")
     sp.add_argument("--exclude", action="append", default=[], metavar="PATH",
                     help="evaluation file whose subjects/prompts are held out of training (repeatable); a "
-                         "directory holds out the facts of a --dataset mixed run drawn from it")
+                         "directory (or files separated by commas) holds out the facts of a --dataset mixed run "
+                         "drawn from it")
     sp.add_argument("--exclude-n", type=int, default=None, help="only the first N records of each --exclude file")
     sp.add_argument("--seed", type=int, default=0)
     return sp

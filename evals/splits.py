@@ -8,6 +8,7 @@ from typing import Sequence
 from editwrap.facts import Fact, load_facts
 
 from .datasets import load_dataset
+from .pools import is_data_list
 from editwrap.hub import resolve_data
 
 __all__ = ["training_records"]
@@ -25,14 +26,14 @@ def training_records(paths: Sequence[str | Path], n: int | None = None,
     (``knowedit:ZsRE``, ``zsre_mend:train``; :mod:`editwrap.hub`) or a file of editwrap Facts;
     ``n`` keeps the first n of each. ``exclude``: evaluation files whose records must not leak into
     training — a training record is dropped when its subject or prompt (case/space-insensitive)
-    occurs in the first ``exclude_n`` records of any of them. An ``exclude`` *directory* (or the
-    name ``knowedit``) stands for ``--dataset mixed`` drawn from it (seed 0): the first ``exclude_n``
-    records of that draw, i.e.
-    exactly the facts of a mixed run with ``--n exclude_n``. Returns (records, "path1,path2").
+    occurs in the first ``exclude_n`` records of any of them. An ``exclude`` *directory*, the
+    name ``knowedit`` or a comma-separated list of files stands for ``--dataset mixed`` drawn from
+    it (seed 0): the first ``exclude_n`` records of that draw, i.e. exactly the facts of a mixed run
+    with ``--n exclude_n``. Returns (records, "path1,path2").
     """
     banned: set[str] = set()
     for e in exclude:
-        if Path(e).is_dir() or str(e).lower() == "knowedit":  # what --dataset mixed draws from
+        if Path(e).is_dir() or str(e).lower() == "knowedit" or is_data_list(e):  # what --dataset mixed draws from
             from .runner import load_records
 
             held = load_records("mixed", e, n=exclude_n)[0]

@@ -560,6 +560,19 @@ def test_training_pool_excludes_a_mixed_run(tmp_path):
     assert all(f.subject.lower() not in held and " ".join(f.prompt.lower().split()) not in held for f in got)
 
 
+def test_training_pool_excludes_a_run_over_a_listed_pool():
+    """--exclude a.json,b.json holds out the facts of a `--dataset mixed --data a.json,b.json --n N` run."""
+    from editwrap.evals.splits import training_records
+
+    listed = f"{KNOWEDIT_DIR / 'ZsRE.json'},{KNOWEDIT_DIR / 'WikiData_recent.json'}"
+    run, _, _ = load_records("mixed", listed, 25, seed=0)
+    pool = [KNOWEDIT_DIR / "ZsRE.json", KNOWEDIT_DIR / "WikiData_recent.json"]
+    got, _ = training_records(pool, exclude=[listed], exclude_n=25)
+    held = {f.subject.lower() for f in run} | {" ".join(f.prompt.lower().split()) for f in run}
+    assert 0 < len(got) <= sum(len(training_records([p])[0]) for p in pool) - 25
+    assert all(f.subject.lower() not in held and " ".join(f.prompt.lower().split()) not in held for f in got)
+
+
 def test_keep_stack_keeps_the_final_stack_and_a_last_checkpoint_run_restores_it(tiny_llama, tmp_path):
     """``keep_stack``: the finished run's stack stays (without it, it is removed: see the resume
     test above); a run asked for the last checkpoint only, on a copy of that stack, restores it,
