@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--skip", type=int, default=1000, help="records the reported runs edit (left out here)")
     ap.add_argument("--n", type=int, default=1000, help="records used as the stored edits")
     ap.add_argument("--seed", type=int, default=0, help="the runner's shuffle seed for the mixed pool")
-    ap.add_argument("--max-false", type=float, default=0.05, help="share of negatives allowed to be routed (see --average)")
+    ap.add_argument("--max-false", type=float, default=0.08,
+                    help="share of negatives allowed to be routed (see --average)")
     ap.add_argument("--embedder", default="minilm")
     ap.add_argument("--match", choices=("prompt", "relation"), default="prompt", help="the scope_match setting")
     ap.add_argument("--average", choices=("record", "probe"), default="record",
