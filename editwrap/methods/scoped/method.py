@@ -11,9 +11,9 @@ The base method is reached through the registry (``get_method``), never through 
 single-fact base (ROME) given several facts makes one delta per fact. Every delta is computed with
 the other scoped edits routed nowhere: at inference the edit's own prompts reach it alone, so a
 similar earlier edit must not shape it. A batch base (MEMIT, AlphaEdit, UltraEdit) makes one delta
-for the batch, routed from any of its prompts. State a base keeps on the stack for its next edit (AlphaEdit's protected keys,
-UltraEdit's running statistics) is found by method name, so scoped edits neither read nor extend it:
-each is computed as the base's first edit would be.
+for the batch, routed from any of its prompts. State a base keeps on the stack for its next edit
+(AlphaEdit's protected keys, UltraEdit's running statistics) is found by method name, so scoped
+edits neither read nor extend it: each is computed as the base's first edit would be.
 """
 from __future__ import annotations
 
