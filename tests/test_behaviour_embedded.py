@@ -111,6 +111,18 @@ def test_edit_sets_example_two_tenants():
     assert res.returncode == 0 and "checks passed" in res.stdout, res.stdout[-3000:] + res.stderr[-2000:]
 
 
+def test_scoped_edits_example():
+    """examples/scoped_edits.py: three scoped FT-M edits answer their targets, unrelated prompts are
+    routed nowhere and unchanged, clear() is bit-exact."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "scoped_edits.py"
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0 and "checks passed" in res.stdout, res.stdout[-3000:] + res.stderr[-2000:]
+
+
 def test_knowedit_eval_example_resumes(tmp_path):
     """examples/knowedit_eval.py: FT-M on ZsRE records of the embedded model, every pop bit-exact;
     run again with more records it resumes (the first record is not edited again)."""
