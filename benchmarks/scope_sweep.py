@@ -31,7 +31,7 @@ from editwrap import EditableModel
 from editwrap.evals.measure import item_fact
 from editwrap.evals.metrics import summarize
 from editwrap.evals.runner import load_records, read_result_lines
-from editwrap.ops.scope import load_embedder_named
+from editwrap.ops.scope import as_routed, load_embedder_named
 
 GEN = ("Edit Succ.", "Rephrase", "Locality", "Portability")
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     embed = load_embedder_named(hp.get("scope_embedder", "minilm"))
 
     def seen(texts: list[str]) -> torch.Tensor:  # as the router and the stored keys see a text
-        return embed([tok.decode(tok(t)["input_ids"], skip_special_tokens=True) for t in texts]).float()
+        return embed([as_routed(tok, t) for t in texts]).float()
 
     keys = seen([f.text_prompt for f in facts])
     best_sim: dict[tuple[int, str], torch.Tensor] = {}

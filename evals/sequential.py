@@ -61,13 +61,6 @@ def _saved_edits(model: Any, stack_dir: Path | None, items: list, limit: int) ->
     return edits if same else []
 
 
-def _fact_prompt(item: Any) -> str | None:
-    try:
-        return item_fact(item).prompt
-    except Exception:  # not a fact record (ConvSent): its unedited measurements are not cached
-        return None
-
-
 def _pre_measurements(scorer: Scorer, items: list, needed: Sequence[int], path: Path | None) -> dict[int, Any]:
     """The unedited model's measurements of the ``needed`` records, :data:`SCORE_CHUNK` at a time.
 
@@ -86,10 +79,8 @@ def _pre_measurements(scorer: Scorer, items: list, needed: Sequence[int], path: 
             except ValueError:  # a line cut by an interruption
                 continue
             i = rec.get("index") if isinstance(rec, dict) else None
-            if isinstance(i, int) and 0 <= i < len(items):
-                prompt = _fact_prompt(items[i])
-                if prompt is not None and rec.get("prompt") == prompt:
-                    cache[i] = rec["pre"]
+            if isinstance(i, int) and 0 <= i < len(items) and rec.get("prompt") == item_fact(items[i]).prompt:
+                cache[i] = rec["pre"]
     out = {i: cache[i] for i in needed if i in cache}
     todo = [i for i in needed if i not in cache]
     for k in range(0, len(todo), SCORE_CHUNK):
@@ -99,7 +90,7 @@ def _pre_measurements(scorer: Scorer, items: list, needed: Sequence[int], path: 
         if path is None:
             continue
         try:
-            lines = [json.dumps({"index": i, "prompt": _fact_prompt(items[i]), "pre": p}) for i, p in zip(idx, got)]
+            lines = [json.dumps({"index": i, "prompt": item_fact(items[i]).prompt, "pre": p}) for i, p in zip(idx, got)]
         except (TypeError, ValueError):
             path = None  # not JSON: measured every run
             continue

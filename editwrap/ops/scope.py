@@ -25,7 +25,7 @@ from torch import nn
 from .hooks import forward_root, padding_rows
 
 __all__ = ["route_as", "without_subject", "ScopeRouter", "scope_router", "drop_router",
-           "load_embedder_named", "best_scopes", "choose_threshold", "routed_share"]
+           "load_embedder_named", "best_scopes", "choose_threshold", "routed_share", "as_routed"]
 
 
 #: texts to route the rows of the forwards inside :func:`route_as` on, instead of their own tokens
@@ -72,6 +72,12 @@ def _subject_pattern(subject: str) -> re.Pattern:
 
 def _strip(pattern: re.Pattern, text: str) -> str:
     return " ".join(pattern.sub(" ", text).split())
+
+
+def as_routed(tok: Any, text: str) -> str:
+    """``text`` as the router sees it: tokenised and decoded without special tokens (the router
+    decodes a forward's token ids, so stored prompts and offline checks go through the same step)."""
+    return tok.decode(tok(text)["input_ids"], skip_special_tokens=True)
 
 
 def without_subject(text: str, subject: str | None) -> str:

@@ -157,16 +157,19 @@ def target_loss_step(model: Any, enc: dict[str, torch.Tensor], target: Any, obje
     from .values import logits_at
 
     lower = replay_steps(model, module)
-
-    def step() -> tuple[torch.Tensor, dict]:
-        with lower():
-            if ends is None:
+    if ends is None:
+        def step() -> tuple[torch.Tensor, dict]:
+            with lower():
                 return edit_loss_at_targets(model, enc, target, objective), {}
-            rows, cols = (target[:, 1:] != -100).nonzero(as_tuple=True)
-            n = len(rows)
-            logits = logits_at(model, enc, torch.cat([rows, ends[0]]), torch.cat([cols, ends[1]]))
+        return step
+    rows, cols = (target[:, 1:] != -100).nonzero(as_tuple=True)  # the positions predicting answer tokens
+    at_rows, at_cols, n = torch.cat([rows, ends[0]]), torch.cat([cols, ends[1]]), len(rows)
+
+    def step_word_end() -> tuple[torch.Tensor, dict]:
+        with lower():
+            logits = logits_at(model, enc, at_rows, at_cols)
             return total(_target_nll(logits[:n], target, rows, cols), logits[n:])
-    return step
+    return step_word_end
 
 
 def optimize(opt: torch.optim.Optimizer, step_fn: Any, num_steps: int, early_stop_loss: float = 0.0,

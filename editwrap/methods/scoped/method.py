@@ -25,7 +25,7 @@ import torch
 
 from ...entries.scoped import ScopedDeltaEntry
 from ...facts import Fact
-from ...ops.scope import load_embedder_named, scope_router, without_subject
+from ...ops.scope import as_routed, load_embedder_named, scope_router, without_subject
 from ...stack import Edit
 from ..base import MethodBase, get_method, method_class, register_method
 from .. import alphaedit, ft, memit, rome, ultraedit  # noqa: F401  (registers the base editors first)
@@ -78,7 +78,7 @@ class ScopedMethod(MethodBase):
         decoded without special tokens), without their subject for a relation match; and the subjects."""
         tok = model.tokenizer
         subjects = [f.subject if hp.scope_match == "relation" and f.subject else None for f in facts]
-        texts = [without_subject(tok.decode(tok(f.text_prompt)["input_ids"], skip_special_tokens=True), s)
+        texts = [without_subject(as_routed(tok, f.text_prompt), s)
                  for f, s in zip(facts, subjects)]
         return load_embedder_named(hp.scope_embedder)(texts).float(), subjects
 
