@@ -82,3 +82,4 @@ def test_word_end_is_refused_for_ft_l_naming_the_field(tiny_model):
     with pytest.raises(Exception, match="word_end"):
         tiny_model.edit(FACTS[0], method="ft-l", word_end=1.0)
     assert len(tiny_model.stack) == 0
+

@@ -52,7 +52,8 @@ def answer_ends(tok: Any, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
         if at.numel() and tok.decode([int(labels[r, at[-1]])])[-1:].isalnum():
             rows.append(r)
             cols.append(int(at[-1]))
-    return torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
+    return (torch.tensor(rows, dtype=torch.long, device=labels.device),
+            torch.tensor(cols, dtype=torch.long, device=labels.device))
 
 
 def word_end_loss(logits: torch.Tensor, glue: torch.Tensor) -> torch.Tensor:
