@@ -187,7 +187,7 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
     from editwrap.model import EditableModel
 
     from . import report
-    from .sequential import run_sequential
+    from .sequential import pre_cache, run_sequential
     from .shard import current_shard
 
     if mode not in MODES:
@@ -308,7 +308,7 @@ def run_knowedit(model: Any = None, dataset: str = "zsre", data: str | Path | No
                                        batch_size=batch_size, consolidate_every=consolidate_every,
                                        save_every=save_every, times=times, stop_after=stop_after,
                                        keep_stack=keep_stack, score_sample=score_sample, seed=seed,
-                                       stats=stats, pre_path=out / f"{stem}.pre.jsonl",
+                                       stats=stats, pre_path=pre_cache(out, stem, meta),
                                        tick=ledger.update if ledger is not None else None))
             per_cp = {str(c): summarize(log.records(checkpoint=c)) for c in run_cps}
             extra.update(checkpoints=per_cp, checkpoint_stats=stats.get(run_cps),

@@ -138,10 +138,10 @@ def test_cli_score_sample_and_lists(capsys):
     assert "--data item 2 ('nope.json')" in capsys.readouterr().err
 
 
-def test_unedited_measurements_are_kept_across_a_resume_and_dropped_when_done(tiny_llama, tmp_path, monkeypatch):
+def test_unedited_measurements_are_kept_across_a_resume(tiny_llama, tmp_path, monkeypatch):
     """An interrupted run keeps the base model's measurements in ``<stem>.pre.jsonl``; the resumed
-    run reads them instead of measuring again, ignores lines of other records, gives the same
-    results as an uninterrupted run, and removes the file when it is finished."""
+    run reads them instead of measuring again, ignores lines of other records and gives the same
+    results as an uninterrupted run."""
     from editwrap.evals.measure import Scorer
 
     full = _run(tiny_llama, tmp_path / "full", generation=True)
@@ -161,6 +161,28 @@ def test_unedited_measurements_are_kept_across_a_resume_and_dropped_when_done(ti
     monkeypatch.setattr(Scorer, "pre_many", lambda self, items: measured.append(len(items)) or real(self, items))
     s = _run(tiny_llama, tmp_path, save_every=2, generation=True)
     assert measured == [1]  # only the record whose cached line did not match
-    assert not pre.exists()
     for c in ("2", "8"):
         assert s["checkpoints"][c] == full["checkpoints"][c]
+
+
+def test_another_methods_run_on_the_same_records_reuses_the_unedited_measurements(tiny_llama, tmp_path, monkeypatch):
+    """A finished run leaves its ``.pre.jsonl``; a run of another method (other hyperparameters) in
+    the same folder with the same data and scoring settings starts from it and measures nothing on
+    the unedited model, with the same results as measuring; a run with other scoring settings
+    (generated answers on) does not take it."""
+    from editwrap.evals.measure import Scorer
+
+    _run(tiny_llama, tmp_path, generation=True)
+    assert (tmp_path / f"{STEM}.pre.jsonl").exists()
+    alone = _run(tiny_llama, tmp_path / "alone", method="ft-l", generation=True)
+    measured = []
+    real = Scorer.pre_many
+    monkeypatch.setattr(Scorer, "pre_many", lambda self, items: measured.append(len(items)) or real(self, items))
+    shared = _run(tiny_llama, tmp_path, method="ft-l", generation=True)
+    assert measured == [] and (tmp_path / "mixed-ft-l-sequential.pre.jsonl").exists()
+    for c in ("2", "8"):
+        assert shared["checkpoints"][c] == alone["checkpoints"][c]
+    _run(tiny_llama, tmp_path / "other", method="ft-l", generation=False)
+    measured.clear()
+    _run(tiny_llama, tmp_path / "other", generation=True)  # its settings differ from ft-l's in "generation"
+    assert sum(measured) == len({0, 1, *scored_indices(8, 3, seed=0)})
