@@ -130,7 +130,8 @@ class EditableModel(TextAndSets):
     def unwrap(self) -> Any:
         """Return the plain transformers model (stack cleared first)."""
         self.clear()
-        base = [c for c in type(self).__mro__[1:] if not issubclass(c, EditableModel) and c is not TextAndSets][0]
+        ours = EditableModel.__mro__  # EditableModel and its mixins
+        base = [c for c in type(self).__mro__[1:] if not issubclass(c, EditableModel) and c not in ours][0]
         self.__class__ = base
         for k in ("tokenizer", "_edits", "_sidecars", "_merged", "_ew_cache"):
             self.__dict__.pop(k, None)
