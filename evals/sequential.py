@@ -76,13 +76,16 @@ def pre_cache(out: Path, stem: str, meta: dict[str, Any]) -> Path:
     path = out / f"{stem}.pre.jsonl"
     if path.exists():
         return path
-    mine = json.loads(json.dumps({k: v for k, v in meta.items() if k not in _EDIT_ONLY}))  # as a file holds it
+    def shared(m: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in m.items() if k not in _EDIT_ONLY}
+
+    mine = shared(json.loads(json.dumps(meta)))  # as a meta file holds it
     for other in sorted(out.glob("*.pre.jsonl")):
         try:
             theirs = json.loads(other.with_name(other.name.removesuffix(".pre.jsonl") + ".meta.json").read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(theirs, dict) and {k: v for k, v in theirs.items() if k not in _EDIT_ONLY} == mine:
+        if isinstance(theirs, dict) and shared(theirs) == mine:
             shutil.copyfile(other, path)
             break
     return path
