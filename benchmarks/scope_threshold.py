@@ -1,4 +1,4 @@
-"""Choose the routing threshold of scoped side-cars on records that no reported run scores.
+"""Choose the routing threshold of scoped side-cars (or MEMOIR) on records that no reported run scores.
 
 The mixed KnowEdit pool (ZsRE + WikiData_recent + WikiData_counterfact, shuffled with the seed
 the runner uses) is cut after the first ``--skip`` records, which the lifelong runs edit and score;
@@ -14,8 +14,14 @@ KnowEdit's Locality averages; ``probe`` counts every probe alike). The report gi
 thresholds, the share of positives routed to their own edit and of negatives routed anywhere. No
 classifier is trained: one number is chosen.
 
+``--router memoir`` does the same for MEMOIR's ``threshold``: the similarity is the overlap of TopHash
+masks (shared features / k) at the memory's layer of the model (``--model``, the embedded one by
+default). Masks depend only on the unedited model and the prompt, so no edit is computed.
+
     python benchmarks/scope_threshold.py --data knowedit --skip 1000 --n 1000 --max-false 0.08 \
         --out docs/results/scoped/threshold.json
+    python benchmarks/scope_threshold.py --router memoir --data knowedit --skip 1000 --n 1000 \
+        --max-false 0.08 --out docs/results/memoir/threshold.json
 """
 from __future__ import annotations
 
@@ -23,12 +29,43 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from editwrap.evals.measure import item_fact
 from editwrap.evals.runner import load_records
 from editwrap.ops.scope import ScopeRouter, choose_threshold, load_embedder_named, routed_share, without_subject
+
+
+def _scope_router(args: argparse.Namespace, facts: list) -> Callable[[list[str]], torch.Tensor]:
+    """Cosine similarities of queries with the facts' prompts, as a scoped side-car routes."""
+    embed = load_embedder_named(args.embedder)
+    router = ScopeRouter(None, embed, args.embedder)  # routing only: no model, no hooks
+    subjects = [f.subject if args.match == "relation" and f.subject else None for f in facts]
+    keys = embed([without_subject(f.text_prompt, s) for f, s in zip(facts, subjects)])
+    for i in range(len(facts)):
+        router.add(str(i), keys[i:i + 1], 0.0, [subjects[i]])
+    return router.similarities
+
+
+def _memoir_router(args: argparse.Namespace, facts: list) -> Callable[[list[str]], torch.Tensor]:
+    """TopHash mask overlaps of queries with the facts' prompts, as MEMOIR retrieves."""
+    from editwrap import EditableModel
+    from editwrap.cli import _parse_hparams
+    from editwrap.methods.memoir import MemoirHparams, prompt_masks
+
+    if args.match != "prompt":
+        raise SystemExit("--match relation applies to --router scope only")
+    model = EditableModel.from_pretrained(args.model)
+    hp = MemoirHparams.model_validate({**MemoirHparams.for_model(model).model_dump(), **_parse_hparams(args.hparam)})
+    stored = prompt_masks(model, [f.text_prompt for f in facts], hp)
+    k = float(stored[0].sum())
+
+    def similarities(texts: list[str]) -> torch.Tensor:
+        return prompt_masks(model, texts, hp) @ stored.T / k
+    similarities.hparams = hp.model_dump(include={"layer", "mask_ratio", "seed"})  # type: ignore[attr-defined]
+    return similarities
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -39,7 +76,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0, help="the runner's shuffle seed for the mixed pool")
     ap.add_argument("--max-false", type=float, default=0.08,
                     help="share of negatives allowed to be routed (see --average)")
+    ap.add_argument("--router", choices=("scope", "memoir"), default="scope",
+                    help="scoped side-cars' sentence-embedding match, or MEMOIR's mask overlap")
     ap.add_argument("--embedder", default="minilm")
+    ap.add_argument("--model", default=None, help="--router memoir: the model (default: the embedded one)")
+    ap.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE",
+                    help="--router memoir: a MEMOIR hyperparameter (layer, mask_ratio, seed)")
     ap.add_argument("--match", choices=("prompt", "relation"), default="prompt", help="the scope_match setting")
     ap.add_argument("--average", choices=("record", "probe"), default="record",
                     help="share of negatives routed: mean over records of each record's share (KnowEdit's "
@@ -52,12 +94,6 @@ def main(argv: list[str] | None = None) -> dict:
     facts = [item_fact(i) for i in items[args.skip:]]
     if not facts:
         raise SystemExit(f"--skip {args.skip} leaves no records of the pool ({len(items)} records)")
-    embed = load_embedder_named(args.embedder)
-    router = ScopeRouter(None, embed, args.embedder)  # routing only: no model, no hooks
-    subjects = [f.subject if args.match == "relation" and f.subject else None for f in facts]
-    keys = embed([without_subject(f.text_prompt, s) for f, s in zip(facts, subjects)])
-    for i in range(len(facts)):
-        router.add(str(i), keys[i:i + 1], 0.0, [subjects[i]])
     pos_q, pos_owner = [], []
     neg_q, neg_owner = [], []
     for i, f in enumerate(facts):
@@ -66,8 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
         probes = [p.prompt for ps in f.locality.values() for p in ps]
         neg_q += probes
         neg_owner += [i] * len(probes)
-    pos_sims = router.similarities(pos_q) if pos_q else torch.zeros(0, len(facts))
-    neg_sims = router.similarities(neg_q) if neg_q else torch.zeros(0, len(facts))
+    similarities = _memoir_router(args, facts) if args.router == "memoir" else _scope_router(args, facts)
+    pos_sims = similarities(pos_q) if pos_q else torch.zeros(0, len(facts))
+    neg_sims = similarities(neg_q) if neg_q else torch.zeros(0, len(facts))
     owner = torch.tensor(pos_owner, dtype=torch.long)
     own = pos_sims.gather(1, owner[:, None]).squeeze(1) if pos_q else torch.zeros(0)
     # a rephrasing counts only when its own edit is also the best match (else it gets another edit)
@@ -76,10 +113,13 @@ def main(argv: list[str] | None = None) -> dict:
     groups = torch.tensor(neg_owner, dtype=torch.long) if args.average == "record" else None
     chosen = choose_threshold(own_best, neg_best, args.max_false, groups)
     grid = [round(0.4 + 0.05 * k, 2) for k in range(12)] + [round(0.9 + 0.005 * k, 3) for k in range(1, 10)]
+    if args.router == "memoir":  # overlaps are multiples of 1/k: a coarser, lower grid
+        grid = [round(0.1 + 0.05 * k, 2) for k in range(19)]
     grid = sorted(set(grid))
     out = {
-        "data": args.data, "skip": args.skip, "n": len(facts), "seed": args.seed, "embedder": args.embedder,
-        "match": args.match,
+        "data": args.data, "skip": args.skip, "n": len(facts), "seed": args.seed, "router": args.router,
+        **({"embedder": args.embedder, "match": args.match} if args.router == "scope" else
+           {"model": args.model or "embedded", "hparams": similarities.hparams}),
         "sources": {s: sources[args.skip:].count(s) for s in sorted(set(sources[args.skip:]))},
         "positives": len(pos_q), "negatives": len(neg_q), "max_false": args.max_false, "average": args.average,
         **chosen, "negative_routed_per_probe": routed_share(neg_best, chosen["threshold"]),

@@ -116,6 +116,24 @@ def test_push_pop_remove_exact_and_save_load(tiny_model, tmp_path, tiny_tokenize
     assert e1.entry.summary().startswith("memoir")
 
 
+def test_prompt_masks_are_the_masks_memoir_stores_and_routes_with(tiny_model):
+    """benchmarks/scope_threshold.py --router memoir chooses a threshold from these masks, without editing."""
+    from editwrap.methods.memoir import MemoirHparams, prompt_masks
+
+    m = tiny_model
+    e = m.edit(FACT, method="memoir", **TINY)
+    hp = MemoirHparams(**e.hparams)
+    masks = prompt_masks(m, [FACT["prompt"], UNRELATED, FACT2["prompt"]], hp, batch_size=2)  # padded batch
+    k = e.entry.idx.numel()
+    assert masks.shape == (3, e.entry.perm.numel()) and masks.sum(1).tolist() == [k] * 3
+    assert masks[0].nonzero().squeeze(1).tolist() == e.entry.idx.tolist()  # the edit's stored mask
+    overlaps = masks @ masks[0] / k
+    assert memoir_memories(m)[e.entry.module].enabled
+    for text, got in zip((UNRELATED, FACT2["prompt"]), overlaps[1:].tolist()):
+        assert _overlap(m, e, text)[0] == pytest.approx(got)
+    m.pop()
+
+
 def test_padding_does_not_change_retrieval(tiny_llama):
     m = tiny_llama
     m.edit(FACT, method="memoir", **TINY)

@@ -65,6 +65,15 @@ def test_choose_threshold_bounds_the_negatives_routed():
     assert out["negative_routed"] == pytest.approx(0.2) and out["positive_routed"] == pytest.approx(0.75)
 
 
+def test_chosen_threshold_excludes_the_probe_it_stops_at_when_rounded():
+    """MEMOIR's overlaps are multiples of 1/k: 179/307 = 0.583062 would round to 0.5831 (fine) but
+    179/307 + tiny steps like 0.58304 round down to 0.583 and route the probe; the threshold rounds up."""
+    for v in (179 / 307, 0.58304, 0.94995):
+        neg = torch.tensor([v] + [0.1] * 9)
+        out = choose_threshold(torch.tensor([1.0]), neg, max_false=0.0)
+        assert out["threshold"] > v and out["negative_routed"] == 0.0
+
+
 def test_threshold_counted_per_record_weighs_each_record_alike():
     """KnowEdit's Locality is a mean over records, so a record with one probe weighs as much as one with four."""
     neg = torch.tensor([0.9, 0.5, 0.8, 0.7, 0.6, 0.1])

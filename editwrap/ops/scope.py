@@ -13,6 +13,7 @@ token sees the prompt's edit. It is kept per thread: concurrent requests each ro
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import threading
 from contextvars import ContextVar
@@ -252,7 +253,8 @@ def choose_threshold(positive: torch.Tensor, negative: torch.Tensor, max_false: 
     order = neg.argsort(descending=True)
     over = (w[order].cumsum(0) > max_false + 1e-9).nonzero()
     t = float(neg[order[over[0, 0]]]) + 1e-6 if over.numel() else float(neg.min())
-    return {"threshold": round(t, 4), "positive_routed": float((positive >= t).float().mean()),
+    t = math.ceil(t * 1e4) / 1e4  # rounded up: a rounded-down value could route the probe it must exclude
+    return {"threshold": t, "positive_routed": float((positive >= t).float().mean()),
             "negative_routed": routed_share(negative, t, groups)}
 
 

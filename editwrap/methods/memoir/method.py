@@ -25,7 +25,42 @@ from ..base import MethodBase, register_method
 from .entry import MemoirEntry, hash_permutation, mean_input, memoir_memories, tophash
 from .hparams import MemoirHparams
 
-__all__ = ["Memoir"]
+__all__ = ["Memoir", "prompt_masks"]
+
+
+@torch.no_grad()
+def prompt_masks(model: Any, texts: Sequence[str], hp: MemoirHparams, batch_size: int = 32) -> torch.Tensor:
+    """(len(texts), d) 0/1 TopHash masks of prompts as MEMOIR routes them: the mean input of the
+    memory's module over each prompt's real tokens, on the model without its MEMOIR memory (the
+    memory sits at that module's output, so it never changes the module's input). An edit stores its
+    prompt's mask; the first forward of a generation is routed by the prompt's mask. The overlap of
+    two masks is ``(a * b).sum() / k``. For choosing ``threshold`` without editing."""
+    from ...ops.tokens import batch_encode
+
+    module = arch_of(model).mlp_out_at(hp.layer)
+    live = memoir_memories(model).get(module)
+    was = live.enabled if live is not None else None
+    if live is not None:
+        live.enabled = False
+    try:
+        rows = []
+        device = next(model.parameters()).device
+        for i in range(0, len(texts), batch_size):
+            enc = batch_encode(model.tokenizer, list(texts[i:i + batch_size]), device)
+            with capture(model, [module], outputs=False) as cap:
+                model(**enc)
+            x = cap[module]["input"]
+            rows.append(mean_input(x, enc["attention_mask"]).cpu())
+    finally:
+        if live is not None:
+            live.enabled = was
+    mean = torch.cat(rows) if rows else torch.zeros(0, 0)
+    d = mean.shape[-1]
+    k = max(1, round(hp.mask_ratio * d))
+    out = torch.zeros(mean.shape[0], d)
+    if mean.shape[0]:
+        out.scatter_(1, tophash(mean, k, hash_permutation(d, hp.seed)), 1.0)
+    return out
 
 
 @register_method
