@@ -191,20 +191,52 @@ def test_embedded_memoir_edit_answer_and_pop(embedded):
     assert state_dict_hash(m) == h and m.generate_text(fact["prompt"], max_new_tokens=5) == base
 
 
-def test_cached_generation_routes_like_an_uncached_forward(tiny_llama):
-    """A KV-cached step adds its token to the sequence's running mean: the same scores as without a cache."""
+def test_generation_keeps_the_prompts_routing_to_the_last_token(tiny_llama):
+    """The decision is taken on the prompt and kept by every KV-cached step: the scores equal an
+    uncached forward over prompt + answer routed on the prompt (``route_as``), and the memory is
+    consulted once per generate call, not once per token."""
+    from editwrap.ops.scope import route_as
+
     m = tiny_llama
     enc = m.tokenizer([FACT["prompt"]], return_tensors="pt")
     kw = dict(max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True,
               pad_token_id=m.tokenizer.pad_token_id)
     with torch.no_grad():
         base = m.generate(**enc, **kw).scores
-    m.edit(FACT, method="memoir", **{**TINY, "threshold": 0.5})
+    e = m.edit(FACT, method="memoir", **{**TINY, "threshold": 0.5})
+    mem = memoir_memories(m)[e.entry.module]
+    calls = []
+    retrieve = mem.retrieve
+    mem.retrieve = lambda mean: calls.append(mean.shape[0]) or retrieve(mean)
     with torch.no_grad():
         cached = m.generate(**enc, use_cache=True, **kw)
-        plain = m.generate(**enc, use_cache=False, **kw)
+        assert calls == [1]
+        with route_as([FACT["prompt"]]):
+            full = m(input_ids=cached.sequences).logits[0]
+    mem.retrieve = retrieve
     m.pop()
-    assert torch.equal(cached.sequences, plain.sequences)
-    for a, b in zip(cached.scores, plain.scores):
-        assert torch.allclose(a, b, atol=1e-4)
+    n = enc["input_ids"].shape[1]
+    for i, a in enumerate(cached.scores):
+        assert torch.allclose(a[0], full[n - 1 + i], atol=1e-4)
     assert not torch.allclose(cached.scores[0], base[0], atol=1e-4)  # the memory is in play
+
+
+def test_teacher_forced_scoring_routes_on_the_prompt(tiny_llama):
+    """Inside route_as(prompts) a prompt + answer forward takes its mask from the prompt's tokens
+    only, the tokens the edit's mask was taken on: the edited prompt overlaps its edit fully."""
+    from editwrap.ops.scope import route_as
+
+    m = tiny_llama
+    e = m.edit(FACT, method="memoir", **{**TINY, "threshold": 1.0})
+    mem = memoir_memories(m)[e.entry.module]
+    seen = []
+    retrieve = mem.retrieve
+    mem.retrieve = lambda mean: seen.append(retrieve(mean)) or seen[-1]  # type: ignore[method-assign]
+    texts = [FACT["prompt"] + " " + FACT["target_new"], UNRELATED]
+    enc = m.tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad(), route_as([FACT["prompt"], UNRELATED]):
+        m(**enc)
+    mem.retrieve = retrieve
+    m.pop()
+    _, overlap, hit = seen[0]
+    assert hit.tolist() == [True, False] and overlap[0].item() == 1.0

@@ -25,7 +25,7 @@ from torch import nn
 
 from .hooks import forward_root, padding_rows
 
-__all__ = ["route_as", "without_subject", "ScopeRouter", "scope_router", "drop_router",
+__all__ = ["route_as", "routed_texts", "without_subject", "ScopeRouter", "scope_router", "drop_router",
            "load_embedder_named", "best_scopes", "choose_threshold", "routed_share", "as_routed"]
 
 
@@ -45,6 +45,11 @@ def route_as(texts: Sequence[str]) -> Iterator[None]:
         yield
     finally:
         _ROUTE_AS.reset(token)
+
+
+def routed_texts() -> tuple[str, ...] | None:
+    """The texts :func:`route_as` names for the forward in progress (None outside it)."""
+    return _ROUTE_AS.get()
 
 
 def best_scopes(sims: torch.Tensor, owners: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:

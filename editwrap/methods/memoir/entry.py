@@ -13,8 +13,10 @@ memory is applied with. No edit above threshold: the output is returned untouche
 Each entry holds its mask's column indices and what it wrote there (a ``d_out × k`` delta). The
 memory is the sum of the entries' deltas in push order; ``discard`` rebuilds that sum from the
 remaining entries in the same order, so pop and ``remove`` give exactly the memory the remaining
-entries would give pushed alone. A sequence's mask comes from the mean over all its tokens so far;
-a KV-cached generation step adds its new token to the running mean of the steps before it.
+entries would give pushed alone. A sequence is routed on its prompt, as the edit's mask was taken
+on the edit's prompt: the mean over the real tokens of the forward that starts it (inside
+``route_as``, over the named prompt's tokens only), and KV-cached generation steps keep that
+decision.
 """
 from __future__ import annotations
 
@@ -25,7 +27,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...entries.base import Entry, drop_hook, host_hooks, register_entry
+from ...ops.forward import token_ids
 from ...ops.hooks import ForwardMask, get_module
+from ...ops.scope import routed_texts
 
 __all__ = ["MemoirEntry", "MemoirMemory", "memoir_memories", "tophash", "mean_input", "hash_permutation"]
 
@@ -81,7 +85,7 @@ class MemoirMemory:
         self.thresholds = torch.zeros(0)
         self.enabled = True
         self._handle: Any = None
-        self._running: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._decision: tuple[torch.Tensor, torch.Tensor] | None = None
         self.padding = _ForwardState(host) if host is not None else None
 
     @property
@@ -142,23 +146,35 @@ class MemoirMemory:
         best = overlap.masked_fill(~ok, -1.0).argmax(1)
         return best, overlap.gather(1, best[:, None]).squeeze(1), ok.any(1)
 
-    def _sequence_mean(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, d) mean input over each sequence's real tokens so far: a KV-cached step adds its tokens
-        to the running sums of the steps before it, so a generated token is routed as an uncached
-        forward over the whole sequence would route it."""
+    def _prompt_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T) weights of the tokens a row is routed on: its real tokens, and inside
+        :func:`~editwrap.ops.scope.route_as` (teacher-forced scoring, ``loglikelihood``) only the
+        first ones, as many as the prompt it names has: the edit's mask was taken on its prompt."""
         rows = self.padding.rows(x) if self.padding is not None else torch.ones(x.shape[:2], device=x.device)
-        r = rows.to(x.device, torch.float32)
-        total, count = (x.float() * r.unsqueeze(-1)).sum(1), r.sum(1, keepdim=True)
-        prev = self._running if self.padding is not None and self.padding.cached else None
-        if prev is not None and prev[0].shape == total.shape:
-            total, count = total + prev[0], count + prev[1]
-        self._running = (total.detach(), count.detach())
-        return total / count.clamp_min(1)
+        rows = rows.to(x.device, torch.float32)
+        texts = routed_texts()
+        tok = getattr(self.padding.host, "tokenizer", None) if self.padding is not None else None
+        if texts is None or len(texts) != x.shape[0] or tok is None:
+            return rows
+        n = torch.tensor([len(token_ids(tok, t)) for t in texts], device=x.device, dtype=torch.float32)
+        return rows * (rows.cumsum(1) <= n[:, None]).float()
+
+    def _decide(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row: the edit retrieved and whether any passes its threshold. The decision is taken
+        on the prompt (the forward that starts a sequence) and kept by the KV-cached steps after it,
+        so a generated answer sees the edit from its first token to its last. A cached forward with
+        no decision for its batch (another batch size) is routed on its own tokens."""
+        prev = self._decision if self.padding is not None and self.padding.cached else None
+        if prev is not None and prev[0].shape[0] == x.shape[0]:
+            return prev
+        best, _, hit = self.retrieve(mean_input(x, self._prompt_rows(x)))
+        self._decision = (best, hit)
+        return best, hit
 
     def apply(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if not self.entries:
             return out
-        best, _, hit = self.retrieve(self._sequence_mean(x))
+        best, hit = self._decide(x)
         if not bool(hit.any()):
             return out
         sel = (self.masks[best] * hit[:, None].float()).to(x.device)
