@@ -96,7 +96,8 @@ def lifelong(root: Path, plots: bool) -> str:
     extra = {r["method"] for r in _runs(root, "knowedit", mode="sequential", dataset="mixed")} - have
     return _sequential(root, ("lifelong",), "mixed", "lifelong/report/sequential-mixed.png",
                        {" [lifelong]": "", " [normcap]": ", max_delta_norm=0.3", " [fast]": ", v_lr=2.0, 16 steps",
-                        " [ngd]": ", v_optimizer=ngd, 12 steps, two threads", " [memoir_threshold]": ", threshold=0.7688",
+                        " [ngd]": ", v_optimizer=ngd, 12 steps, two threads",
+                        " [memoir_threshold]": ", threshold=0.7688",
                         " [generated]": ", with generated answers", " [knowedit]": ""}, plots,
                        also=[("knowedit", m) for m in sorted(extra)])
 
