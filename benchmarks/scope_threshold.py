@@ -29,7 +29,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -38,19 +38,23 @@ from editwrap.evals.runner import load_records
 from editwrap.ops.scope import ScopeRouter, choose_threshold, load_embedder_named, routed_share, without_subject
 
 
-def _scope_router(args: argparse.Namespace, facts: list) -> Callable[[list[str]], torch.Tensor]:
-    """Cosine similarities of queries with the facts' prompts, as a scoped side-car routes."""
+Router = tuple[Callable[[list[str]], torch.Tensor], dict[str, Any]]
+
+
+def _scope_router(args: argparse.Namespace, facts: list) -> Router:
+    """Cosine similarities of queries with the facts' prompts, as a scoped side-car routes; the
+    settings that produced them."""
     embed = load_embedder_named(args.embedder)
     router = ScopeRouter(None, embed, args.embedder)  # routing only: no model, no hooks
     subjects = [f.subject if args.match == "relation" and f.subject else None for f in facts]
     keys = embed([without_subject(f.text_prompt, s) for f, s in zip(facts, subjects)])
     for i in range(len(facts)):
         router.add(str(i), keys[i:i + 1], 0.0, [subjects[i]])
-    return router.similarities
+    return router.similarities, {"embedder": args.embedder, "match": args.match}
 
 
-def _memoir_router(args: argparse.Namespace, facts: list) -> Callable[[list[str]], torch.Tensor]:
-    """TopHash mask overlaps of queries with the facts' prompts, as MEMOIR retrieves."""
+def _memoir_router(args: argparse.Namespace, facts: list) -> Router:
+    """TopHash mask overlaps of queries with the facts' prompts, as MEMOIR retrieves; the settings."""
     from editwrap import EditableModel
     from editwrap.cli import _parse_hparams
     from editwrap.methods.memoir import MemoirHparams, prompt_masks
@@ -64,8 +68,8 @@ def _memoir_router(args: argparse.Namespace, facts: list) -> Callable[[list[str]
 
     def similarities(texts: list[str]) -> torch.Tensor:
         return prompt_masks(model, texts, hp) @ stored.T / k
-    similarities.hparams = hp.model_dump(include={"layer", "mask_ratio", "seed"})  # type: ignore[attr-defined]
-    return similarities
+    routing = hp.model_dump(include={"layer", "mask_ratio", "seed"})
+    return similarities, {"model": args.model or "embedded", "hparams": routing}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -102,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         probes = [p.prompt for ps in f.locality.values() for p in ps]
         neg_q += probes
         neg_owner += [i] * len(probes)
-    similarities = _memoir_router(args, facts) if args.router == "memoir" else _scope_router(args, facts)
+    similarities, settings = (_memoir_router if args.router == "memoir" else _scope_router)(args, facts)
     pos_sims = similarities(pos_q) if pos_q else torch.zeros(0, len(facts))
     neg_sims = similarities(neg_q) if neg_q else torch.zeros(0, len(facts))
     owner = torch.tensor(pos_owner, dtype=torch.long)
@@ -117,9 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         grid = [round(0.1 + 0.05 * k, 2) for k in range(19)]
     grid = sorted(set(grid))
     out = {
-        "data": args.data, "skip": args.skip, "n": len(facts), "seed": args.seed, "router": args.router,
-        **({"embedder": args.embedder, "match": args.match} if args.router == "scope" else
-           {"model": args.model or "embedded", "hparams": similarities.hparams}),
+        "data": args.data, "skip": args.skip, "n": len(facts), "seed": args.seed, "router": args.router, **settings,
         "sources": {s: sources[args.skip:].count(s) for s in sorted(set(sources[args.skip:]))},
         "positives": len(pos_q), "negatives": len(neg_q), "max_false": args.max_false, "average": args.average,
         **chosen, "negative_routed_per_probe": routed_share(neg_best, chosen["threshold"]),

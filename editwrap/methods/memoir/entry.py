@@ -20,7 +20,8 @@ decision.
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -31,7 +32,8 @@ from ...ops.forward import token_ids
 from ...ops.hooks import ForwardMask, get_module
 from ...ops.scope import routed_texts
 
-__all__ = ["MemoirEntry", "MemoirMemory", "memoir_memories", "tophash", "mean_input", "hash_permutation"]
+__all__ = ["MemoirEntry", "MemoirMemory", "memoir_memories", "tophash", "mask_rows", "mean_input", "hash_permutation",
+           "memory_off"]
 
 
 def hash_permutation(d: int, seed: int) -> torch.Tensor:
@@ -54,6 +56,14 @@ def tophash(mean: torch.Tensor, k: int, perm: torch.Tensor) -> torch.Tensor:
     return perm.to(top.device)[top].sort(-1).values
 
 
+def mask_rows(mean: torch.Tensor, k: int, perm: torch.Tensor) -> torch.Tensor:
+    """(B, d) 0/1 masks of each row's TopHash columns (``d`` = ``perm``'s length)."""
+    out = torch.zeros(mean.shape[0], perm.numel())
+    if mean.shape[0]:
+        out.scatter_(1, tophash(mean.cpu(), k, perm), 1.0)
+    return out
+
+
 class _ForwardState(ForwardMask):
     """The forward's attention mask, and whether it continues a KV cache (a generation step after the first)."""
 
@@ -72,6 +82,21 @@ class _ForwardState(ForwardMask):
 
 def memoir_memories(host: Any, create: bool = False) -> dict[str, "MemoirMemory"]:
     return host_hooks(host, "_ew_memoir", create)
+
+
+@contextlib.contextmanager
+def memory_off(host: Any, module: str) -> Iterator["MemoirMemory | None"]:
+    """The memory at ``module`` (or None), switched off inside: the module's output is the base
+    model's, as an edit is computed and as a prompt's mask is read."""
+    live = memoir_memories(host).get(module)
+    was = live.enabled if live is not None else None
+    if live is not None:
+        live.enabled = False
+    try:
+        yield live
+    finally:
+        if live is not None:
+            live.enabled = was
 
 
 class MemoirMemory:
@@ -139,9 +164,7 @@ class MemoirMemory:
 
     def retrieve(self, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per row of ``mean`` (B, d): the best edit's index, its overlap, and whether it passes its threshold."""
-        q = torch.zeros(mean.shape[0], self.masks.shape[1])
-        q.scatter_(1, tophash(mean.cpu(), self.k, self.perm), 1.0)
-        overlap = q @ self.masks.T / self.k
+        overlap = mask_rows(mean, self.k, self.perm) @ self.masks.T / self.k
         ok = overlap >= self.thresholds
         best = overlap.masked_fill(~ok, -1.0).argmax(1)
         return best, overlap.gather(1, best[:, None]).squeeze(1), ok.any(1)

@@ -31,6 +31,10 @@ class MemoirHparams(HparamsBase):
     #: seed of the fixed permutation (the "hash" of TopHash); every edit on one memory must share it
     seed: int = 0
 
+    def mask_features(self, d: int) -> int:
+        """``k``: how many of a ``d``-wide input's features a mask holds."""
+        return max(1, round(self.mask_ratio * d))
+
     @classmethod
     def for_model(cls, model: Any) -> "MemoirHparams":
         return cls(layer=layer_at_depth(model))

@@ -19,10 +19,11 @@ from torch.nn import functional as F
 from ...arch import arch_of
 from ...facts import Fact
 from ...ops.hooks import capture, frozen, patch_output
+from ...ops.tokens import batch_encode
 from ...ops.train import edit_batch, optimize, prompt_lengths, target_loss_step
 from ...stack import Edit
 from ..base import MethodBase, register_method
-from .entry import MemoirEntry, hash_permutation, mean_input, memoir_memories, tophash
+from .entry import MemoirEntry, hash_permutation, mask_rows, mean_input, memory_off, tophash
 from .hparams import MemoirHparams
 
 __all__ = ["Memoir", "prompt_masks"]
@@ -35,32 +36,18 @@ def prompt_masks(model: Any, texts: Sequence[str], hp: MemoirHparams, batch_size
     memory sits at that module's output, so it never changes the module's input). An edit stores its
     prompt's mask; the first forward of a generation is routed by the prompt's mask. The overlap of
     two masks is ``(a * b).sum() / k``. For choosing ``threshold`` without editing."""
-    from ...ops.tokens import batch_encode
-
     module = arch_of(model).mlp_out_at(hp.layer)
-    live = memoir_memories(model).get(module)
-    was = live.enabled if live is not None else None
-    if live is not None:
-        live.enabled = False
-    try:
-        rows = []
-        device = next(model.parameters()).device
+    device = next(model.parameters()).device
+    means = []
+    with memory_off(model, module):
         for i in range(0, len(texts), batch_size):
             enc = batch_encode(model.tokenizer, list(texts[i:i + batch_size]), device)
             with capture(model, [module], outputs=False) as cap:
                 model(**enc)
-            x = cap[module]["input"]
-            rows.append(mean_input(x, enc["attention_mask"]).cpu())
-    finally:
-        if live is not None:
-            live.enabled = was
-    mean = torch.cat(rows) if rows else torch.zeros(0, 0)
+            means.append(mean_input(cap[module]["input"], enc["attention_mask"]).cpu())
+    mean = torch.cat(means) if means else torch.zeros(0, 0)
     d = mean.shape[-1]
-    k = max(1, round(hp.mask_ratio * d))
-    out = torch.zeros(mean.shape[0], d)
-    if mean.shape[0]:
-        out.scatter_(1, tophash(mean, k, hash_permutation(d, hp.seed)), 1.0)
-    return out
+    return mask_rows(mean, hp.mask_features(d), hash_permutation(d, hp.seed))
 
 
 @register_method
@@ -81,20 +68,16 @@ class Memoir(MethodBase):
             raise ValueError(f"MEMOIR layer {hp.layer} out of range for a {arch.n_layers}-layer model; set layer "
                              f"below {arch.n_layers}")
         module = arch.mlp_out_at(hp.layer)
-        live = memoir_memories(model).get(module)
         enc, labels = edit_batch(model, facts, "target_new")
         n_prompt = int(prompt_lengths(labels)[0]) + 1
         with contextlib.ExitStack() as st:
             st.enter_context(frozen(model))
-            if live is not None:
-                was = live.enabled
-                live.enabled = False
-                st.callback(setattr, live, "enabled", was)
+            live = st.enter_context(memory_off(model, module))
             with capture(model, [module]) as cap, torch.no_grad():
                 model(**enc)
             x, out = cap[module]["input"], cap[module]["output"]
             d_in, d_out = x.shape[-1], out.shape[-1]
-            k = max(1, round(hp.mask_ratio * d_in))
+            k = hp.mask_features(d_in)
             perm = hash_permutation(d_in, hp.seed)
             idx = tophash(mean_input(x[:, :n_prompt]).cpu(), k, perm)[0]
             device = enc["input_ids"].device
