@@ -16,7 +16,9 @@ classifier is trained: one number is chosen.
 
 ``--router memoir`` does the same for MEMOIR's ``threshold``: the similarity is the overlap of TopHash
 masks (shared features / k) at the memory's layer of the model (``--model``, the embedded one by
-default). Masks depend only on the unedited model and the prompt, so no edit is computed.
+default). Masks depend only on the unedited model and the prompt, so no edit is computed. It also
+reports how much the stored edits' masks share, i.e. how much they would write over each other in
+MEMOIR's one memory (with ``--skip 0``: the edits a lifelong run makes).
 
     python benchmarks/scope_threshold.py --data knowedit --skip 1000 --n 1000 --max-false 0.08 \
         --out docs/results/scoped/threshold.json
@@ -69,7 +71,20 @@ def _memoir_router(args: argparse.Namespace, facts: list) -> Router:
     def similarities(texts: list[str]) -> torch.Tensor:
         return prompt_masks(model, texts, hp) @ stored.T / k
     routing = hp.model_dump(include={"layer", "mask_ratio", "seed"})
-    return similarities, {"model": args.model or "embedded", "hparams": routing}
+    return similarities, {"model": args.model or "embedded", "hparams": routing, **_shared_columns(stored, k)}
+
+
+def _shared_columns(stored: torch.Tensor, k: float) -> dict[str, Any]:
+    """How much the stored edits would write over each other in MEMOIR's one memory: the mean overlap
+    of two stored masks, and how many of the later stored edits write each column of the first one."""
+    n = stored.shape[0]
+    if n < 2:
+        return {}
+    overlap = stored @ stored.T / k
+    pairs = overlap[~torch.eye(n, dtype=torch.bool)]
+    later = stored[1:].sum(0)
+    return {"stored_mean_pairwise_overlap": round(float(pairs.mean()), 4),
+            "first_stored_mask_column_rewrites": round(float((later * stored[0]).sum() / k), 1)}
 
 
 def main(argv: list[str] | None = None) -> dict:
